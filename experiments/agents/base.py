@@ -1,0 +1,239 @@
+"""What every proposer shares: the Agent protocol, its inputs and output, and the checks.
+
+An agent gets the parent's train.py, the brief (genome/program.md + genome/topics/<topic>.md)
+and what was already tried, and returns a Proposal: a new train.py and a one-line description,
+or a failure with its reason. Agents never raise for bad agent output (an LLM that answers
+nonsense, a CLI agent that hangs): `validate_proposal` turns anything unusable into a failed
+proposal, and the research loop goes on.
+"""
+from __future__ import annotations
+
+import ast
+import inspect
+import random
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+MAX_DESC_CHARS = 500            # PROTOCOL.md: desc at most 500 chars
+MAX_SOURCE_BYTES = 1 << 20      # a first cut; static_check applies the real size limit
+STATUSES = ("kept", "discarded", "crash", "rejected", "timeout")
+TOPIC_RE = re.compile(r"^[a-z0-9-]{1,32}$")
+GENOME_DIR = Path(__file__).resolve().parents[2] / "genome"
+
+
+@dataclass
+class Brief:
+    topic: str
+    text: str                   # genome/program.md + genome/topics/<topic>.md
+
+
+@dataclass
+class Tried:
+    edit_key: str | None        # catalogue key when a catalogue agent made it, else None
+    desc: str
+    parent_id: str
+    status: str                 # kept | discarded | crash | rejected | timeout
+    delta: float | None         # child val_bpb - parent val_bpb (negative is better)
+
+
+@dataclass
+class Proposal:
+    source: str | None
+    desc: str
+    edit_key: str | None = None
+    failure: str | None = None  # set: a failed proposal, and this is why
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None and self.source is not None
+
+
+class Agent(Protocol):
+    name: str
+
+    def propose(self, parent_source: str, brief: Brief, history: list[Tried], *,
+                parent_id: str, rng: random.Random) -> Proposal: ...
+
+
+def failed(reason: str, desc: str = "", edit_key: str | None = None) -> Proposal:
+    return Proposal(None, clean_line(desc), edit_key, clean_line(reason) or "failed")
+
+
+# ---------------------------------------------------------------------------
+# Briefs.
+
+def load_brief(topic: str, genome_dir: Path | str | None = None) -> Brief:
+    """program.md plus the topic's file (genome.program_brief); a topic without a file gets
+    the standing brief and a line naming it. ValueError for a malformed topic name."""
+    if not isinstance(topic, str) or not TOPIC_RE.match(topic):
+        raise ValueError(f"bad topic name {topic!r}: 1-32 chars of a-z 0-9 -")
+    if genome_dir is None:
+        from genome import program_brief
+        return Brief(topic, program_brief(topic))
+    root = Path(genome_dir)
+    program = (root / "program.md").read_text(encoding="utf-8")
+    topic_file = root / "topics" / f"{topic}.md"
+    if topic_file.is_file():
+        focus = topic_file.read_text(encoding="utf-8")
+    else:
+        focus = f"# Topic: {topic}\n\nFocus your edits on {topic}.\n"
+    return Brief(topic, program.rstrip("\n") + "\n\n" + focus)
+
+
+# ---------------------------------------------------------------------------
+# Checks shared by every agent.
+
+def clean_line(text: object, limit: int = MAX_DESC_CHARS) -> str:
+    """One printable line of at most `limit` characters (untrusted text from agents/peers)."""
+    if not isinstance(text, str):
+        return ""
+    chars = (" " if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") else c for c in text)
+    line = " ".join("".join(chars).split())
+    if len(line) > limit:
+        line = line[:limit - 3].rstrip() + "..."
+    return line
+
+
+def _static_check(source: str) -> tuple[bool, str]:
+    """experiments.static_check when it is installed; the harness runs it again regardless."""
+    try:
+        from experiments.static_check import check_source
+    except ImportError:
+        return True, ""
+    try:
+        ok, reason = check_source(source)
+    except Exception as exc:   # a checker bug must not take the loop down: fail closed
+        return False, f"static check error: {type(exc).__name__}"
+    return bool(ok), str(reason or "")
+
+
+def _code_part(line: str) -> str:
+    """A line without its comment and spaces (roughly: a '#' inside quotes keeps the line)."""
+    if "'" not in line and '"' not in line:
+        line = line.split("#", 1)[0]
+    return "".join(line.split())
+
+
+def _maybe_cosmetic(old: str, new: str) -> bool:
+    """Cheap gate before the exact AST comparison: could the change be comments/layout only?"""
+    old_lines, new_lines = old.splitlines(), new.splitlines()
+    removed = set(old_lines) - set(new_lines)
+    added = set(new_lines) - set(old_lines)
+    return ({_code_part(ln) for ln in removed} - {""}) == ({_code_part(ln) for ln in added}
+                                                           - {""})
+
+
+def validate_proposal(parent_source: str, proposal: object) -> Proposal:
+    """The proposal if it is a usable new train.py, else a failed proposal saying why."""
+    if not isinstance(proposal, Proposal):
+        return failed("agent returned nothing")
+    desc = clean_line(proposal.desc)
+    key = proposal.edit_key if isinstance(proposal.edit_key, str) else None
+    key = clean_line(key, 200) or None
+    if proposal.failure is not None:
+        return failed(str(proposal.failure), desc, key)
+    src = proposal.source
+    if not isinstance(src, str) or not src.strip():
+        return failed("agent returned no train.py", desc, key)
+    if len(src.encode("utf-8", errors="replace")) > MAX_SOURCE_BYTES:
+        return failed("train.py is too large", desc, key)
+    if any(unicodedata.category(c) == "Cc" and c not in "\t\n\r\f" for c in src):
+        return failed("garbage: control characters in train.py", desc, key)
+    src = src.replace("\r\n", "\n")
+    if src == parent_source or src.rstrip("\n") == parent_source.rstrip("\n"):
+        return failed("identical to the parent: no change", desc, key)
+    try:
+        tree = ast.parse(src)
+    except SyntaxError as exc:
+        return failed(f"does not parse: line {exc.lineno}: {exc.msg}", desc, key)
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return failed(f"does not parse: {type(exc).__name__}", desc, key)
+    if _maybe_cosmetic(parent_source, src):
+        try:
+            if ast.dump(tree) == ast.dump(ast.parse(parent_source)):
+                return failed("only comments or layout changed", desc, key)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            pass
+    ok, reason = _static_check(src)
+    if not ok:
+        return failed(f"static check: {reason or 'rejected'}", desc, key)
+    return Proposal(src, desc or "(no description)", key)
+
+
+# ---------------------------------------------------------------------------
+# History digest for LLM agents.
+
+def _fmt_delta(delta: float | None) -> str:
+    return "   n/a " if delta is None else f"{delta:+.4f}"
+
+
+def history_digest(history: list[Tried], limit: int = 40) -> str:
+    """A compact text digest: kept / discarded / failed edits with their deltas.
+
+    Kept edits first (best first), then near misses, then failures; descriptions come from
+    peers, so each is cut to one short line."""
+    if not history:
+        return "Nothing has been tried yet in this topic: you are first.\n"
+    groups = {"kept": [], "discarded": [], "failed": []}
+    for t in history:
+        if not isinstance(t, Tried):
+            continue
+        group = t.status if t.status in ("kept", "discarded") else "failed"
+        groups[group].append(t)
+    for g in ("kept", "discarded"):
+        groups[g].sort(key=lambda t: (t.delta is None, t.delta if t.delta is not None else 0))
+    per = max(1, limit // 3)
+    lines = ["What was already tried (delta = child val_bpb - parent val_bpb; negative is "
+             "better):"]
+    titles = {"kept": "Kept (improved on the parent)",
+              "discarded": "Discarded (no clear gain)",
+              "failed": "Failed (crash / timeout / rejected)"}
+    for g in ("kept", "discarded", "failed"):
+        items = groups[g]
+        if not items:
+            continue
+        lines.append(f"\n{titles[g]}: {len(items)}")
+        shown = items[:per] if g != "failed" else items[-per:]
+        for t in shown:
+            tag = t.status if g == "failed" else _fmt_delta(t.delta)
+            key = f" [{clean_line(t.edit_key, 60)}]" if t.edit_key else ""
+            lines.append(f"  {tag:>8}{key} {clean_line(t.desc, 120)}")
+        if len(items) > len(shown):
+            lines.append(f"  ... and {len(items) - len(shown)} more")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------
+# Making agents from a spec string.
+
+def make_agent(spec: str, **opts) -> Agent:
+    """`mutate` | `random` | `command:<CMD>` | `openai:<URL>`.
+
+    Options an agent does not take are ignored, so a caller can pass one pool of settings
+    (e.g. base_source, timeout_s) whatever the spec."""
+    from experiments.agents.command import CommandAgent
+    from experiments.agents.mutate import MutateAgent, RandomAgent
+    from experiments.agents.openai_agent import OpenAIAgent
+
+    if not isinstance(spec, str):
+        raise ValueError("agent spec must be a string")
+    kind, _, arg = spec.partition(":")
+    kind = kind.strip().lower()
+    makers = {"mutate": MutateAgent, "random": RandomAgent, "command": CommandAgent,
+              "openai": OpenAIAgent}
+    if kind not in makers:
+        raise ValueError(f"unknown agent {spec!r}: use mutate, random, command:<CMD> or "
+                         "openai:<URL>")
+    cls = makers[kind]
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in opts.items() if k in accepted and k != "self"}
+    if kind in ("command", "openai"):
+        if not arg.strip():
+            raise ValueError(f"agent {kind} needs an argument: {kind}:<...>")
+        return cls(arg.strip(), **kwargs)
+    if arg:
+        raise ValueError(f"agent {kind} takes no argument")
+    return cls(**kwargs)

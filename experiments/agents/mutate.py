@@ -1,0 +1,227 @@
+"""The default proposer: catalogue edits steered by history (no model, no key, no network).
+
+`MutateAgent` picks one catalogue edit (experiments/agents/catalogue.py) for the parent by
+Thompson sampling over a three-level hierarchy - family (`lr`), setting (`MATRIX_LR`), edit
+(`MATRIX_LR*0.7`) - from what the history says worked:
+
+- a kept edit scores 1, a discarded one that still lowered val_bpb 0.25 (a direction worth
+  another step), anything else 0 (crashes, timeouts and rejections count against their kind);
+- each level's success rate is shrunk towards the level above, so one good `MATRIX_LR*0.7`
+  also lifts the other learning-rate edits a little, and untried kinds keep an optimistic
+  prior: they get explored;
+- an edit key already tried on this parent is never proposed again for it;
+- edits tagged with the brief's topic come first (`general` takes every edit);
+- with probability `combine_p` it combines two edits kept elsewhere in the history that the
+  parent does not have yet (a relative edit such as `x2` counts as present once its setting
+  differs from the base genome, so lineages do not compound it by accident).
+
+`RandomAgent` is the benchmark's control: a uniform choice among the same applicable,
+untried, on-topic edits, with no other use of history.
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+
+from experiments.agents.base import GENOME_DIR, Brief, Proposal, Tried, failed, \
+    validate_proposal
+from experiments.agents.catalogue import Edit, Setting, build_catalogue, edit_in_topic, \
+    family_of_key, key_target, locate_settings
+
+PARTIAL_CREDIT = 0.25           # a discarded edit that still lowered val_bpb
+
+
+def _default_base_source() -> str | None:
+    try:
+        return (GENOME_DIR / "train.py").read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
+def _reward(t: Tried) -> float:
+    if t.status == "kept":
+        return 1.0
+    if t.status == "discarded" and isinstance(t.delta, (int, float)) and t.delta < 0:
+        return PARTIAL_CREDIT
+    return 0.0
+
+
+class _Stats:
+    """Success counts per family, setting and key, from the whole history."""
+
+    def __init__(self, history: list[Tried], prior_strength: float):
+        self.m = prior_strength
+        self.counts: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for t in history:
+            if not isinstance(t, Tried) or not t.edit_key:
+                continue
+            r = _reward(t)
+            for level in self._levels(t.edit_key):
+                c = self.counts[level]
+                c[0] += r
+                c[1] += 1.0
+
+    @staticmethod
+    def _levels(key: str) -> tuple[str, str, str]:
+        return ("f:" + family_of_key(key), "t:" + key_target(key), "k:" + key)
+
+    def _shrunk(self, level: str, prior: float) -> float:
+        s, n = self.counts.get(level, (0.0, 0.0))
+        return (self.m * prior + s) / (self.m + n)
+
+    def sample(self, edit: Edit, rng: random.Random) -> float:
+        fam, tgt, key = "f:" + edit.family, "t:" + edit.target, "k:" + edit.key
+        p_family = self._shrunk(fam, 0.5)
+        p_target = self._shrunk(tgt, p_family)
+        s, n = self.counts.get(key, (0.0, 0.0))
+        a = self.m * p_target + s
+        b = self.m * (1.0 - p_target) + (n - s)
+        return rng.betavariate(max(a, 1e-3), max(b, 1e-3))
+
+
+def _tried_here(history: list[Tried], parent_id: str) -> set[str]:
+    return {t.edit_key for t in history
+            if isinstance(t, Tried) and t.parent_id == parent_id and t.edit_key}
+
+
+def _candidates(catalogue: dict[str, Edit], topic: str, exclude: set[str]) -> list[Edit]:
+    """Untried edits in the topic; if the topic is exhausted, untried edits of any topic."""
+    fresh = [e for k, e in catalogue.items() if k not in exclude]
+    on_topic = [e for e in fresh if edit_in_topic(e, topic)]
+    return on_topic or fresh
+
+
+def _exhausted(topic: str) -> Proposal:
+    return failed(f"every catalogue edit for topic {topic} was already tried on this parent")
+
+
+def _propose_edit(parent_source: str, edit: Edit, settings: list[Setting]) -> Proposal:
+    new = edit.apply(parent_source, settings)
+    desc = describe(edit.key, edit.desc)
+    if new is None:
+        return failed(f"edit {edit.key} does not apply", desc, edit.key)
+    return validate_proposal(parent_source, Proposal(new, desc, edit.key))
+
+
+def describe(key: str, text: str) -> str:
+    """`[key] text`: the key travels in the record's description, where peers' mutate agents
+    (and experiments.loop.edit_key_of) read it back."""
+    return f"[{key}] {text}"
+
+
+class MutateAgent:
+    name = "mutate"
+
+    def __init__(self, *, base_source: str | None = None, profile: str | None = None,
+                 combine_p: float = 0.2, prior_strength: float = 2.0):
+        self.profile = profile
+        self.base_source = base_source if base_source is not None else _default_base_source()
+        self.combine_p = combine_p
+        self.prior_strength = prior_strength
+        self._base_settings = (locate_settings(self.base_source)
+                               if self.base_source is not None else None)
+
+    def propose(self, parent_source: str, brief: Brief, history: list[Tried], *,
+                parent_id: str, rng: random.Random) -> Proposal:
+        if not isinstance(parent_source, str):
+            return failed("no parent source")
+        history = [t for t in (history or []) if isinstance(t, Tried)]
+        settings = locate_settings(parent_source)
+        if settings is None:
+            return failed("the parent train.py does not parse")
+        catalogue = build_catalogue(parent_source, settings, self.profile)
+        tried = _tried_here(history, parent_id)
+        candidates = _candidates(catalogue, brief.topic, tried)
+        if candidates and rng.random() >= self.combine_p:
+            return self._single(parent_source, settings, candidates, history, rng)
+        combo = self._combination(parent_source, settings, catalogue, history, parent_id,
+                                  tried, rng)
+        if combo is not None:
+            return combo
+        if candidates:
+            return self._single(parent_source, settings, candidates, history, rng)
+        return _exhausted(brief.topic)
+
+    def _single(self, parent_source: str, settings: list[Setting], candidates: list[Edit],
+                history: list[Tried], rng: random.Random) -> Proposal:
+        stats = _Stats(history, self.prior_strength)
+        ranked = sorted(candidates, key=lambda e: -stats.sample(e, rng))
+        for edit in ranked[:5]:
+            proposal = _propose_edit(parent_source, edit, settings)
+            if proposal.ok:
+                return proposal
+        return proposal
+
+    # -- combination -----------------------------------------------------------------------
+
+    def _untouched(self, target: str, settings: list[Setting]) -> bool:
+        """Whether the parent still has the base genome's values for this setting."""
+        if self._base_settings is None:
+            return False
+        base = {(s.scope, s.name): s.value for s in self._base_settings if s.name == target}
+        here = {(s.scope, s.name): s.value for s in settings if s.name == target}
+        return bool(here) and here == base
+
+    def _combination(self, parent_source: str, settings: list[Setting],
+                     catalogue: dict[str, Edit], history: list[Tried], parent_id: str,
+                     tried: set[str], rng: random.Random) -> Proposal | None:
+        """Two promising edits at once: edits kept elsewhere that the parent lacks, and near
+        misses on this parent (they lowered val_bpb, but by less than the noise bar: two of
+        them together may clear it)."""
+        promise: dict[str, float] = {}
+        for t in history:
+            if not t.edit_key or "&" in t.edit_key or t.edit_key not in catalogue:
+                continue
+            edit = catalogue[t.edit_key]
+            gain = -t.delta if isinstance(t.delta, (int, float)) and t.delta < 0 else 0.0
+            near_miss = t.status == "discarded" and gain > 0 and t.parent_id == parent_id
+            # a relative edit kept elsewhere is already in the parent once its setting moved
+            kept_missing = t.status == "kept" and (not edit.relative or self._untouched(
+                edit.target, settings))
+            if near_miss or kept_missing:
+                promise[t.edit_key] = max(promise.get(t.edit_key, 0.0), gain)
+        pool = [catalogue[k] for k in promise]
+        if len(pool) < 2:
+            return None
+        weights = [promise[e.key] + 1e-4 for e in pool]
+        for _ in range(12):
+            first, second = rng.choices(pool, weights)[0], rng.choices(pool, weights)[0]
+            if first.target == second.target:
+                continue
+            key = "&".join(sorted((first.key, second.key)))
+            if key in tried:
+                continue
+            once = first.apply(parent_source, settings)
+            twice = second.apply(once) if once is not None else None
+            if twice is None:
+                continue
+            desc = describe(key, f"{first.desc}; {second.desc}")
+            proposal = validate_proposal(parent_source, Proposal(twice, desc, key))
+            if proposal.ok:
+                return proposal
+        return None
+
+
+class RandomAgent:
+    """Uniform over applicable, untried, on-topic catalogue edits: the benchmark's control."""
+    name = "random"
+
+    def __init__(self, *, profile: str | None = None) -> None:
+        self.profile = profile
+
+    def propose(self, parent_source: str, brief: Brief, history: list[Tried], *,
+                parent_id: str, rng: random.Random) -> Proposal:
+        if not isinstance(parent_source, str):
+            return failed("no parent source")
+        settings = locate_settings(parent_source)
+        if settings is None:
+            return failed("the parent train.py does not parse")
+        catalogue = build_catalogue(parent_source, settings, self.profile)
+        candidates = _candidates(catalogue, brief.topic,
+                                 _tried_here([t for t in history or []], parent_id))
+        if not candidates:
+            return _exhausted(brief.topic)
+        return _propose_edit(parent_source, rng.choice(candidates), settings)
+
+
+__all__ = ["MutateAgent", "RandomAgent"]

@@ -1,0 +1,101 @@
+"""Device detection, hardware class and hardware profile.
+
+- `detect_device("auto")` picks cuda, then mps, then cpu; an explicit choice that this
+  machine cannot honour is a ValueError (never a silent fallback that changes the arena).
+- `hardware_class(device)` names the machine in arena strings: `cpu`, `apple-mps`, or the
+  GPU model and memory such as `nvidia-h100-80gb`. Wall-clock scores are only comparable on
+  the same class; token budgets make CPU scores comparable across CPUs.
+- The *profile* (model size, batch, compilation in train.py; evaluation settings here) is
+  the device name. Evaluation settings are part of the trusted evaluation code
+  (`evaluate_child.EVAL_SETTINGS`, hashed into the genome id), never chosen by train.py.
+
+torch is imported lazily: a node that only relays records must start fast.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from experiments.evaluate_child import EVAL_SETTINGS
+
+DEVICES = ("cpu", "cuda", "mps")
+_MEMORY_TOKEN = re.compile(r"\d+gb")
+_MEMORY_KIND = re.compile(r"(hbm|gddr|lpddr)\d*[a-z]?")
+
+
+def detect_device(pref: str = "auto") -> str:
+    """'auto' -> the best available of cuda, mps, cpu; 'cpu'|'cuda'|'mps' -> checked as given."""
+    if pref not in ("auto",) + DEVICES:
+        raise ValueError(f"device must be auto, cpu, cuda or mps, not {str(pref)[:40]!r}")
+    if pref == "cpu":
+        return "cpu"
+    import torch
+
+    cuda = torch.cuda.is_available()
+    mps = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+    if pref == "auto":
+        return "cuda" if cuda else "mps" if mps else "cpu"
+    if pref == "cuda" and not cuda:
+        raise ValueError("device cuda was asked for, but torch sees no CUDA GPU "
+                         "(is the CUDA build of torch installed?)")
+    if pref == "mps" and not mps:
+        raise ValueError("device mps was asked for, but torch reports MPS unavailable")
+    return pref
+
+
+def gpu_class(name: str, total_bytes: int) -> str:
+    """'NVIDIA H100 80GB HBM3', 85e9 -> 'nvidia-h100-80gb'; 'NVIDIA H200', 150e9 -> 'nvidia-h200-140gb'.
+
+    The memory size comes from the name when it says it, else from the reported total
+    (rounded GiB); the memory type (HBM3, GDDR6X) is dropped as it names no different card.
+    """
+    words = re.findall(r"[a-z0-9]+", name.lower())
+    named_memory = [w for w in words if _MEMORY_TOKEN.fullmatch(w)]
+    words = [w for w in words if not _MEMORY_TOKEN.fullmatch(w) and not _MEMORY_KIND.fullmatch(w)]
+    memory = named_memory[0] if named_memory else f"{round(total_bytes / 2**30)}gb"
+    slug = "-".join(words[:6] + [memory])
+    return slug[:64].strip("-") or "gpu"
+
+
+def hardware_class(device: str) -> str:
+    """The hardware part of an arena: 'cpu', 'apple-mps' or e.g. 'nvidia-h100-80gb'."""
+    if device == "cpu":
+        return "cpu"
+    if device == "mps":
+        return "apple-mps"
+    if device == "cuda":
+        import torch
+
+        props = torch.cuda.get_device_properties(0)
+        return gpu_class(props.name, props.total_memory)
+    raise ValueError(f"unknown device {str(device)[:40]!r}: expected one of {DEVICES}")
+
+
+def profile(device: str) -> str:
+    """The hardware profile train.py and the evaluator use: the device name itself."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {str(device)[:40]!r}: expected one of {DEVICES}")
+    return device
+
+
+def eval_settings(profile_name: str) -> dict:
+    """{'seq_len', 'batch_size', 'n_windows'} of the trusted evaluation for a profile."""
+    if profile_name not in EVAL_SETTINGS:
+        raise ValueError(f"unknown profile {str(profile_name)[:40]!r}")
+    return dict(EVAL_SETTINGS[profile_name])
+
+
+def cpu_threads() -> int:
+    """CPU cores this process may use (its affinity mask, not the whole machine)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # macOS has no sched_getaffinity
+        return max(1, os.cpu_count() or 1)
+
+
+def total_memory_mb() -> int | None:
+    """Physical memory of the machine in MiB, or None where it cannot be read."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -1,0 +1,487 @@
+"""Run one experiment safely: static check -> training child -> evaluation child -> result.
+
+    result = run_experiment(source, home=home)             # a whole train.py
+    result = run_patch(patch_text, home=home)              # an edit of the base genome
+    result.status, result.val_bpb, result.to_record_result()
+
+Steps (DESIGN.md, "Experiments: running one edit safely"):
+1. Static check (experiments/static_check.py): train.py only, size limit, AST screen.
+   Failures are `rejected` with the reason; nothing runs.
+2. Data: the trusted genome/prepare.py prepares (or finds cached) tokenizer and token files.
+3. A fresh workspace (experiments/workspace.py) and a training child, `python train.py`,
+   sandboxed (experiments/sandbox.py): no network, the node's home (keys, store,
+   validation data) and the raw corpus hidden, only the training tokens visible, a wall
+   limit of budget + grace, a memory limit. Its summary lines are parsed defensively and
+   are informational only: the printed val_bpb is ignored.
+4. An evaluation child (experiments/evaluate_child.py, trusted code) in a second sandbox
+   that can read the validation data: it rebuilds the model from train.py, loads the
+   weights, checks for monkeypatching, runs the causality probe and calls the trusted
+   evaluate_bpb. Its answer counts only if it carries this run's secret nonce.
+5. An `ExperimentResult`: status ok | crash | timeout | rejected, val_bpb (ok only),
+   times, tokens, steps, params, peak memory, reason, log tail, the isolation in force
+   and the arena. `.to_record_result()` gives PROTOCOL.md's `result` map.
+
+Failures of the node itself (the sandbox cannot be set up, the evaluator's own code
+fails, the data cannot be prepared) raise instead of producing a result, so that a node
+never publishes a candidate's score that its own problem decided.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from experiments import evaluate_child
+from experiments.budget import Budget, default_budget, make_arena, parse_budget
+from experiments.hardware import (cpu_threads, detect_device, eval_settings, hardware_class,
+                                  profile as device_profile, total_memory_mb)
+from experiments.sandbox import run_sandboxed
+from experiments.static_check import check_patch, check_source
+from experiments.workspace import (LogFile, cleanup, create_workspace, prepare_eval_dir)
+
+STATUSES = ("ok", "crash", "timeout", "rejected")
+MAX_REASON = 500
+# Startup allowance on top of a time budget: interpreter, torch import, model build and,
+# on GPUs, torch.compile warmup (train.py does not count those against its budget).
+STARTUP_GRACE_S = {"cpu": 30.0, "cuda": 150.0, "mps": 60.0}
+GRACE_FRACTION = 0.10
+# Token budgets: the wall limit is a generous cap, TOKEN_CAP_FACTOR x the time the budget
+# takes at a typical speed for the device (tokens per second).
+TYPICAL_TOKENS_PER_S = {"cpu": 7_000, "cuda": 500_000, "mps": 40_000}
+TOKEN_CAP_FACTOR = 10.0
+EVAL_WALL_LIMIT_S = {"cpu": 300.0, "cuda": 600.0, "mps": 600.0}
+DEFAULT_DATASETS = {"cpu": "embedded", "mps": "embedded", "cuda": "climbmix"}
+EVAL_CHILD = Path(evaluate_child.__file__).resolve()
+MAX_RESULT_BYTES = 64 * 1024
+
+
+class EvaluationError(RuntimeError):
+    """The trusted evaluator failed on its own: a node problem, never the candidate's result."""
+
+
+class ExperimentCancelled(RuntimeError):
+    """The caller's cancel event stopped the experiment: there is no result to record."""
+
+
+@dataclass
+class ExperimentResult:
+    status: str
+    arena: str
+    val_bpb: float | None = None
+    train_s: float = 0.0
+    total_s: float = 0.0
+    tokens: int | None = None
+    steps: int | None = None
+    params: int | None = None
+    peak_mem_mb: float | None = None
+    reason: str = ""
+    log_tail: str = ""
+    isolation: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    workspace: str | None = None  # kept only with keep_workspace=True
+
+    @property
+    def overhead_s(self) -> float:
+        """Harness time that is not training: startup, data, evaluation."""
+        return max(0.0, self.total_s - self.train_s)
+
+    def to_record_result(self) -> dict:
+        """PROTOCOL.md's result map: val_bpb only when ok, reason only when not ok."""
+        out: dict = {"status": self.status, "train_s": float(self.train_s),
+                     "total_s": float(self.total_s)}
+        if self.status == "ok":
+            out["val_bpb"] = float(self.val_bpb)
+        for key in ("tokens", "steps", "params"):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = int(value)
+        if self.peak_mem_mb is not None:
+            out["peak_mem_mb"] = float(self.peak_mem_mb)
+        if self.status != "ok":
+            out["reason"] = self.reason[:MAX_REASON] or self.status
+        return out
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["overhead_s"] = round(self.overhead_s, 3)
+        return data
+
+    def summary(self) -> str:
+        if self.status == "ok":
+            head = f"val_bpb {self.val_bpb:.6f}  ({self.arena})"
+        else:
+            head = f"{self.status}: {self.reason}  ({self.arena})"
+        parts = [f"train {self.train_s:.1f} s", f"total {self.total_s:.1f} s"]
+        if self.tokens is not None:
+            parts.append(f"{self.tokens:,} tokens")
+        if self.steps is not None:
+            parts.append(f"{self.steps} steps")
+        if self.params is not None:
+            parts.append(f"{self.params / 1e6:.2f}M params")
+        if self.peak_mem_mb is not None:
+            parts.append(f"peak {self.peak_mem_mb:.0f} MB")
+        return "\n".join([head, ", ".join(parts), "isolation: " + ", ".join(self.isolation)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing the training child's output (untrusted text: garbage gives None, never an error)
+
+_SUMMARY_LINE = re.compile(r"([a-z_]+):\s+(\S+)")
+_PROGRESS_LINE = re.compile(r"progress:\s*(\S+)\s+loss:\s*(\S+).*")
+_ERROR_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Exhausted)\b.*|FAIL:.*")
+
+
+def _finite(text: str, low: float = 0.0, high: float = 1e18) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and low <= value <= high else None
+
+
+class _TrainingOutput:
+    """Collects summary values and forwards progress from the training child's lines."""
+
+    def __init__(self, log: LogFile, progress):
+        self.log = log
+        self.progress = progress if callable(progress) else None
+        self.values: dict[str, str] = {}
+
+    def __call__(self, line: str) -> None:
+        self.log.write(line)
+        line = line.strip()
+        match = _PROGRESS_LINE.fullmatch(line)
+        if match:
+            fraction = _finite(match.group(1), 0.0, 1.0)
+            if fraction is not None and self.progress is not None:
+                self.progress(fraction, _finite(match.group(2), 0.0, 1e6))
+            return
+        match = _SUMMARY_LINE.fullmatch(line)
+        if match and len(self.values) < 64:
+            self.values[match.group(1)] = match.group(2)
+
+    def number(self, key: str, high: float = 1e18) -> float | None:
+        return _finite(self.values[key], 0.0, high) if key in self.values else None
+
+    def integer(self, key: str, scale: float = 1.0) -> int | None:
+        value = self.number(key, 1e15 / scale)
+        return int(round(value * scale)) if value is not None else None
+
+
+def _last_error_line(log_tail: str) -> str:
+    lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+    for line in reversed(lines):
+        if _ERROR_LINE.fullmatch(line):
+            return line[:300]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+# ---------------------------------------------------------------------------------------------
+# Trusted data preparation (memoised per process: prepare_data re-hashes every cache)
+
+_prepared: dict[tuple, tuple] = {}
+
+
+def _trusted_prepare(genome_dir: Path | None):
+    if genome_dir is None:
+        import genome.prepare as prepare  # the node catches its error classes by this name
+        return prepare
+    import importlib.util
+
+    path = Path(genome_dir).resolve() / "prepare.py"
+    name = f"loopy_trusted_prepare_{abs(hash(str(path)))}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _stamp(*paths) -> tuple:
+    out = []
+    for p in paths:
+        st = os.stat(p)
+        out.append((str(p), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def _prepare_data(prepare, home: Path, dataset: str, progress):
+    """(DataPaths, vocab_size, bos_id, tokenizer sidecar or None)."""
+    key = (str(home), dataset, prepare.__file__)
+    cached = _prepared.get(key)
+    if cached is not None:
+        data, stamp, vocab, bos = cached
+        try:
+            if _stamp(data.tokenizer, data.train_bin, data.val_bin) == stamp:
+                return data, vocab, bos
+        except OSError:
+            pass
+    stage = getattr(progress, "stage", None)
+    data = prepare.prepare_data(home, dataset, progress=stage) if stage else prepare.prepare_data(home, dataset)
+    tokenizer = prepare.load_tokenizer(data.tokenizer)
+    _prepared[key] = (data, _stamp(data.tokenizer, data.train_bin, data.val_bin),
+                      tokenizer.vocab_size, tokenizer.bos_id)
+    return data, tokenizer.vocab_size, tokenizer.bos_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits
+
+
+def training_wall_limit(budget: Budget, device: str) -> float:
+    """Seconds the training child may run: budget + grace, or a generous cap for tokens."""
+    startup = STARTUP_GRACE_S[device]
+    if budget.kind == "time":
+        return startup + budget.value * (1 + GRACE_FRACTION)
+    expected = budget.value / TYPICAL_TOKENS_PER_S[device]
+    return startup + max(60.0, TOKEN_CAP_FACTOR * expected)
+
+
+def default_mem_limit_mb(device: str) -> int:
+    """Half the machine's memory (at least 1 GiB); the child's host RAM, not GPU memory."""
+    total = total_memory_mb() or 8192
+    return max(1024, total // 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment
+
+
+def _resolve(device: str, dataset: str | None, budget) -> tuple[str, str, Budget, str]:
+    device = detect_device(device)
+    dataset = dataset or DEFAULT_DATASETS[device]
+    if budget is None or budget == "":
+        budget = default_budget(device)
+    elif not isinstance(budget, Budget):
+        budget = parse_budget(budget)
+    return device, dataset, budget, make_arena(dataset, budget, hardware_class(device))
+
+
+def _child_env(threads: int, run_config: Path | None = None, pythonpath: Path | None = None) -> dict:
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    if run_config is not None:
+        env["LOOPY_RUN_CONFIG"] = str(run_config)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
+    return env
+
+
+def run_experiment(source: str, *, home, dataset: str | None = "embedded", budget=None,
+                   device: str = "auto", seed: int = 0, progress=None,
+                   keep_workspace: bool = False, wall_limit_s: float | None = None,
+                   mem_limit_mb: int | None = None, eval_wall_limit_s: float | None = None,
+                   genome_dir: Path | None = None, cancel=None) -> ExperimentResult:
+    """Train and score one candidate train.py; see the module docstring.
+
+    `dataset` None picks the device's default (embedded on CPU/MPS, climbmix on CUDA);
+    `budget` is a Budget, a string like '300ktok' or None for the device's default.
+    `progress(fraction, loss)` is called from a reader thread; `progress.stage(name,
+    done, total)`, if present, gets data preparation and evaluation stages.
+    `genome_dir` replaces the genome directory (tests use a small fake prepare.py).
+    Setting `cancel` (a threading.Event) kills the running child and raises
+    ExperimentCancelled.
+    """
+    t0 = time.monotonic()
+    device, dataset, budget, arena = _resolve(device, dataset, budget)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be an int in 0..2^63-1, not {seed!r}")
+
+    def finish(status: str, **fields) -> ExperimentResult:
+        fields.setdefault("total_s", round(time.monotonic() - t0, 3))
+        return ExperimentResult(status=status, arena=arena, **fields)
+
+    ok, reason = check_source(source)
+    if not ok:
+        return finish("rejected", reason=f"static check: {reason}")
+
+    home = Path(home).resolve()
+    prepare = _trusted_prepare(genome_dir)
+    trusted_prepare_py = Path(prepare.__file__).resolve()
+    data, vocab_size, bos_id = _prepare_data(prepare, home, dataset, progress)
+    raw_corpus = trusted_prepare_py.parent / "data"
+    profile = device_profile(device)
+    threads = cpu_threads() if device == "cpu" else min(8, cpu_threads())
+    settings = eval_settings(profile)
+    run_config = {"device": device, "profile": profile, "budget_kind": budget.kind,
+                  "budget_value": budget.value, "seed": seed, "train_bin": str(data.train_bin),
+                  "vocab_size": vocab_size, "bos_id": bos_id, "seq_len": settings["seq_len"],
+                  "threads": threads}
+    mem_limit = mem_limit_mb or default_mem_limit_mb(device)
+    ws = create_workspace(home, source, trusted_prepare_py, run_config)
+    hidden = [home, raw_corpus, data.val_bin]
+    try:
+        # --- training child
+        log = LogFile(ws.train_log)
+        output = _TrainingOutput(log, progress)
+        limit = wall_limit_s or training_wall_limit(budget, device)
+        try:
+            train = run_sandboxed(
+                [sys.executable, "train.py"], cwd=ws.work,
+                env=_child_env(threads, ws.run_json, ws.work), wall_limit_s=limit,
+                mem_limit_mb=mem_limit, hide_paths=hidden,
+                reveal_paths=[data.train_bin, trusted_prepare_py],
+                rlimit_as_mb=mem_limit + 4096 if device == "cpu" else None, on_line=output,
+                cancel=cancel)
+        finally:
+            log.close()
+        if train.cancelled:
+            raise ExperimentCancelled("cancelled during training")
+        train_s = output.number("training_seconds", high=train.wall_s)
+        measured = dict(
+            train_s=round(train_s if train_s is not None else train.wall_s, 3),
+            tokens=output.integer("total_tokens_M", 1e6), steps=output.integer("num_steps"),
+            params=output.integer("num_params_M", 1e6), log_tail=train.log_tail,
+            isolation=train.isolation, run_id=ws.run_id,
+            peak_mem_mb=(output.number("peak_vram_mb") if device == "cuda" else None) or train.peak_rss_mb)
+        if train.timed_out:
+            return finish("timeout", reason=f"training ran past the wall limit of {limit:.0f} s "
+                                            f"(budget {budget.describe()} + grace); process group killed",
+                          **measured)
+        if train.mem_exceeded:
+            return finish("crash", reason=f"training exceeded the memory limit of {mem_limit} MB "
+                                          f"(killed at {train.peak_rss_mb:.0f} MB)", **measured)
+        if train.returncode != 0:
+            return finish("crash", reason=f"train.py exited with status {train.returncode}: "
+                                          f"{_last_error_line(train.log_tail)}", **measured)
+
+        # --- evaluation child
+        try:
+            eval_dir = prepare_eval_dir(ws, source, trusted_prepare_py, ws.run_json)
+        except FileNotFoundError:
+            return finish("crash", reason="train.py exited normally but saved no out/model.pt",
+                          **measured)
+        except ValueError as e:
+            return finish("rejected", reason=str(e), **measured)
+        stage = getattr(progress, "stage", None)
+        if stage is not None:
+            stage("evaluate", 0, 1)
+        verdict, eval_tail = _evaluate(ws, eval_dir, data, trusted_prepare_py, device, profile,
+                                       threads, mem_limit, hidden,
+                                       eval_wall_limit_s or EVAL_WALL_LIMIT_S[device], cancel)
+        measured["log_tail"] = (train.log_tail + eval_tail)[-4096:]
+        if verdict.get("params") is not None:
+            measured["params"] = verdict["params"]
+        if verdict["status"] != "ok":
+            return finish(verdict["status"], reason=verdict["reason"], **measured)
+        return finish("ok", val_bpb=verdict["val_bpb"], **measured)
+    finally:
+        cleanup(ws, keep=keep_workspace)
+
+
+def _evaluate(ws, eval_dir: Path, data, trusted_prepare_py: Path, device: str, profile: str,
+              threads: int, mem_limit: int, hidden: list, limit: float, cancel) -> tuple[dict, str]:
+    """Run the evaluation child; ({'status', 'reason'|'val_bpb', 'params'}, its log tail)."""
+    nonce = secrets.token_hex(16)
+    result_path = eval_dir / "result.json"
+    spec = {"nonce": nonce, "result_path": str(result_path), "trusted_prepare": str(trusted_prepare_py),
+            "prepare_py": str(eval_dir / "prepare.py"), "train_py": str(eval_dir / "train.py"),
+            "model_pt": str(eval_dir / "model.pt"), "run_config": str(eval_dir / "run.json"),
+            "val_bin": str(data.val_bin), "tokenizer": str(data.tokenizer), "device": device,
+            "profile": profile, "threads": threads, "probe_seed": secrets.randbits(63)}
+    spec_path = eval_dir / "eval.json"
+    with open(spec_path, "x", encoding="utf-8") as f:
+        json.dump(spec, f)
+    tokenizer_sidecar = data.tokenizer.with_name(data.tokenizer.name + ".sha256")
+    log = LogFile(ws.eval_log)
+    try:
+        child = run_sandboxed(
+            [sys.executable, "-I", str(EVAL_CHILD), str(spec_path)], cwd=eval_dir,
+            env=_child_env(threads), wall_limit_s=limit, mem_limit_mb=mem_limit,
+            hide_paths=[p for p in hidden if p != data.val_bin],
+            reveal_paths=[data.val_bin, data.tokenizer, trusted_prepare_py]
+            + ([tokenizer_sidecar] if tokenizer_sidecar.exists() else []),
+            rlimit_as_mb=mem_limit + 4096 if device == "cpu" else None, on_line=log.write,
+            cancel=cancel)
+    finally:
+        log.close()
+    if child.cancelled:
+        raise ExperimentCancelled("cancelled during evaluation")
+    if child.timed_out:
+        return {"status": "timeout", "reason": f"evaluation ran past its wall limit of {limit:.0f} s"}, child.log_tail
+    if child.mem_exceeded:
+        return {"status": "crash", "reason": f"evaluation exceeded the memory limit of {mem_limit} MB"}, child.log_tail
+    verdict = _read_verdict(result_path, nonce)
+    if verdict is None or child.returncode != 0:
+        return {"status": "crash", "reason": f"evaluation crashed (status {child.returncode}): "
+                                             f"{_last_error_line(child.log_tail)}"}, child.log_tail
+    if verdict["status"] == "error":
+        raise EvaluationError(f"the trusted evaluator failed: {verdict['reason']}; "
+                              f"log tail:\n{child.log_tail[-2000:]}")
+    return verdict, child.log_tail
+
+
+def _read_verdict(path: Path, nonce: str) -> dict | None:
+    """The evaluation child's result, if it is well formed and carries this run's nonce."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        raw = os.read(fd, MAX_RESULT_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        result = json.loads(raw) if len(raw) <= MAX_RESULT_BYTES else None
+    except ValueError:
+        return None
+    if not isinstance(result, dict) or not isinstance(result.get("nonce"), str):
+        return None
+    if not secrets.compare_digest(result["nonce"], nonce):
+        return None
+    status = result.get("status")
+    params = result.get("params")
+    params = params if isinstance(params, int) and not isinstance(params, bool) and params >= 0 else None
+    if status == "ok":
+        bpb = result.get("val_bpb")
+        if isinstance(bpb, float) and math.isfinite(bpb) and bpb > 0:
+            return {"status": "ok", "val_bpb": bpb, "params": params}
+        return None
+    if status in ("rejected", "crash", "error"):
+        reason = result.get("reason")
+        reason = reason[:MAX_REASON] if isinstance(reason, str) and reason else status
+        return {"status": status, "reason": reason, "params": params}
+    return None
+
+
+def run_patch(patch_text: str, *, home, base_source: str | None = None, genome_dir: Path | None = None,
+              device: str = "auto", dataset: str | None = "embedded", budget=None,
+              **kwargs) -> ExperimentResult:
+    """Apply an edit of train.py to the base genome (or `base_source`) and run it.
+
+    A patch that touches another file, is malformed or does not apply is `rejected`
+    with the reason, and nothing runs.
+    """
+    from swarm.patch import PatchError, apply_patch
+
+    t0 = time.monotonic()
+    device, dataset, budget, arena = _resolve(device, dataset, budget)
+
+    def rejected(reason: str) -> ExperimentResult:
+        return ExperimentResult(status="rejected", arena=arena, reason=reason,
+                                total_s=round(time.monotonic() - t0, 3))
+
+    ok, reason = check_patch(patch_text)
+    if not ok:
+        return rejected(f"patch: {reason}")
+    if base_source is None:
+        base_dir = Path(genome_dir) if genome_dir is not None else None
+        if base_dir is None:
+            from genome import base_train_source
+            base_source = base_train_source()
+        else:
+            base_source = (base_dir / "train.py").read_text(encoding="utf-8")
+    try:
+        source = apply_patch(base_source, patch_text)
+    except PatchError as e:
+        return rejected(f"patch does not apply: {e}")
+    return run_experiment(source, home=home, dataset=dataset, budget=budget, device=device,
+                          genome_dir=genome_dir, **kwargs)

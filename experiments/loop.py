@@ -1,0 +1,340 @@
+"""The research loop: choose a parent, propose an edit, run it, keep or discard, record.
+
+One `ResearchLoop` owns one node's experiments in one arena. Everything it does
+becomes a signed `experiment` record in the store, crashes and rejections
+included; it resumes from the store after a restart (an experiment cut off by a
+kill is recorded once, as interrupted).
+
+Noise-aware keeping (experiments/scoreboard.py): an edit is kept when it beats
+its parent by more than the arena's noise. The node runs baseline seeds itself
+while the arena has fewer than `baseline_repeats`, and adds one every
+`sigma_refresh` experiments so the noise estimate keeps improving.
+
+The store is only touched from the thread that runs the loop (trio's); the
+trainer and the agent, which block, run in worker threads.
+"""
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import trio
+
+from experiments.agents.base import Agent, Brief, Proposal, Tried, validate_proposal
+from experiments.scoreboard import Candidate, Scoreboard, ScoreRules
+from swarm.lineage import Lineage, LineageError
+from swarm.patch import make_patch
+from swarm.records import Record, make_experiment
+from swarm.store import Store
+
+INFLIGHT_KEY = "loop.inflight"
+
+
+class Trainer(Protocol):
+    """Runs one train.py source in the node's arena; blocks; honours `cancel`."""
+
+    arena: str
+    label: str
+
+    def run(self, source: str, *, seed: int, progress: Callable | None,
+            cancel: threading.Event) -> "TrainerResult": ...
+
+
+class TrainerResult(Protocol):
+    status: str
+    val_bpb: float | None
+    reason: str
+
+    def to_record_result(self) -> dict: ...
+
+
+@dataclass
+class LoopConfig:
+    topic: str = "general"
+    rules: ScoreRules = field(default_factory=ScoreRules)
+    sigma_refresh: int = 25       # one more baseline seed every this many experiments
+    explore_share: float = 0.2    # share of parents drawn from the top records, not the best
+    explore_top: int = 5
+    max_experiments: int = 0      # 0: run until stopped
+    until: float | None = None    # unix seconds
+    proposal_attempts: int = 5    # failed/duplicate proposals before giving up on a step
+
+
+@dataclass
+class StepOutcome:
+    kind: str                         # "baseline" | "experiment" | "no-proposal"
+    record: Record | None = None
+    parent: Candidate | None = None
+    kept: bool = False
+    delta: float | None = None
+    reason: str = ""
+
+
+@dataclass
+class LoopState:
+    """What the live view shows; updated by the loop, read by the UI."""
+    current: dict | None = None       # {"desc", "parent", "started", "fraction", "loss"}
+    recent: list = field(default_factory=list)
+    experiments_run: int = 0
+
+
+class ResearchLoop:
+    def __init__(self, *, store: Store, lineage: Lineage, identity, genome: str,
+                 root_id: bytes, trainer: Trainer, agent: Agent, brief: Brief,
+                 config: LoopConfig, home: Path,
+                 trusted: Callable[[Record], bool] | None = None,
+                 busy: Callable[[], set[tuple[bytes, str]]] | None = None,
+                 publish: Callable[[Record], None] | None = None,
+                 on_event: Callable[[str, dict], None] | None = None,
+                 rng: random.Random | None = None):
+        self.store, self.lineage, self.identity = store, lineage, identity
+        self.genome, self.root_id = genome, root_id
+        self.trainer, self.agent, self.brief, self.config = trainer, agent, brief, config
+        self.arena = trainer.arena
+        self.home = Path(home)
+        self.scores = Scoreboard(store, lineage, root_id, self.arena, config.rules, trusted)
+        self.busy = busy or (lambda: set())
+        self.publish = publish or (lambda r: None)
+        self.on_event = on_event or (lambda kind, data: None)
+        self.rng = rng or random.Random()
+        self.state = LoopState()
+        self._cancel = threading.Event()
+
+    # -- parent choice --------------------------------------------------------
+
+    def choose_parent(self) -> Candidate | None:
+        """The best kept record, or (a share of the time) one of the top few."""
+        found = self.scores.candidates()
+        if not found:
+            return None
+        if len(found) > 1 and self.rng.random() < self.config.explore_share:
+            return self.rng.choice(found[:self.config.explore_top])
+        return found[0]
+
+    # -- history digest for the agent -----------------------------------------
+
+    def history(self, limit: int = 500) -> list[Tried]:
+        sigma = self.scores.sigma()
+        tried = []
+        for r in self.store.experiments(arena=self.arena, limit=limit):
+            if not r.patch or (r.result or {}).get("reason", "").startswith("interrupted"):
+                continue  # baselines, and runs the node cut short, are not tried edits
+            delta = self.scores.delta(r)
+            status = r.status if r.status != "ok" else (
+                "kept" if self.scores.is_kept(r, sigma) else "discarded")
+            tried.append(Tried(edit_key=edit_key_of(r.desc or ""), desc=r.desc or "",
+                               parent_id=r.parents[0].hex(), status=status, delta=delta))
+        return tried
+
+    def child_sources(self, parent_id: bytes) -> set[str]:
+        """Sources already tried on this parent (by anyone): never run one twice."""
+        out = set()
+        for child in self.store.children(parent_id):
+            if child.arena != self.arena or child.kind != "experiment":
+                continue
+            try:
+                out.add(self.lineage.source_of(child.id))
+            except LineageError:
+                continue
+        return out
+
+    # -- the loop -------------------------------------------------------------
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Run experiments until stopped, `max_experiments`, or `until`."""
+        self.resume()
+        task_status.started()
+        run = 0
+        while not self._should_stop(run):
+            outcome = await self.step()
+            if outcome.kind != "no-proposal":
+                run += 1
+            else:
+                await trio.sleep(1.0)  # an agent that keeps failing must not spin the CPU
+
+    def _should_stop(self, run: int) -> bool:
+        c = self.config
+        if c.max_experiments and run >= c.max_experiments:
+            return True
+        return c.until is not None and time.time() >= c.until
+
+    def resume(self) -> Record | None:
+        """Record an experiment a kill cut short, once, as interrupted."""
+        raw = self.store.get_meta(INFLIGHT_KEY)
+        if not raw:
+            return None
+        try:
+            info = json.loads(raw)
+            parents = [bytes.fromhex(p) for p in info["parents"]]
+            record = make_experiment(
+                self.identity, genome=self.genome, parents=parents, topic=info["topic"],
+                arena=info["arena"], patch=info["patch"], desc=info["desc"],
+                agent=info["agent"],
+                result={"status": "crash", "reason": "interrupted: the node stopped during "
+                        "this run", "train_s": 0.0, "total_s": 0.0, "tokens": 0, "steps": 0,
+                        "params": 0, "peak_mem_mb": 0.0})
+        except (ValueError, KeyError, TypeError):
+            record = None  # a marker we cannot read: drop it rather than loop on it
+        with self.store.atomic():
+            if record is not None:
+                self.store.insert(record, local=True)
+            self.store.set_meta(INFLIGHT_KEY, "")
+        return record
+
+    async def step(self) -> StepOutcome:
+        """One decision: a missing baseline seed, or one proposed edit."""
+        seed = self._missing_baseline_seed()
+        if seed is not None:
+            return await self._run_baseline(seed)
+        parent = self.choose_parent()
+        if parent is None:  # no root score yet (our own baseline seed crashed?)
+            return await self._run_baseline(self.config.rules.seed)
+        parent_source = self.lineage.source_of(parent.id) if parent.record else \
+            self.lineage.base_source
+        proposal = await self._propose(parent, parent_source)
+        if proposal is None:
+            return StepOutcome("no-proposal", parent=parent, reason="no usable proposal")
+        return await self._run_edit(parent, parent_source, proposal)
+
+    def _missing_baseline_seed(self) -> int | None:
+        by_seed = self.scores.baselines()
+        c, rules = self.config, self.config.rules
+        free = next(s for s in range(rules.seed, rules.seed + 10_000) if s not in by_seed)
+        if rules.seed not in by_seed:
+            return rules.seed
+        if len(by_seed) < rules.baseline_repeats:
+            return free
+        local = len(self.store.experiments(arena=self.arena, local=True))
+        if c.sigma_refresh and local and local % c.sigma_refresh == 0 and \
+                self.state.experiments_run:
+            return free
+        return None
+
+    async def _propose(self, parent: Candidate, parent_source: str) -> Proposal | None:
+        history = self.history()
+        seen = self.child_sources(parent.id)
+        busy = {desc for pid, desc in self.busy() if pid == parent.id}
+        for _ in range(self.config.proposal_attempts):
+            rng = random.Random(self.rng.random())
+            proposal = await trio.to_thread.run_sync(
+                lambda: self.agent.propose(parent_source, self.brief, history,
+                                           parent_id=parent.id.hex(), rng=rng))
+            proposal = validate_proposal(parent_source, proposal)
+            if proposal.failure is None and proposal.source in seen:
+                proposal.failure = "duplicate: this edit was already tried on this parent"
+            if proposal.failure is None and proposal.desc in busy:
+                proposal.failure = "another live node announced this edit on this parent"
+            if proposal.failure is None:
+                return proposal
+            self._log_failed(parent, proposal)
+            # Let the agent's next attempt know what went wrong.
+            history = history + [Tried(edit_key=proposal.edit_key, desc=proposal.desc,
+                                       parent_id=parent.id.hex(), status="rejected",
+                                       delta=None)]
+        return None
+
+    def _log_failed(self, parent: Candidate, proposal: Proposal) -> None:
+        """Failed proposals are not experiments: they go to a local log, not the swarm."""
+        entry = {"t": time.time(), "parent": parent.id.hex(), "agent": self.agent.name,
+                 "desc": proposal.desc, "reason": proposal.failure}
+        with open(self.home / "proposals.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        self.on_event("proposal-failed", entry)
+
+    async def _run_baseline(self, seed: int) -> StepOutcome:
+        root = Candidate(self.root_id, self.scores.root_score() or float("nan"))
+        source = self.lineage.base_source
+        result = await self._train(source, seed, f"baseline seed={seed}", root)
+        record = self._record([self.root_id], "", f"baseline seed={seed}", "baseline", result)
+        outcome = StepOutcome("baseline", record=record, parent=root, reason=result.reason)
+        self._remember(outcome)
+        return outcome
+
+    async def _run_edit(self, parent: Candidate, parent_source: str,
+                        proposal: Proposal) -> StepOutcome:
+        patch = make_patch(parent_source, proposal.source)
+        marker = {"parents": [parent.id.hex()], "topic": self.config.topic,
+                  "arena": self.arena, "patch": patch, "desc": proposal.desc,
+                  "agent": self.agent.name}
+        self.store.set_meta(INFLIGHT_KEY, json.dumps(marker))
+        result = await self._train(proposal.source, self.config.rules.seed, proposal.desc,
+                                   parent)
+        record = self._record([parent.id], patch, proposal.desc, self.agent.name, result)
+        kept = self.scores.is_kept(record)
+        delta = record.val_bpb - parent.val_bpb if record.val_bpb is not None else None
+        outcome = StepOutcome("experiment", record=record, parent=parent, kept=kept,
+                              delta=delta, reason=result.reason)
+        self._remember(outcome)
+        return outcome
+
+    async def _train(self, source: str, seed: int, desc: str, parent: Candidate):
+        self.state.current = {"desc": desc, "parent": parent.id.hex(), "started": time.time(),
+                              "fraction": 0.0, "loss": None}
+        self.on_event("started", self.state.current)
+
+        def progress(fraction, loss=None):
+            if self.state.current is not None:
+                self.state.current.update(fraction=fraction, loss=loss)
+
+        try:
+            return await run_cancellable(
+                lambda cancel: self.trainer.run(source, seed=seed, progress=progress,
+                                                cancel=cancel))
+        finally:
+            self.state.current = None
+
+    def _record(self, parents, patch, desc, agent, result) -> Record:
+        record = make_experiment(self.identity, genome=self.genome, parents=parents,
+                                 topic=self.config.topic, arena=self.arena, patch=patch,
+                                 desc=desc, agent=agent, result=result.to_record_result())
+        with self.store.atomic():  # the record and clearing the marker: all or nothing
+            self.store.insert(record, local=True)
+            self.store.set_meta(INFLIGHT_KEY, "")
+        self.state.experiments_run += 1
+        self.publish(record)
+        return record
+
+    def _remember(self, outcome: StepOutcome) -> None:
+        r = outcome.record
+        status = r.status
+        if outcome.kind == "experiment" and status == "ok" and not outcome.kept:
+            status = "discarded"
+        entry = {"id": r.id_hex, "desc": r.desc, "status": status, "val_bpb": r.val_bpb,
+                 "delta": outcome.delta, "kept": outcome.kept, "reason": outcome.reason,
+                 "author": "self"}
+        self.state.recent = ([entry] + self.state.recent)[:20]
+        self.on_event("finished", entry)
+
+
+async def run_cancellable(fn: Callable[[threading.Event], object], grace_s: float = 15.0):
+    """Run blocking `fn(cancel)` in a thread; on trio cancellation set `cancel` and wait
+    (shielded, up to `grace_s`) for `fn` to stop its child processes and return."""
+    cancel, finished = threading.Event(), threading.Event()
+
+    def work():
+        try:
+            return fn(cancel)
+        finally:
+            finished.set()
+
+    try:
+        return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except trio.Cancelled:
+        cancel.set()
+        with trio.move_on_after(grace_s) as scope:
+            scope.shield = True
+            while not finished.is_set():
+                await trio.sleep(0.05)
+        raise
+
+
+def edit_key_of(desc: str) -> str | None:
+    """The mutate agent's edit key, written as `[key] description`."""
+    m = re.match(r"^\[([^\]]{1,80})\]", desc)
+    return m.group(1) if m else None

@@ -1,0 +1,118 @@
+"""Scores in one arena, read from the store: baselines, noise, kept edits, best parents.
+
+Every experiment in an arena trains with the arena's fixed seed, so a child and
+its parent are paired by seed. The arena's noise sigma comes from baseline runs
+of the unchanged genome with different seeds (`baseline seed=N` records, this
+node's or any peer's). An edit is *kept* when it beats its parent by more than
+`noise_k * sigma`; a merge must beat the better of its parents.
+
+No training and no network here: the research loop, `loopy status` and the
+dashboard all read the same numbers through this class.
+"""
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass
+from typing import Callable
+
+from swarm.lineage import Lineage
+from swarm.records import Record
+from swarm.store import Store
+
+BASELINE_DESC = re.compile(r"^baseline seed=(\d+)$")
+
+
+@dataclass
+class ScoreRules:
+    seed: int = 0                 # the arena's training seed: paired comparisons
+    noise_k: float = 2.0          # kept only if it beats its parent by noise_k * sigma
+    sigma_floor: float = 1e-4     # never trust a noise estimate below this
+    baseline_repeats: int = 3     # baseline seeds needed before sigma is known
+
+
+@dataclass
+class Candidate:
+    """A possible parent: a kept record, or the genome root (record None)."""
+    id: bytes
+    val_bpb: float
+    record: Record | None = None
+
+
+def is_baseline(record: Record) -> int | None:
+    """The seed of a baseline run (the genome unchanged), else None."""
+    m = BASELINE_DESC.match(record.desc or "")
+    return int(m.group(1)) if m and not record.patch else None
+
+
+class Scoreboard:
+    def __init__(self, store: Store, lineage: Lineage, root_id: bytes, arena: str,
+                 rules: ScoreRules | None = None,
+                 trusted: Callable[[Record], bool] | None = None):
+        self.store, self.lineage, self.root_id, self.arena = store, lineage, root_id, arena
+        self.rules = rules or ScoreRules()
+        self.trusted = trusted or (lambda r: store.is_local(r.id))
+
+    def baselines(self) -> dict[int, list[float]]:
+        """val_bpb of baseline runs in the arena, by seed (every author's)."""
+        by_seed: dict[int, list[float]] = {}
+        for r in self.store.children(self.root_id):
+            seed = is_baseline(r)
+            if seed is not None and r.arena == self.arena and r.status == "ok":
+                by_seed.setdefault(seed, []).append(r.val_bpb)
+        return by_seed
+
+    def sigma(self) -> float | None:
+        """Std of the baseline score over seeds; None until `baseline_repeats` seeds ran."""
+        by_seed = self.baselines()
+        if len(by_seed) < max(2, self.rules.baseline_repeats):
+            return None
+        per_seed = [statistics.median(v) for v in by_seed.values()]
+        return max(statistics.stdev(per_seed), self.rules.sigma_floor)
+
+    def root_score(self) -> float | None:
+        """The genome's own score in the arena, at the arena's seed."""
+        runs = self.baselines().get(self.rules.seed)
+        return statistics.median(runs) if runs else None
+
+    def score_of(self, record_id: bytes) -> float | None:
+        if record_id == self.root_id:
+            return self.root_score()
+        r = self.store.get(record_id)
+        return r.val_bpb if r is not None and r.status == "ok" else None
+
+    def parent_score(self, record: Record) -> float | None:
+        """A merge must beat the better of its parents."""
+        scores = [s for s in (self.score_of(p) for p in record.parents) if s is not None]
+        return min(scores) if scores else None
+
+    def delta(self, record: Record) -> float | None:
+        parent = self.parent_score(record)
+        if record.status != "ok" or parent is None:
+            return None
+        return record.val_bpb - parent
+
+    def is_kept(self, record: Record, sigma: float | None = None) -> bool:
+        """An ok non-baseline experiment that beat its parent by more than the noise."""
+        if record.status != "ok" or not record.patch or record.arena != self.arena:
+            return False
+        sigma = self.sigma() if sigma is None else sigma
+        delta = self.delta(record)
+        if sigma is None or delta is None:
+            return False
+        return delta < -self.rules.noise_k * sigma
+
+    def candidates(self, topic: str | None = None) -> list[Candidate]:
+        """The root and every trusted, buildable, kept record in the arena, best first."""
+        sigma = self.sigma()
+        root = self.root_score()
+        out = [Candidate(self.root_id, root)] if root is not None else []
+        for r in self.store.experiments(arena=self.arena, topic=topic):
+            if self.is_kept(r, sigma) and self.trusted(r) and self.lineage.is_buildable(r.id):
+                out.append(Candidate(r.id, r.val_bpb, r))
+        out.sort(key=lambda c: (c.val_bpb, c.id))
+        return out
+
+    def best(self, topic: str | None = None) -> Candidate | None:
+        found = self.candidates(topic)
+        return found[0] if found else None

@@ -1,0 +1,41 @@
+"""The trainers a node can use: the real genome harness, or the synthetic landscape.
+
+Both follow `experiments.loop.Trainer`: an `arena`, a `label`, and a blocking
+`run(source, *, seed, progress, cancel)` that returns a result with
+`.status`, `.val_bpb`, `.reason` and `.to_record_result()`.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from experiments.harness import _resolve, run_experiment
+
+
+class GenomeTrainer:
+    """Trains train.py for real in the sandboxed harness."""
+
+    def __init__(self, home: Path, *, dataset: str | None = None, budget=None,
+                 device: str = "auto"):
+        self.home = Path(home)
+        self.device, self.dataset, self.budget, self.arena = _resolve(device, dataset, budget)
+        self.label = f"genome on {self.device}"
+
+    def run(self, source: str, *, seed: int, progress=None,
+            cancel: threading.Event | None = None):
+        # A set `cancel` kills the child and raises ExperimentCancelled: the loop is
+        # being cancelled then, so nothing is recorded for this run.
+        return run_experiment(source, home=self.home, dataset=self.dataset,
+                              budget=self.budget, device=self.device, seed=seed,
+                              progress=progress, cancel=cancel)
+
+
+def make_trainer(kind: str, home: Path, *, dataset: str | None = None, budget=None,
+                 device: str = "auto", synthetic_seed: int = 0, synthetic_delay_s: float = 0.0):
+    """`genome` (real training) or `synthetic` (a hidden landscape, seconds per run)."""
+    if kind == "genome":
+        return GenomeTrainer(home, dataset=dataset, budget=budget, device=device)
+    if kind == "synthetic":
+        from experiments.synthetic import SyntheticTrainer
+        return SyntheticTrainer(synthetic_seed, delay_s=synthetic_delay_s)
+    raise ValueError(f"unknown trainer {kind!r}: use 'genome' or 'synthetic'")

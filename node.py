@@ -1,0 +1,663 @@
+"""Loopy's command line: composes a node from swarm/, experiments/ and genome/.
+
+Every command is a thin layer over a Python API a notebook could call too.
+Settings come from, highest first: command-line flags, `LOOPY_*` environment
+variables, the TOML config file (`<home>/config.toml` or `--config FILE`), defaults.
+
+    loopy run                         train the baseline genome once, print val_bpb
+    loopy run --patch edit.diff       train an edit of genome/train.py
+    loopy start --offline --topic optimizer
+                                      the research loop, forever (Ctrl-C stops it cleanly)
+    loopy status --json               what the node knows and does
+    loopy export -o best.patch        the best lineage as a patch of genome/train.py
+    loopy log                         the best lineage and recent results
+    loopy id                          print this node's peer id
+    loopy config                      print the effective settings
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+# ---------------------------------------------------------------------------
+# Settings: one table of every option, its default, type and help.
+
+
+@dataclass
+class Settings:
+    home: str = "~/.loopy"
+    device: str = "auto"
+    budget: str = ""            # empty: the device's default (300s on GPUs, 300ktok on CPU)
+    dataset: str = ""           # empty: embedded on CPU, climbmix on CUDA
+    seed: int = 0
+    plain: bool = False
+    json: bool = False
+    topic: list[str] = field(default_factory=lambda: ["general"])
+    agent: str = "mutate"
+    trainer: str = "genome"
+    max_experiments: int = 0    # 0: never stop on its own
+    until: str = ""
+    offline: bool = False
+    listen: str = "/ip4/0.0.0.0/tcp/4011"
+    bootstrap: list[str] = field(default_factory=list)
+    mdns: bool = False
+    dashboard: int = 0          # 0: no dashboard
+    verify_share: float = 0.25
+    trust_k: int = 2
+
+
+SETTING_TYPES = {f.name: f.type for f in fields(Settings)}
+
+
+class ConfigError(Exception):
+    """A bad config file, environment variable or option; the message names the key."""
+
+
+def _coerce(key: str, value, source: str):
+    """Convert `value` to the type of setting `key`; strings come from the environment."""
+    kind = SETTING_TYPES[key]
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(value)
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "list[str]":
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return list(value)
+            raise ValueError(value)
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except ValueError:
+        raise ConfigError(f"{source}: {key} must be {kind}, got {value!r}") from None
+
+
+def load_settings(flags: dict, environ=os.environ) -> Settings:
+    """Merge defaults < config file < LOOPY_* environment < flags (those not None)."""
+    merged = {}
+    home = flags.get("home") or environ.get("LOOPY_HOME") or Settings.home
+    config_path = flags.get("config") or environ.get("LOOPY_CONFIG")
+    path = Path(config_path).expanduser() if config_path else Path(home).expanduser() / "config.toml"
+    if config_path and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.is_file():
+        try:
+            table = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in SETTING_TYPES:
+                raise ConfigError(f"{path}: unknown key {key!r}")
+            merged[name] = _coerce(name, value, str(path))
+    for var, value in environ.items():
+        if not var.startswith("LOOPY_") or var in ("LOOPY_CONFIG", "LOOPY_RUN_CONFIG"):
+            continue
+        name = var[len("LOOPY_"):].lower()
+        if name in ("data_url",):  # read by genome/prepare.py itself
+            continue
+        if name not in SETTING_TYPES:
+            raise ConfigError(f"environment: unknown variable {var}")
+        merged[name] = _coerce(name, value, f"environment {var}")
+    for name, value in flags.items():
+        if name in SETTING_TYPES and value is not None:
+            merged[name] = value
+    return Settings(**merged)
+
+
+def home_dir(settings: Settings) -> Path:
+    home = Path(settings.home).expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+# ---------------------------------------------------------------------------
+# Output helpers
+
+
+def emit_json(obj) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True))
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"loopy: error: {message}", file=sys.stderr)
+    return code
+
+
+# ---------------------------------------------------------------------------
+# Commands
+
+
+def cmd_run(settings: Settings, args) -> int:
+    """Train the genome (or an edit of it) once and print the harness's score."""
+    from experiments.harness import run_experiment, run_patch
+    from experiments.progress import RunProgress
+
+    home = home_dir(settings)
+    patch_text = None
+    if args.patch:
+        try:
+            patch_text = Path(args.patch).read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            return fail(f"cannot read patch {args.patch}: {e}")
+    live = not settings.json and not settings.plain and sys.stdout.isatty()
+    with RunProgress(live=live, plain=not settings.json) as progress:
+        common = dict(home=home, dataset=settings.dataset or None, budget=settings.budget or None,
+                      device=settings.device, seed=settings.seed, progress=progress)
+        try:
+            if patch_text is not None:
+                result = run_patch(patch_text, **common)
+            else:
+                from genome import base_train_source
+                result = run_experiment(base_train_source(), **common)
+        except Exception as e:  # data/tokenizer problems and the like: a clear message
+            from genome.prepare import CorpusError, DatasetUnavailable
+            if isinstance(e, (CorpusError, DatasetUnavailable)):
+                return fail(str(e))
+            raise
+    if settings.json:
+        emit_json(result.to_json())
+    else:
+        print(result.summary())
+    return 0 if result.status == "ok" else 1
+
+
+def cmd_id(settings: Settings, args) -> int:
+    """Print this node's peer id (its key is created on first use)."""
+    from genome import genome_id
+    from swarm.identity import IdentityError, NodeIdentity
+
+    try:
+        ident = NodeIdentity.load_or_create(home_dir(settings))
+    except IdentityError as e:
+        return fail(str(e))
+    gid = genome_id()
+    info = {
+        "peer_id": ident.peer_id,
+        "genome": gid,
+        "listen": [settings.listen],
+        "topics": [f"loopy/1/{gid}/{t}" for t in settings.topic] + [f"loopy/1/{gid}/heads"],
+    }
+    if settings.json:
+        emit_json(info)
+    else:
+        print(ident.peer_id)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# The node's local state: identity, store, lineage, scores
+
+
+class HomeLocked(Exception):
+    pass
+
+
+@dataclass
+class Local:
+    """What a node keeps in its home, opened together."""
+    home: Path
+    identity: object
+    store: object
+    lineage: object
+    genome: str
+    root_id: bytes
+
+    @classmethod
+    def open(cls, settings: Settings) -> "Local":
+        from genome import base_train_source, genome_id, genome_root_id
+        from swarm.identity import NodeIdentity
+        from swarm.lineage import Lineage
+        from swarm.store import Store
+
+        home = home_dir(settings)
+        root = genome_root_id()
+        identity = NodeIdentity.load_or_create(home)
+        store = Store.open(home, root_id=root)
+        return cls(home, identity, store, Lineage(store, base_train_source(), root),
+                   genome_id(), root)
+
+    def arena(self, settings: Settings) -> str:
+        """The arena this node last worked in, else the one its settings give."""
+        saved = self.store.get_meta("node.arena")
+        if saved:
+            return saved
+        if settings.trainer == "synthetic":
+            from experiments.synthetic import SyntheticTrainer
+            return SyntheticTrainer(0).arena
+        from experiments.harness import _resolve
+        return _resolve(settings.device, settings.dataset or None, settings.budget or None)[3]
+
+    def scoreboard(self, arena: str, settings: Settings):
+        from experiments.scoreboard import Scoreboard, ScoreRules
+        return Scoreboard(self.store, self.lineage, self.root_id, arena,
+                          ScoreRules(seed=settings.seed))
+
+
+def lock_home(home: Path):
+    """One running node per home: an exclusive lock held for the node's lifetime."""
+    import fcntl
+    f = open(home / "node.lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise HomeLocked(f"another node is running on {home} (see {home / 'status.json'})")
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
+def home_is_locked(home: Path) -> bool:
+    try:
+        lock_home(home).close()
+        return False
+    except HomeLocked:
+        return True
+
+
+def snapshot(local: Local, arena: str, settings: Settings, loop=None) -> dict:
+    """The facts `status --json` prints and the live view draws (keys kept stable)."""
+    board = loop.scores if loop is not None else local.scoreboard(arena, settings)
+    best = board.best()
+    best_json = None
+    if best is not None and best.record is not None:
+        best_json = {"id": best.id.hex(), "val_bpb": best.val_bpb,
+                     "verified": bool(board.trusted(best.record)), "arena": arena}
+    elif best is not None:
+        best_json = {"id": best.id.hex(), "val_bpb": best.val_bpb, "verified": True,
+                     "arena": arena, "genome_root": True}
+    recent = []
+    for r in local.store.experiments(arena=arena, limit=10)[::-1]:
+        recent.append({"id": r.id_hex, "author": r.author_peer_id, "desc": r.desc,
+                       "status": r.status, "val_bpb": r.val_bpb, "delta": board.delta(r),
+                       "kept": board.is_kept(r), "verified": bool(board.trusted(r))})
+    snap = {
+        "peer_id": local.identity.peer_id, "genome": local.genome, "arena": arena,
+        "topics": settings.topic, "records": local.store.count(),
+        "experiments_local": len(local.store.experiments(arena=arena, local=True)),
+        "best": best_json, "peers": [], "recent": recent, "current": None,
+        "verifying": [], "sigma": board.sigma(), "offline": settings.offline,
+    }
+    if loop is not None:
+        snap["current"] = loop.state.current
+    return snap
+
+
+def write_status_file(home: Path, snap: dict) -> None:
+    """Atomically, so `loopy status` never reads half a file."""
+    tmp = home / "status.json.tmp"
+    tmp.write_text(json.dumps(dict(snap, updated=time.time(), pid=os.getpid()), default=str))
+    os.replace(tmp, home / "status.json")
+
+
+# ---------------------------------------------------------------------------
+# start: the research loop (and, unless --offline, the swarm)
+
+
+def cmd_start(settings: Settings, args) -> int:
+    """Run the research loop until stopped (Ctrl-C or SIGTERM stop it cleanly)."""
+    from genome import check_topic
+    from swarm.identity import IdentityError
+    from swarm.store import StoreError
+
+    try:
+        for topic in settings.topic:
+            check_topic(topic)
+        until = parse_until(settings.until)
+    except ValueError as e:
+        return fail(str(e))
+    home = home_dir(settings)
+    try:
+        lock = lock_home(home)
+    except HomeLocked as e:
+        return fail(str(e))
+    try:
+        local = Local.open(settings)
+    except (IdentityError, StoreError) as e:
+        lock.close()
+        return fail(str(e))
+    try:
+        import trio
+        return trio.run(run_node, local, settings, until)
+    except (ValueError, RuntimeError) as e:
+        return fail(str(e), 1)
+    finally:
+        local.store.close()
+        lock.close()
+
+
+def parse_until(text: str) -> float | None:
+    """`--until` as a duration ('8h', '30m') or an ISO time ('2026-11-27T07:00')."""
+    import re
+    from datetime import datetime
+    if not text:
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text.strip())
+    if m:
+        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        return time.time() + float(m.group(1)) * scale
+    try:
+        return datetime.fromisoformat(text.strip()).timestamp()
+    except ValueError:
+        raise ValueError(f"--until {text!r}: give a duration like 8h or an ISO time") from None
+
+
+def build_loop(local: Local, settings: Settings, until: float | None):
+    from experiments.agents import load_brief, make_agent
+    from experiments.loop import LoopConfig, ResearchLoop
+    from experiments.scoreboard import ScoreRules
+    from experiments.trainers import make_trainer
+
+    trainer = make_trainer(settings.trainer, local.home, dataset=settings.dataset or None,
+                           budget=settings.budget or None, device=settings.device)
+    agent = make_agent(settings.agent, base_source=local.lineage.base_source)
+    topic = settings.topic[0]
+    config = LoopConfig(topic=topic, rules=ScoreRules(seed=settings.seed),
+                        max_experiments=settings.max_experiments, until=until)
+    local.store.set_meta("node.arena", trainer.arena)
+    return ResearchLoop(store=local.store, lineage=local.lineage, identity=local.identity,
+                        genome=local.genome, root_id=local.root_id, trainer=trainer,
+                        agent=agent, brief=load_brief(topic), config=config, home=local.home)
+
+
+async def run_node(local: Local, settings: Settings, until: float | None) -> int:
+    import signal
+
+    import trio
+    from experiments.view import log_line, render
+
+    live = not settings.plain and not settings.json and sys.stdout.isatty()
+    loop = build_loop(local, settings, until)
+    if not live:
+        loop.on_event = lambda kind, data: log_line(kind, data)
+        print(f"loopy node {local.identity.peer_id} arena {loop.arena} trainer "
+              f"{loop.trainer.label} agent {loop.agent.name}", flush=True)
+    stopped_by = None
+
+    async def watch_signals(scope):
+        nonlocal stopped_by
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                stopped_by = signal.Signals(signum).name
+                scope.cancel()
+                return
+
+    async def keep_status(view):
+        while True:
+            snap = snapshot(local, loop.arena, settings, loop)
+            write_status_file(local.home, snap)
+            if view is not None:
+                view.update(render(snap))
+            await trio.sleep(1.0)
+
+    view = None
+    if live:
+        from rich.live import Live
+        view = Live(refresh_per_second=4, transient=False)
+        view.start()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_signals, nursery.cancel_scope)
+            nursery.start_soon(keep_status, view)
+
+            async def run_loop(task_status=trio.TASK_STATUS_IGNORED):
+                await loop.serve(task_status=task_status)
+                nursery.cancel_scope.cancel()  # the loop ended on its own: stop the rest
+            await nursery.start(run_loop)
+    finally:
+        if view is not None:
+            view.stop()
+        write_status_file(local.home, dict(snapshot(local, loop.arena, settings), stopped=True))
+    if stopped_by:
+        print(f"loopy: stopped by {stopped_by}; the store is consistent, restart to resume",
+              file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# status, export, log
+
+
+def cmd_status(settings: Settings, args) -> int:
+    """Print what the node knows: from the running node if there is one, else the store."""
+    from swarm.identity import IdentityError
+    from swarm.store import StoreError
+
+    home = home_dir(settings)
+    try:
+        local = Local.open(settings)
+    except (IdentityError, StoreError) as e:
+        return fail(str(e))
+    try:
+        snap = snapshot(local, local.arena(settings), settings)
+    finally:
+        local.store.close()
+    snap["running"] = False
+    status_file = home / "status.json"
+    if home_is_locked(home) and status_file.is_file():
+        try:
+            live = json.loads(status_file.read_text())
+            snap.update(running=True, current=live.get("current"), peers=live.get("peers", []),
+                        verifying=live.get("verifying", []))
+        except (OSError, ValueError):
+            pass
+    if settings.json:
+        emit_json(snap)
+    else:
+        from rich.console import Console
+        from experiments.view import render
+        Console().print(render(snap))
+    return 0
+
+
+def choose_record(local: Local, settings: Settings, args) -> bytes:
+    """`--record ID` (a hex prefix will do), else the best record in the arena/topic."""
+    if args.record:
+        matches = [r.id for r in local.store.experiments()
+                   if r.id_hex.startswith(args.record.lower())]
+        if len(matches) != 1:
+            raise ValueError(f"--record {args.record}: {len(matches)} records match")
+        return matches[0]
+    arena = args.arena or local.arena(settings)
+    best = local.scoreboard(arena, settings).best(args.only_topic)
+    if best is None or best.record is None:
+        raise ValueError(f"no kept experiment in arena {arena}"
+                         + (f", topic {args.only_topic}" if args.only_topic else "")
+                         + ": nothing to export yet")
+    return best.id
+
+
+def cmd_export(settings: Settings, args) -> int:
+    """The best lineage (or --record's) as a patch, a git-am series, the source, or TSV."""
+    from swarm import export
+    from swarm.lineage import LineageError
+
+    local = Local.open(settings)
+    try:
+        record_id = choose_record(local, settings, args)
+        fmt = args.format
+        if fmt == "patch":
+            text = export.export_patch(local.lineage, record_id)
+        elif fmt == "source":
+            text = export.export_source(local.lineage, record_id)
+        elif fmt == "series":
+            text = export.export_series(local.lineage, record_id)
+        else:
+            text = export.export_tsv(local.lineage, record_id)
+    except (ValueError, LineageError) as e:
+        return fail(str(e), 1)
+    finally:
+        local.store.close()
+    if args.output:
+        out = Path(args.output)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out)
+        print(f"wrote {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_log(settings: Settings, args) -> int:
+    """The best lineage, step by step, then the latest results."""
+    from swarm import export
+    from experiments.view import fmt_bpb, fmt_delta
+
+    local = Local.open(settings)
+    try:
+        arena = args.arena or local.arena(settings)
+        board = local.scoreboard(arena, settings)
+        best = board.best(args.only_topic)
+        print(f"arena {arena}  sigma {board.sigma() or float('nan'):.4f}  "
+              f"genome baseline {fmt_bpb(board.root_score())}")
+        if best is not None and best.record is not None:
+            print("best lineage:")
+            for line in export.log_lines(local.lineage, best.id):
+                print("  " + line)
+        print("latest results:")
+        for r in local.store.experiments(arena=arena, topic=args.only_topic, limit=args.limit):
+            verdict = "kept" if board.is_kept(r) else r.status
+            print(f"  {r.id_hex[:8]} {r.author_peer_id[-8:]} {verdict:9s} "
+                  f"{fmt_bpb(r.val_bpb)} {fmt_delta(board.delta(r)):>8s}  {r.desc}")
+    finally:
+        local.store.close()
+    return 0
+
+
+def cmd_config(settings: Settings, args) -> int:
+    """Print the effective settings (after file, environment and flags)."""
+    values = {f.name: getattr(settings, f.name) for f in fields(Settings)}
+    if settings.json:
+        emit_json(values)
+    else:
+        for key, value in values.items():
+            print(f"{key} = {json.dumps(value)}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# Argument parsing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="loopy", description="Loopy: a peer-to-peer research swarm for ML experiments.",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", default=None, help="node home (default $LOOPY_HOME or ~/.loopy)")
+    common.add_argument("--config", default=None, help="TOML config file (default <home>/config.toml)")
+    common.add_argument("--json", action="store_const", const=True, default=None,
+                        help="machine-readable output")
+    common.add_argument("--plain", action="store_const", const=True, default=None,
+                        help="plain log lines instead of a live view")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", parents=[common], help="train the genome (or an edit) once",
+                       description="Train genome/train.py (or an edit of it) once in the sandboxed "
+                                   "harness and print the measured val_bpb.\n\n"
+                                   "example: loopy run --budget 300ktok --patch my-edit.diff")
+    p.add_argument("--budget", default=None,
+                   help="training budget: wall-clock ('60s', '5m') or tokens ('300ktok')")
+    p.add_argument("--patch", default=None, help="unified diff of train.py to apply first")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--dataset", default=None, help="'embedded' (offline) or 'climbmix' (download)")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default 0)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("id", parents=[common], help="print this node's peer id",
+                       description="Print this node's peer id.\n\nexample: loopy id --json")
+    p.add_argument("--listen", default=None, help="listen multiaddr")
+    p.add_argument("--topic", action="append", default=None, help="research topic (repeatable)")
+    p.set_defaults(func=cmd_id)
+
+    p = sub.add_parser("start", parents=[common], help="run the research loop",
+                       description="Run the research loop: propose an edit, run it, keep or "
+                                   "discard it, record it, forever (Ctrl-C stops it cleanly; "
+                                   "restarting resumes).\n\n"
+                                   "example: loopy start --offline --topic optimizer")
+    p.add_argument("--topic", action="append", default=None, help="research topic (repeatable)")
+    p.add_argument("--agent", default=None,
+                   help="mutate (default) | random | command:CMD | openai:URL")
+    p.add_argument("--trainer", default=None, choices=["genome", "synthetic"],
+                   help="genome (real training) or synthetic (simulated, for tests)")
+    p.add_argument("--budget", default=None, help="per-experiment budget ('300ktok', '5m')")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--dataset", default=None, help="'embedded' or 'climbmix'")
+    p.add_argument("--seed", type=int, default=None, help="the arena's training seed")
+    p.add_argument("--max-experiments", type=int, default=None, dest="max_experiments",
+                   help="stop after N experiments (default: never)")
+    p.add_argument("--until", default=None, help="stop at a time ('8h' or an ISO time)")
+    p.add_argument("--offline", action="store_const", const=True, default=None,
+                   help="no network: a single node")
+    p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("status", parents=[common], help="what the node knows and does",
+                       description="Print the node's status, from the running node or the "
+                                   "store.\n\nexample: loopy status --json")
+    p.add_argument("--trainer", default=None, choices=["genome", "synthetic"])
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", parents=[common], help="export the best lineage",
+                       description="Export the best lineage (default: the best kept record "
+                                   "in the arena) as a patch of genome/train.py.\n\n"
+                                   "example: loopy export -o best.patch && git apply best.patch")
+    p.add_argument("--topic", default=None, dest="only_topic", help="only records of this topic")
+    p.add_argument("--arena", default=None, help="arena (default: the node's)")
+    p.add_argument("--record", default=None, help="record id (hex, a prefix will do)")
+    p.add_argument("-o", "--output", default=None, help="write to FILE instead of stdout")
+    p.add_argument("--format", default="patch", choices=["patch", "series", "tsv", "source"])
+    p.add_argument("--trainer", default=None, choices=["genome", "synthetic"])
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("log", parents=[common], help="list the lineage and recent results",
+                       description="List the best lineage and recent results.\n\n"
+                                   "example: loopy log --topic optimizer")
+    p.add_argument("--topic", default=None, dest="only_topic", help="only this topic")
+    p.add_argument("--arena", default=None, help="arena (default: the node's)")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--trainer", default=None, choices=["genome", "synthetic"])
+    p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("config", parents=[common], help="print the effective settings",
+                       description="Print the effective settings.\n\nexample: loopy config --json")
+    p.set_defaults(func=cmd_config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings(vars(args))
+    except ConfigError as e:
+        return fail(str(e))
+    return args.func(settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""swarm: the social part of Loopy; never imports torch.
+
+Wire format, policy and plumbing live apart; this map names each class's file.
+
+Wire format (pure functions, no I/O):
+- `patch.py`: `make_patch`, `apply_patch`, `patch_paths`, `merge3`; `PatchError`,
+  `MergeConflict` - unified diffs of train.py, strict apply, three-way merge.
+- `identity.py`: `NodeIdentity` (ed25519 key in `<home>/node.key`, mode 0600; signing;
+  libp2p peer id), `peer_id_from_public_key`, `IdentityError`.
+- `records.py`: `Record`, `decode_envelope`, `make_experiment`, `make_attestation`,
+  `make_announce`, `RecordError` - PROTOCOL.md's signed envelopes and bodies.
+
+State (SQLite and text, no network):
+- `store.py`: `Store` (WAL, migrations, queries), `Peer`, `StoreError`.
+- `lineage.py`: `Lineage` (train.py of any record, cached), `LineageError`,
+  `MissingAncestor`, `BrokenLineage`.
+- `export.py`: `export_patch`, `export_source`, `export_series`, `export_tsv`,
+  `log_lines` - lineages for git, patch, autoresearch's results.tsv and terminals.
+
+Plumbing (libp2p, trio):
+- `host.py`: `open_host`, `build_host` - TCP + noise + yamux host keyed by the node seed.
+- `gossip.py`: `Gossip`, `RecordValidator`, `PeerGuard` - gossipsub topics and validation.
+- `sync.py`: `SyncServer`, `SyncSession`, `catch_up` - `/loopy/sync/1.0.0`.
+- `discovery.py`: `Discovery`, `PeerBook` - bootstrap, peer book (the store), mDNS.
+"""

@@ -1,0 +1,152 @@
+"""Rebuild any record's train.py by applying the patches along its ancestry.
+
+A record's source is its first parent's source with the record's patch applied; the
+chain ends at the genome root id, whose source is the base `genome/train.py`. A
+two-parent (merge) record carries the merged source's patch against its FIRST parent,
+so the same rule covers it.
+
+Sources are cached (LRU). A lookup walks back only to the nearest cached ancestor, and
+checkpoints are cached every `CHECKPOINT_EVERY` steps of a long chain, so a deep lineage
+is never re-applied from the root twice and siblings share their ancestors' work.
+
+Failures never crash the caller:
+- `MissingAncestor`: an ancestor is not stored yet (it is in the store's wanted list);
+  try again once sync fetched it.
+- `BrokenLineage`: a patch does not apply, or an ancestor is broken. The failing record
+  and the record asked for are marked broken in the store with the reason, so `best()`
+  never offers them again.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+from swarm.patch import PatchError, apply_patch_lines, split_lines
+from swarm.records import Record
+from swarm.store import Store
+
+CHECKPOINT_EVERY = 64
+
+
+class LineageError(Exception):
+    """A record's source cannot be built; the message says why."""
+
+
+class MissingAncestor(LineageError):
+    """An ancestor is not in the store (yet); `missing` is its id."""
+
+    def __init__(self, missing: bytes, reason: str):
+        super().__init__(reason)
+        self.missing = missing
+
+
+class BrokenLineage(LineageError):
+    """A patch on the way does not apply, or an ancestor is already known broken."""
+
+
+class Lineage:
+    """train.py of any stored experiment, built from `base_source` and the patches."""
+
+    def __init__(self, store: Store, base_source: str, root_id: bytes,
+                 cache_size: int = 256):
+        if hashlib.sha256(base_source.encode("utf-8")).digest() != root_id:
+            raise ValueError("root_id is not the sha256 of base_source")
+        self.store = store
+        self.base_source = base_source
+        self.root_id = root_id
+        self._cache_size = max(cache_size, 1)
+        self._cache: OrderedDict[bytes, list[str]] = OrderedDict()
+        self._root_lines = split_lines(base_source)
+
+    def _cached(self, record_id: bytes) -> list[str] | None:
+        lines = self._cache.get(record_id)
+        if lines is not None:
+            self._cache.move_to_end(record_id)
+        return lines
+
+    def _remember(self, record_id: bytes, lines: list[str]) -> None:
+        self._cache[record_id] = lines
+        self._cache.move_to_end(record_id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def source_of(self, record_id: bytes) -> str:
+        """The train.py of `record_id` (the base source for the genome root id)."""
+        return "".join(self._lines_of(record_id))
+
+    def chain(self, record_id: bytes) -> list[Record]:
+        """The complete first-parent chain of `record_id`, root edit first.
+
+        Raises MissingAncestor if the chain does not reach the genome root.
+        """
+        chain = self.store.ancestry(record_id)
+        if not chain:
+            raise MissingAncestor(record_id, f"{record_id.hex()[:12]} is not stored")
+        if chain[0].kind != "experiment":
+            raise LineageError(f"{chain[0].id_hex[:12]} is a {chain[0].kind}, "
+                               f"not an experiment")
+        first_parent = chain[0].parents[0]
+        if first_parent != self.root_id:
+            raise MissingAncestor(first_parent, f"ancestor {first_parent.hex()[:12]} is "
+                                                f"not stored yet")
+        return chain
+
+    def is_buildable(self, record_id: bytes) -> bool:
+        try:
+            self._lines_of(record_id)
+            return True
+        except LineageError:
+            return False
+
+    def _lines_of(self, record_id: bytes) -> list[str]:
+        if record_id == self.root_id:
+            return self._root_lines
+        cached = self._cached(record_id)
+        if cached is not None:
+            return cached
+        # walk back to the root or the nearest cached ancestor, collecting patches
+        steps: list[tuple[bytes, str]] = []
+        seen: set[bytes] = set()
+        current = record_id
+        lines: list[str] | None = None
+        while lines is None:
+            if current in seen:
+                raise self._broken(record_id, "ancestry has a cycle")
+            seen.add(current)
+            reason = self.store.broken_reason(current)
+            if reason is not None:
+                if current == record_id:
+                    raise BrokenLineage(f"{record_id.hex()[:12]}: {reason}")
+                raise self._broken(record_id, f"ancestor {current.hex()[:12]} is broken: "
+                                              f"{reason}")
+            record = self.store.get(current)
+            if record is None:
+                raise MissingAncestor(current, f"ancestor {current.hex()[:12]} is not "
+                                               f"stored yet")
+            if record.kind != "experiment":
+                raise LineageError(f"{current.hex()[:12]} is a {record.kind}, "
+                                   f"not an experiment")
+            steps.append((current, record.patch))
+            current = record.parents[0]
+            if current == self.root_id:
+                lines = self._root_lines
+            else:
+                lines = self._cached(current)
+        # apply root-first
+        for n, (step_id, patch) in enumerate(reversed(steps), 1):
+            try:
+                lines = apply_patch_lines(lines, patch, paths=("train.py",))
+            except PatchError as e:
+                reason = f"patch does not apply: {e}"
+                self.store.mark_broken(step_id, reason)
+                if step_id != record_id:
+                    self.store.mark_broken(
+                        record_id, f"ancestor {step_id.hex()[:12]} is broken: {reason}")
+                raise BrokenLineage(f"{step_id.hex()[:12]}: {reason}") from None
+            if n % CHECKPOINT_EVERY == 0 or step_id == record_id:
+                self._remember(step_id, lines)
+        return lines
+
+    def _broken(self, record_id: bytes, reason: str) -> BrokenLineage:
+        self.store.mark_broken(record_id, reason)
+        return BrokenLineage(f"{record_id.hex()[:12]}: {reason}")

@@ -1,0 +1,467 @@
+"""swarm.network (+ gossip, discovery): real libp2p nodes on 127.0.0.1, in one process.
+
+py-libp2p leaks a few file descriptors per host, so each test builds few hosts.
+"""
+import hashlib
+import random
+import time
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from libp2p.peer.id import ID
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from swarm import gossip as gossip_mod
+from swarm import records as rec
+from swarm.discovery import Discovery, dialable, parse_peer_addr
+from swarm.gossip import (PeerGuard, RecordValidator, gossip_topic_for, heads_topic,
+                          message_id, parse_topic, placement_error, topic_name)
+from swarm.host import open_host
+from swarm.identity import NodeIdentity
+from swarm.network import open_swarm_node, record_validator, serve_swarm
+from swarm.store import Store
+
+G = "0123456789abcdef"
+OTHER_G = "fedcba9876543210"
+ROOT = hashlib.sha256(b"base train.py").digest()
+LOOP = "/ip4/127.0.0.1/tcp/0"
+ARENA = "embedded/tokens:300000/cpu"
+
+
+def experiment(identity, i=0, parent=ROOT, topic="optimizer", genome=G):
+    return rec.make_experiment(identity, genome=genome, parents=[parent], topic=topic,
+                               arena=ARENA, patch="", desc=f"edit {i}", agent="mutate",
+                               result={"status": "ok", "val_bpb": 1.5 + i / 1000})
+
+
+def attestation(identity, target, genome=G):
+    return rec.make_attestation(identity, genome=genome, target=target, arena=ARENA,
+                                verdict="reproduced", result={"status": "ok", "val_bpb": 1.5})
+
+
+def lineage(identity, n, topic="optimizer"):
+    """n experiments: a chain of n//2, the rest leaves on random chain members, plus
+    one attestation of the chain's tip by another author."""
+    chain, out = [], []
+    parent = ROOT
+    for i in range(n // 2):
+        record = experiment(identity, i, parent, topic)
+        chain.append(record)
+        parent = record.id
+    out.extend(chain)
+    for i in range(n // 2, n):
+        out.append(experiment(identity, i, random.choice(chain).id, topic))
+    out.append(attestation(NodeIdentity.generate(), chain[-1].id))
+    return out
+
+
+@asynccontextmanager
+async def swarm_node(home, topics=("optimizer",), bootstrap=(), identity=None, **options):
+    identity = identity or NodeIdentity.generate()
+    store = Store.open(home, root_id=ROOT)
+    try:
+        async with open_swarm_node(identity, store, genome=G, topics=topics, listen=LOOP,
+                                   bootstrap=bootstrap, **options) as node:
+            yield node
+    finally:
+        store.close()
+
+
+async def wait_for(predicate, timeout=15.0, poll=0.02):
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(poll)
+
+
+def connected(a, b) -> bool:
+    return b.peer_id in {p.peer_id for p in a.connected_peers()}
+
+
+def subscribed(a, b, topic="optimizer") -> bool:
+    return any(p.peer_id == b.peer_id and topic in p.topics for p in a.connected_peers())
+
+
+# --------------------------------------------------------------------------- pure parts
+
+def test_topic_names_round_trip_and_refuse_bad_names():
+    assert topic_name(G, "optimizer") == f"loopy/1/{G}/optimizer"
+    assert heads_topic(G) == f"loopy/1/{G}/heads"
+    assert parse_topic(f"loopy/1/{G}/optimizer") == (G, "optimizer")
+    for bad in ["loopy/2/0123456789abcdef/x", f"loopy/1/{G}/Bad", f"loopy/1/{G}/a/b",
+                "loopy/1/xyz/optimizer", "", None]:
+        assert parse_topic(bad) is None
+    for genome, topic in [("short", "x"), (G, ""), (G, "x" * 33), (G, "UPPER")]:
+        with pytest.raises(ValueError):
+            topic_name(genome, topic)
+
+
+def test_placement_rules():
+    me = NodeIdentity.generate()
+    exp = experiment(me, topic="optimizer")
+    att = attestation(me, exp.id)
+    ann = rec.make_announce(me, genome=G, topics=["optimizer"], arena=ARENA)
+    assert placement_error(exp, topic_name(G, "optimizer"), G) == ""
+    assert "match" in placement_error(exp, topic_name(G, "schedule"), G)
+    assert "heads" in placement_error(exp, heads_topic(G), G)
+    assert placement_error(att, topic_name(G, "schedule"), G) == ""
+    assert placement_error(ann, heads_topic(G), G) == ""
+    assert "research" in placement_error(ann, topic_name(G, "optimizer"), G)
+    assert placement_error(exp, topic_name(OTHER_G, "optimizer"), G) == "wrong genome"
+    foreign = experiment(me, genome=OTHER_G)
+    assert placement_error(foreign, topic_name(G, "optimizer"), G) == "wrong genome"
+    assert gossip_topic_for(exp, G) == topic_name(G, "optimizer")
+    assert gossip_topic_for(ann, G) == heads_topic(G)
+    assert gossip_topic_for(att, G, lambda target: "init") == topic_name(G, "init")
+    assert gossip_topic_for(att, G) == topic_name(G, "general")
+
+
+class _Msg:
+    def __init__(self, data, topics):
+        self.data = data
+        self.topicIDs = topics
+
+
+def test_validator_never_raises_and_counts_rejects_per_forwarder():
+    me, them = NodeIdentity.generate(), NodeIdentity.generate()
+    my_id, their_id = ID.from_base58(me.peer_id), ID.from_base58(them.peer_id)
+    guard = PeerGuard(max_rejects=3)
+    validator = RecordValidator(record_validator(G), G, guard, my_id)
+    good = experiment(them)
+    topic = topic_name(G, "optimizer")
+    assert validator(their_id, _Msg(good.envelope, [topic]))
+    assert validator.accepted[message_id(_Msg(good.envelope, [topic]))] == good
+
+    def boom(data, topic):
+        raise RuntimeError("decoder bug")
+
+    exploding = RecordValidator(boom, G, guard, my_id)
+    assert exploding(their_id, _Msg(good.envelope, [topic])) is False
+    assert validator(their_id, _Msg(good.envelope, [topic, heads_topic(G)])) is False
+    assert validator(their_id, _Msg(b"\x00" * (200 * 1024), [topic])) is False
+    assert guard.is_banned(them.peer_id)  # three strikes
+    assert guard.pending_bans() == [them.peer_id]
+    # our own invalid publish is dropped but never counted against ourselves
+    assert validator(my_id, _Msg(b"garbage", [topic])) is False
+    assert not guard.is_banned(me.peer_id)
+
+
+def test_peer_guard_decays_and_lifts_bans():
+    now = [0.0]
+    guard = PeerGuard(max_rejects=3, half_life_s=10, ban_s=100, clock=lambda: now[0])
+    guard.report("p", "x")
+    guard.report("p", "x")
+    now[0] += 100  # two old strikes have faded
+    assert not guard.report("p", "x")
+    assert guard.report("p", "x") is False and guard.report("p", "x") is True
+    assert guard.is_banned("p") and guard.banned() == ["p"]
+    now[0] += 101
+    assert not guard.is_banned("p") and guard.expired_bans() == ["p"]
+
+
+def test_dialable_and_peer_addr_parsing():
+    assert dialable("/ip4/127.0.0.1/tcp/4011")
+    assert not dialable("/ip4/0.0.0.0/tcp/4011")
+    assert not dialable("/ip4/1.2.3.4/tcp/0")
+    assert not dialable("/ip4/1.2.3.4/udp/4011")
+    assert not dialable("nonsense")
+    peer = NodeIdentity.generate().peer_id
+    info = parse_peer_addr(f"/ip4/127.0.0.1/tcp/4011/p2p/{peer}")
+    assert info.peer_id.to_base58() == peer
+    for bad in ["/ip4/127.0.0.1/tcp/4011", "junk", f"/p2p/{peer}"]:
+        with pytest.raises(ValueError):
+            parse_peer_addr(bad)
+
+
+# --------------------------------------------------------------------------- gossip
+
+async def test_record_travels_a_to_b_to_c_in_a_line(tmp_path):
+    async with swarm_node(tmp_path / "a") as a, \
+            swarm_node(tmp_path / "b", bootstrap=a.listen_addrs()) as b, \
+            swarm_node(tmp_path / "c", bootstrap=b.listen_addrs()) as c:
+        await wait_for(lambda: subscribed(a, b) and subscribed(c, b) and subscribed(b, c))
+        assert not connected(a, c)  # a real line: B must relay
+        record = experiment(a.identity)
+        await a.publish(record)
+        await wait_for(lambda: c.store.has(record.id))
+        assert b.store.has(record.id) and a.store.is_local(record.id)
+        assert c.records_from_gossip == 1 and c.records_from_sync == 0
+        peers = {p.peer_id: p for p in b.connected_peers()}
+        assert set(peers) == {a.peer_id, c.peer_id}
+        assert "optimizer" in peers[c.peer_id].topics and "heads" in peers[c.peer_id].topics
+
+        # announces travel on heads, land in the store, teach addresses
+        announce = await c.announce(arena=ARENA, working_on="muon lr sweep", head=record.id)
+        await wait_for(lambda: any(r.id == announce.id for r in a.store.announces()))
+        assert c.peer_id in a.discovery.candidates
+
+
+async def test_records_only_reach_nodes_in_their_topic(tmp_path):
+    async with swarm_node(tmp_path / "a", topics=["optimizer", "schedule"]) as a, \
+            swarm_node(tmp_path / "b", topics=["schedule"], bootstrap=a.listen_addrs()) as b:
+        await wait_for(lambda: subscribed(a, b, "schedule") and subscribed(b, a, "optimizer"))
+        opt, sched = experiment(a.identity, 1, topic="optimizer"), experiment(a.identity, 2,
+                                                                              topic="schedule")
+        await a.publish(opt)
+        await a.publish(sched)
+        await wait_for(lambda: b.store.has(sched.id))
+        # attestations follow the topic of their target
+        att = attestation(a.identity, sched.id)
+        await a.publish(att)
+        await wait_for(lambda: b.store.has(att.id))
+        await trio.sleep(0.3)
+        assert not b.store.has(opt.id)
+
+
+@asynccontextmanager
+async def mallory(seed, topic):
+    """A raw gossipsub peer with no validators: it sends whatever it is told to."""
+    async with open_host(seed, LOOP) as host:
+        router = gossip_mod.build_router()
+        pubsub = Pubsub(host, router, strict_signing=True, msg_id_constructor=message_id)
+        async with background_trio_service(pubsub), background_trio_service(router):
+            await pubsub.wait_until_ready()
+            await pubsub.subscribe(topic)
+            yield host, pubsub
+
+
+ATTACKS = ["garbage", "oversized", "bad-signature", "wrong-genome", "wrong-topic",
+           "announce-on-research-topic"]
+
+
+def attack_payload(attack, evil, i):
+    if attack == "garbage":
+        return random.randbytes(200) + bytes([i])
+    if attack == "oversized":
+        return bytes([i]) * (300 * 1024)
+    if attack == "bad-signature":
+        env = experiment(evil, i).envelope
+        return env[:-1] + bytes([env[-1] ^ 1])
+    if attack == "wrong-genome":
+        return experiment(evil, i, genome=OTHER_G).envelope
+    if attack == "wrong-topic":
+        return experiment(evil, i, topic="schedule").envelope  # valid, wrong topic
+    return rec.make_announce(evil, genome=G, topics=["optimizer"], arena=ARENA,
+                             working_on=str(i)).envelope
+
+
+@pytest.mark.parametrize("attack", ATTACKS)
+def test_validator_rejects_each_attack(attack):
+    me, evil = NodeIdentity.generate(), NodeIdentity.generate()
+    guard = PeerGuard()
+    validator = RecordValidator(record_validator(G), G, guard, ID.from_base58(me.peer_id))
+    msg = _Msg(attack_payload(attack, evil, 1), [topic_name(G, "optimizer")])
+    assert validator(ID.from_base58(evil.peer_id), msg) is False
+    assert guard.rejects.value(evil.peer_id) > 0.99
+
+
+async def test_invalid_sender_is_scored_down_and_banned_while_others_keep_working(tmp_path):
+    honest, evil = NodeIdentity.generate(), NodeIdentity.generate()
+    topic = topic_name(G, "optimizer")
+    async with swarm_node(tmp_path / "a", identity=honest) as a, \
+            swarm_node(tmp_path / "b", bootstrap=a.listen_addrs()) as b, \
+            mallory(evil.seed, topic) as (host, pubsub):
+        await host.connect(parse_peer_addr(b.listen_addrs()[0]))
+        await wait_for(lambda: subscribed(b, a) and any(
+            p.peer_id == evil.peer_id and "optimizer" in p.topics
+            for p in b.connected_peers()))
+        for i, attack in enumerate(ATTACKS[:3]):
+            await pubsub.publish(topic, attack_payload(attack, evil, i))
+        await wait_for(lambda: b.gossip.validator.rejected == 3)
+        assert b.gossip.score(evil.peer_id) < 0 <= b.gossip.score(a.peer_id)
+        for i, attack in enumerate(ATTACKS[3:] * 2):
+            await pubsub.publish(topic, attack_payload(attack, evil, 10 + i))
+        await wait_for(lambda: b.guard.is_banned(evil.peer_id))
+        await wait_for(lambda: not connected(b, Peerish(evil.peer_id)), timeout=10)
+        assert evil.peer_id in {str(p) for p in b.gossip.pubsub.get_blacklisted_peers()}
+        # the honest path still works, and none of mallory's records got in
+        record = experiment(honest, 99)
+        await a.publish(record)
+        await wait_for(lambda: b.store.has(record.id))
+        assert b.store.count() == 1
+        # mallory dials again: the enforcement sweep cuts it off again
+        with trio.move_on_after(5):
+            try:
+                await host.connect(parse_peer_addr(b.listen_addrs()[0]))
+            except Exception:
+                pass
+        await trio.sleep(1.5)
+        assert not connected(b, Peerish(evil.peer_id))
+
+
+class Peerish:
+    def __init__(self, peer_id):
+        self.peer_id = peer_id
+
+
+async def test_gossipsub_score_falls_with_invalid_messages_until_banned(tmp_path):
+    evil = NodeIdentity.generate()
+    topic = topic_name(G, "optimizer")
+    # a guard that never bans by count: only the gossipsub score can
+    async with swarm_node(tmp_path / "b", guard=PeerGuard(max_rejects=10_000)) as b, \
+            mallory(evil.seed, topic) as (host, pubsub):
+        await host.connect(parse_peer_addr(b.listen_addrs()[0]))
+        await wait_for(lambda: any(p.peer_id == evil.peer_id and "optimizer" in p.topics
+                                   for p in b.connected_peers()))
+        scores = []
+        for i in range(12):
+            await pubsub.publish(topic, b"not a record %d" % i)
+            await trio.sleep(0.05)
+            if connected(b, Peerish(evil.peer_id)):
+                scores.append(b.gossip.score(evil.peer_id))
+        assert scores and scores[-1] < 0 and scores == sorted(scores, reverse=True)
+        await wait_for(lambda: b.guard.is_banned(evil.peer_id), timeout=10)
+        await wait_for(lambda: not connected(b, Peerish(evil.peer_id)), timeout=10)
+
+
+# --------------------------------------------------------------------------- sync
+
+async def test_late_joiner_gets_every_record_by_sync(tmp_path):
+    async with swarm_node(tmp_path / "a") as a:
+        author = NodeIdentity.generate()
+        records = lineage(author, 60)
+        for record in records:  # stored, never gossiped: only sync can deliver them
+            a.store.insert(record)
+        async with swarm_node(tmp_path / "d", bootstrap=a.listen_addrs()) as d:
+            await wait_for(lambda: all(d.store.has(r.id) for r in records))
+            assert d.records_from_sync == len(records)
+            assert d.store.wanted() == []
+            assert a.sync_server.served >= 2
+
+
+async def test_two_partitions_heal_into_the_union(tmp_path):
+    opts = {"sync_interval": 1.0}
+    async with swarm_node(tmp_path / "a", **opts) as a, \
+            swarm_node(tmp_path / "b", bootstrap=a.listen_addrs(), **opts) as b, \
+            swarm_node(tmp_path / "c", **opts) as c, \
+            swarm_node(tmp_path / "d", bootstrap=c.listen_addrs(), **opts) as d:
+        left, right = lineage(a.identity, 20), lineage(c.identity, 20)
+        for record in left:
+            a.store.insert(record)
+        for record in right:
+            c.store.insert(record)
+        everything = {r.id for r in left + right}
+        await wait_for(lambda: all(b.store.has(r.id) for r in left)
+                       and all(d.store.has(r.id) for r in right))
+        assert not any(b.store.has(r.id) for r in right)
+        await b.connect(c.listen_addrs()[0])  # the partition heals
+        nodes = (a, b, c, d)
+        await wait_for(lambda: all(all(n.store.has(i) for i in everything) for n in nodes),
+                       timeout=20)
+
+
+async def test_sync_rejects_invalid_records_from_a_peer(tmp_path):
+    async with swarm_node(tmp_path / "a") as a:
+        good = experiment(a.identity, 1)
+        a.store.insert(good)
+        forged_body = experiment(a.identity, 2)
+        # serve a tampered copy for the head: d must refuse it and count it
+        a.sync_server.get_records = lambda ids: [forged_body.envelope[:-1] + b"\x00"]
+        async with swarm_node(tmp_path / "d", bootstrap=a.listen_addrs()) as d:
+            await wait_for(lambda: d.catch_ups >= 1)
+            assert not d.store.has(good.id) and d.store.count() == 0
+            assert d.guard.rejects.value(a.peer_id) >= 1
+
+
+# --------------------------------------------------------------------------- discovery
+
+async def test_reconnects_when_a_peer_goes_away(tmp_path):
+    async with swarm_node(tmp_path / "a") as a, \
+            swarm_node(tmp_path / "b", bootstrap=a.listen_addrs()) as b:
+        await wait_for(lambda: connected(b, a))
+        await a.host.disconnect(ID.from_base58(b.peer_id))
+        await wait_for(lambda: not connected(b, a), timeout=5)
+        await wait_for(lambda: connected(b, a), timeout=10)
+        assert b.discovery.dials >= 2
+
+
+async def test_restarted_node_rejoins_without_bootstrap(tmp_path):
+    b_identity = NodeIdentity.generate()
+    async with swarm_node(tmp_path / "a") as a:
+        async with swarm_node(tmp_path / "b", bootstrap=a.listen_addrs(),
+                              identity=b_identity) as b:
+            await wait_for(lambda: connected(b, a) and b.catch_ups >= 1)
+            assert b.store.peer(a.peer_id) is not None
+        record = experiment(a.identity, 5)
+        a.store.insert(record)  # published while b was away
+        async with swarm_node(tmp_path / "b", identity=b_identity) as b:  # no bootstrap
+            assert b.peer_id == b_identity.peer_id
+            await wait_for(lambda: connected(b, a))
+            await wait_for(lambda: b.store.has(record.id))
+
+
+async def test_discovery_backs_off_exponentially_from_a_dead_peer(tmp_path):
+    ghost = NodeIdentity.generate().peer_id
+    now = [0.0]
+    async with open_host(NodeIdentity.generate().seed, LOOP) as host:
+        # port 9 on loopback: nothing listens there, the dial fails at once
+        discovery = Discovery(host, bootstrap=[f"/ip4/127.0.0.1/tcp/9/p2p/{ghost}"],
+                              clock=lambda: now[0])
+        waits = []
+        for _ in range(5):
+            (candidate,) = discovery.due(set())
+            assert not await discovery.dial(candidate)
+            waits.append(candidate.next_try - now[0])
+            assert discovery.due(set()) == []
+            now[0] = candidate.next_try
+        assert all(later > 1.5 * earlier for earlier, later in zip(waits, waits[1:]))
+        banned = Discovery(host, bootstrap=[f"/ip4/127.0.0.1/tcp/9/p2p/{ghost}"],
+                           is_banned=lambda peer: True)
+        assert banned.due(set()) == []
+
+
+async def test_serve_swarm_is_a_trio_service(tmp_path):
+    store = Store.open(tmp_path / "s", root_id=ROOT)
+    try:
+        async with trio.open_nursery() as nursery:
+            node = await nursery.start(lambda task_status: serve_swarm(
+                NodeIdentity.generate(), store, genome=G, topics=["optimizer"], listen=LOOP,
+                task_status=task_status))
+            assert node.listen_addrs()
+            nursery.cancel_scope.cancel()
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------- scale
+
+@pytest.mark.slow
+async def test_twenty_nodes_in_a_sparse_random_graph_all_get_every_record(tmp_path):
+    rng = random.Random(7)
+    n = 20
+    async with trio.open_nursery() as nursery:
+        nodes = []
+        for i in range(n):
+            store = Store.open(tmp_path / f"n{i}", root_id=ROOT)
+            node = await nursery.start(lambda task_status, store=store: serve_swarm(
+                NodeIdentity.generate(), store, genome=G, topics=["optimizer"], listen=LOOP,
+                sync_interval=3600, task_status=task_status))
+            nodes.append(node)
+        # a random spanning tree plus a few extra edges: connected and sparse
+        edges = {(i, rng.randrange(i)) for i in range(1, n)}
+        while len(edges) < n + 5:
+            i, j = rng.sample(range(n), 2)
+            edges.add((max(i, j), min(i, j)))
+        for i, j in edges:
+            await nodes[i].connect(nodes[j].listen_addrs()[0])
+        await wait_for(lambda: all(
+            sum("optimizer" in p.topics for p in node.connected_peers()) >= 1
+            for node in nodes), timeout=30)
+        await trio.sleep(2)  # a couple of heartbeats to build meshes
+        published = []
+        start = time.monotonic()
+        for k in range(10):
+            author = nodes[rng.randrange(n)]
+            record = experiment(author.identity, k)
+            published.append(record)
+            await author.publish(record)
+        await wait_for(lambda: all(node.store.has(r.id) for node in nodes for r in published),
+                       timeout=60)
+        elapsed = time.monotonic() - start
+        assert sum(node.records_from_sync for node in nodes) == 0  # gossip did it all
+        assert elapsed < 30
+        nursery.cancel_scope.cancel()
+    for node in nodes:
+        node.store.close()

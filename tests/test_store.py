@@ -1,0 +1,383 @@
+"""swarm.store: schema and migrations, idempotent inserts, wanted/heads/best/ancestry
+queries, attestations, peers, and durability under kill -9."""
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from swarm.identity import NodeIdentity
+from swarm.records import (Record, encode_body, encode_envelope, make_announce,
+                           make_attestation, make_experiment)
+from swarm.store import MIGRATIONS, Store, StoreError
+
+GENOME = "0123456789abcdef"
+ARENA = "embedded/tokens:300000/cpu"
+GPU = "climbmix/time:300/nvidia-h100-80gb"
+ROOT = hashlib.sha256(b"base\n").digest()
+ALICE, BOB, CAROL = (NodeIdentity(bytes([n]) * 32) for n in (1, 2, 3))
+REPO = Path(__file__).resolve().parent.parent
+
+_clock = iter(range(1_760_000_000_000, 1_900_000_000_000, 1000))
+
+
+def exp(parents=(ROOT,), bpb=1.0, who=ALICE, arena=ARENA, topic="optimizer",
+        status="ok", desc="edit", t=None):
+    result = {"status": status, "val_bpb": bpb} if status == "ok" else {"status": status}
+    return make_experiment(who, genome=GENOME, parents=list(parents), topic=topic,
+                           arena=arena, patch="", desc=desc, agent="mutate", result=result,
+                           t=next(_clock) if t is None else t)
+
+
+def attest(target, verdict, who=BOB, t=None):
+    result = {"status": "ok", "val_bpb": 1.0} if verdict == "reproduced" else {
+        "status": "ok", "val_bpb": 2.0}
+    return make_attestation(who, genome=GENOME, target=target.id, arena=ARENA,
+                            verdict=verdict, result=result, t=next(_clock) if t is None else t)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store.open(tmp_path, root_id=ROOT)
+    yield s
+    assert s.integrity_check() == "ok"
+    s.close()
+
+
+# ---------------------------------------------------------------------------
+# opening and migrations
+
+
+def test_open_sets_wal_full_sync_and_records_migrations(tmp_path):
+    s = Store.open(tmp_path / "store.sqlite", root_id=ROOT)
+    conn = s._conn
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    assert s.schema_version() == len(MIGRATIONS)
+    assert s.migrations_applied() == [(i + 1, name) for i, (name, _) in enumerate(MIGRATIONS)]
+    s.close()
+    again = Store.open(tmp_path / "store.sqlite")
+    assert again.migrations_applied() == [(i + 1, n) for i, (n, _) in enumerate(MIGRATIONS)]
+    again.close()
+
+
+def test_home_directory_means_store_sqlite_inside(tmp_path):
+    Store.open(tmp_path).close()
+    assert (tmp_path / "store.sqlite").exists()
+
+
+def test_newer_schema_is_refused(tmp_path):
+    Store.open(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / "store.sqlite")
+    conn.execute("INSERT INTO schema_version VALUES (99, 'from the future', 0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store.open(tmp_path)
+
+
+def test_not_a_database_is_refused(tmp_path):
+    (tmp_path / "store.sqlite").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable store"):
+        Store.open(tmp_path)
+
+
+def test_failed_migration_rolls_back(tmp_path, monkeypatch):
+    import swarm.store as store_module
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS + [
+        ("broken", ["CREATE TABLE half_done (x)", "THIS IS NOT SQL"])])
+    with pytest.raises(StoreError):
+        Store.open(tmp_path)
+    monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
+    s = Store.open(tmp_path)
+    assert s.schema_version() == len(MIGRATIONS)
+    assert not s._conn.execute("SELECT name FROM sqlite_master WHERE name='half_done'").fetchall()
+    s.close()
+
+
+# ---------------------------------------------------------------------------
+# inserting
+
+
+def test_insert_is_idempotent(store):
+    rec = exp()
+    assert store.insert(rec) is True
+    assert store.insert(rec) is False
+    assert store.count() == 1 and store.has(rec.id) and not store.has(b"\0" * 32)
+    got = store.get(rec.id)
+    assert got == rec and got.envelope == rec.envelope and got.body == rec.body
+    assert store.get(b"\0" * 32) is None
+
+
+def test_local_flag(store):
+    mine, theirs = exp(), exp(who=BOB)
+    store.insert(mine, local=True)
+    store.insert(theirs)
+    assert store.is_local(mine.id) and not store.is_local(theirs.id)
+    assert store.experiments(local=True) == [mine]
+    assert store.experiments(local=False) == [theirs]
+    store.insert(theirs, local=True)  # our own record came back to us from a peer first
+    assert store.is_local(theirs.id)
+
+
+def test_insert_many_is_one_transaction(store):
+    a, b = exp(), exp()
+    assert store.insert_many([a, b, a]) == 2
+    with pytest.raises(AttributeError):
+        store.insert_many([exp(), "not a record"])
+    assert store.count() == 2  # the good record of the failed batch was rolled back
+
+
+def test_wanted_parents_and_their_arrival(store):
+    parent = exp()
+    child = exp(parents=[parent.id])
+    store.insert(child)
+    assert store.wanted() == [parent.id]
+    assert store.heads() == [child]
+    store.insert(parent)
+    assert store.wanted() == []
+    assert store.heads() == [child]  # the parent learnt it has a child
+    assert store.children(parent.id) == [child]
+
+
+def test_root_is_never_wanted_and_merges_want_both(store):
+    a, b = exp(), exp()
+    merge = exp(parents=[a.id, b.id])
+    store.insert(a)
+    store.insert(merge)
+    assert store.wanted() == [b.id]
+    assert store.parent_ids(merge.id) == [a.id, b.id]
+    store.insert(b)
+    assert store.wanted() == [] and store.heads() == [merge]
+    assert store.ancestors(merge.id) == {a.id, b.id, ROOT}
+
+
+def test_attestation_target_and_announce_head_are_wanted(store):
+    target = exp()
+    store.insert(attest(target, "reproduced"))
+    head = exp(who=CAROL)
+    store.insert(make_announce(CAROL, genome=GENOME, topics=["general"], arena=ARENA,
+                               head=head.id, t=next(_clock)))
+    assert set(store.wanted()) == {target.id, head.id}
+    store.want([target.id, b"\x07" * 32])
+    assert len(store.wanted()) == 3
+    store.unwant(b"\x07" * 32)
+    store.insert_many([target, head])
+    assert store.wanted() == []
+
+
+def test_only_newest_announce_per_author_is_kept(store):
+    def announce(who, t, working_on=""):
+        return make_announce(who, genome=GENOME, topics=["general"], arena=ARENA,
+                             working_on=working_on, t=t)
+    old, new = announce(ALICE, 1000, "a"), announce(ALICE, 2000, "b")
+    assert store.insert(new)
+    assert not store.insert(old)  # stale
+    assert not store.insert(new)
+    bob = announce(BOB, 1500)
+    assert store.insert(bob)
+    newest = announce(ALICE, 3000, "c")
+    assert store.insert(newest)
+    assert store.announces() == [newest, bob]
+    assert store.count("announce") == 2
+
+
+# ---------------------------------------------------------------------------
+# queries
+
+
+def test_ancestry_is_root_first_and_stops_at_gaps(store):
+    chain = [exp()]
+    for _ in range(5):
+        chain.append(exp(parents=[chain[-1].id]))
+    store.insert_many(chain[1:])
+    got = store.ancestry(chain[-1].id)
+    assert got == chain[1:] and got[0].parents[0] == chain[0].id  # starts after the gap
+    store.insert(chain[0])
+    assert store.ancestry(chain[-1].id) == chain
+    assert store.ancestry(chain[2].id) == chain[:3]
+    assert store.ancestry(b"\0" * 32) == []
+
+
+def _fake(record_id: bytes, parent: bytes) -> Record:
+    """A record whose stored id does not match its body: only a damaged file has these."""
+    body = {"kind": "experiment", "genome": GENOME, "author": ALICE.public_key, "t": 1,
+            "parents": [parent], "topic": "x", "arena": ARENA, "patch": "", "desc": "",
+            "agent": "", "result": {"status": "crash"}}
+    body_bytes = encode_body(body)
+    return Record(record_id, "experiment", body, body_bytes, b"\0" * 64, ALICE.public_key,
+                  encode_envelope(body_bytes, b"\0" * 64))
+
+
+def test_ancestry_cycle_guard(store):
+    x, y = b"\x0a" * 32, b"\x0b" * 32
+    store.insert_many([_fake(x, y), _fake(y, x)])
+    assert len(store.ancestry(x)) == 2
+
+
+def test_heads_filters_and_order(store):
+    a = exp(topic="optimizer")
+    b = exp(parents=[a.id], topic="schedule")
+    c = exp(arena=GPU)
+    d = exp(status="crash")
+    store.insert_many([a, b, c, d])
+    assert store.heads() == [d, c, b]
+    assert store.heads(arena=ARENA) == [d, b]
+    assert store.heads(arena=ARENA, topic="schedule") == [b]
+    assert store.heads(limit=1) == [d]
+
+
+def test_best_per_arena_topic_and_status(store):
+    recs = [exp(bpb=1.5), exp(bpb=1.2, topic="schedule"), exp(bpb=1.3),
+            exp(status="crash"), exp(bpb=0.9, arena=GPU)]
+    store.insert_many(recs)
+    assert store.best(ARENA) == recs[1]
+    assert store.best(ARENA, topic="optimizer") == recs[2]
+    assert store.best(GPU) == recs[4]
+    assert store.best("embedded/time:60/cpu") is None
+    store.mark_broken(recs[1].id, "patch does not apply")
+    assert store.best(ARENA) == recs[2]
+    assert store.broken_reason(recs[1].id) == "patch does not apply"
+    assert store.broken() == {recs[1].id: "patch does not apply"}
+
+
+def test_best_with_verification(store):
+    great = exp(bpb=0.5, who=BOB)
+    good = exp(bpb=0.8, who=CAROL)
+    mine = exp(bpb=0.9)
+    store.insert_many([great, good])
+    store.insert(mine, local=True)
+    assert store.best(ARENA) == great
+    assert store.best(ARENA, verified_only=True) == mine  # nobody verified the others
+    store.insert(attest(great, "reproduced", who=BOB))    # self-attestation does not count
+    assert store.best(ARENA, verified_only=True) == mine
+    store.insert(attest(good, "reproduced", who=ALICE))
+    assert store.best(ARENA, verified_only=True) == good
+    assert store.best(ARENA, verified_ids={great.id}) == great
+    assert store.best(ARENA, verified_ids=set()) is None
+    assert store.best(ARENA, verified_ids=lambda r: r.author == CAROL.public_key) == good
+
+
+def test_attestations_latest_verdict_per_verifier(store):
+    target = exp()
+    store.insert(target)
+    first = attest(target, "refuted", who=BOB)
+    later = attest(target, "reproduced", who=BOB)
+    carol = attest(target, "refuted", who=CAROL)
+    store.insert_many([later, first, carol])  # arrival order does not matter
+    assert store.attestations_for(target.id) == [first, later, carol]
+    assert store.who_reproduced(target.id) == [BOB.public_key]
+    assert store.who_refuted(target.id) == [CAROL.public_key]
+    assert store.who_reproduced(b"\0" * 32) == []
+
+
+def test_since_and_experiments_filters(store):
+    a = exp(t=1000)
+    b = exp(t=2000, who=BOB, topic="schedule")
+    c = exp(t=3000, arena=GPU)
+    att = attest(a, "reproduced", t=2500)
+    store.insert_many([c, att, b, a])
+    assert store.since(2000) == [b, att, c]
+    assert store.since(2000, kind="experiment") == [b, c]
+    assert store.experiments() == [a, b, c]
+    assert store.experiments(arena=ARENA) == [a, b]
+    assert store.experiments(topic="schedule") == [b]
+    assert store.experiments(author=BOB.public_key) == [b]
+    assert store.experiments(limit=2) == [b, c]
+    assert store.missing([a.id, b"\x01" * 32]) == [b"\x01" * 32]
+    assert store.count("experiment") == 3 and store.count("attestation") == 1
+
+
+def test_peers_and_meta(store):
+    store.upsert_peer("12D3KooWA", ["/ip4/127.0.0.1/tcp/1"], last_seen=100)
+    store.upsert_peer("12D3KooWA", last_seen=50)   # last_seen never goes back
+    store.save_peer("12D3KooWB", ["/ip4/127.0.0.1/tcp/2"], 200)
+    store.set_reputation("12D3KooWA", -2.5)
+    a = store.peer("12D3KooWA")
+    assert (a.addrs, a.last_seen, a.reputation) == (["/ip4/127.0.0.1/tcp/1"], 100, -2.5)
+    assert [p.peer_id for p in store.peers()] == ["12D3KooWB", "12D3KooWA"]
+    assert store.load_peers() == [("12D3KooWB", ["/ip4/127.0.0.1/tcp/2"]),
+                                  ("12D3KooWA", ["/ip4/127.0.0.1/tcp/1"])]
+    assert store.peer("nobody") is None
+    assert store.get_meta("head") is None and store.get_meta("head", "x") == "x"
+    store.set_meta("head", "abc")
+    assert store.get_meta("head") == "abc"
+
+
+def test_one_store_per_thread(store):
+    errors = []
+
+    def use():
+        try:
+            store.count()
+        except sqlite3.ProgrammingError as e:
+            errors.append(e)
+    thread = threading.Thread(target=use)
+    thread.start()
+    thread.join()
+    assert errors, "sqlite3 must refuse a connection shared across threads"
+
+
+def test_reader_in_another_connection_sees_committed_records(store, tmp_path):
+    rec = exp()
+    store.insert(rec)
+    other = Store.open(tmp_path)
+    assert other.get(rec.id) == rec
+    other.close()
+
+
+# ---------------------------------------------------------------------------
+# durability
+
+CHILD = r"""
+import sys
+sys.path.insert(0, sys.argv[2])
+from swarm.identity import NodeIdentity
+from swarm.records import make_experiment
+from swarm.store import Store
+
+store = Store.open(sys.argv[1], root_id=b"\x00" * 32)
+me = NodeIdentity.generate()
+parent = b"\x00" * 32
+for i in range(1_000_000):
+    rec = make_experiment(me, genome="0123456789abcdef", parents=[parent], topic="general",
+                          arena="embedded/tokens:300000/cpu", patch="", desc=f"step {i}",
+                          agent="test", result={"status": "ok", "val_bpb": 1.0 + i * 1e-6},
+                          t=1_760_000_000_000 + i)
+    store.insert(rec)
+    print(rec.id_hex, flush=True)  # acknowledged: the insert has returned
+    parent = rec.id
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after", [50, 400])
+def test_kill_9_loses_nothing_acknowledged(tmp_path, kill_after):
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), str(REPO)],
+                            stdout=subprocess.PIPE, text=True)
+    acked = []
+    try:
+        for line in proc.stdout:
+            acked.append(bytes.fromhex(line.strip()))
+            if len(acked) >= kill_after:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        acked += [bytes.fromhex(x) for x in proc.stdout.read().split()]  # already printed
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    store = Store.open(tmp_path, root_id=b"\x00" * 32)
+    assert store.integrity_check() == "ok"
+    assert all(store.has(i) for i in acked)
+    assert store.count() >= len(acked)
+    chain = store.ancestry(acked[-1])
+    assert [r.id for r in chain] == acked  # the whole lineage, in order
+    store.close()
