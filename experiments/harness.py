@@ -132,7 +132,7 @@ class ExperimentResult:
 # ---------------------------------------------------------------------------------------------
 # Parsing the training child's output (untrusted text: garbage gives None, never an error)
 
-_SUMMARY_LINE = re.compile(r"([a-z_]+):\s+(\S+)")
+_SUMMARY_LINE = re.compile(r"([A-Za-z_]+):\s+(\S+)")
 _PROGRESS_LINE = re.compile(r"progress:\s*(\S+)\s+loss:\s*(\S+).*")
 _ERROR_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Exhausted)\b.*|FAIL:.*")
 

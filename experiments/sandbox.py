@@ -359,6 +359,36 @@ def _kill_everything(proc: subprocess.Popen, family: set[int]) -> None:
             pass
 
 
+def alive(pid: int) -> bool:
+    """Is `pid` a live process (not gone, not a zombie)? Linux /proc; else os.kill(pid, 0)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return data[data.rfind(b")") + 2:][:1] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+
+
+def _wait_gone(pids: set[int], timeout: float) -> None:
+    """Wait until every killed process has really exited (a dying PID namespace takes a moment)."""
+    deadline = time.monotonic() + timeout
+    left = set(pids)
+    while left and time.monotonic() < deadline:
+        left = {pid for pid in left if alive(pid)}
+        if left:
+            time.sleep(0.01)
+    if left:
+        log.warning("sandbox: processes %s survived SIGKILL for %.1f s", sorted(left), timeout)
+
+
 def run_sandboxed(argv: list[str], *, cwd, env: dict | None = None, wall_limit_s: float,
                   mem_limit_mb: float, hide_paths=(), reveal_paths=(), writable_paths=(),
                   rlimit_as_mb: int | None = None, max_file_mb: int = 8192,
@@ -452,6 +482,7 @@ def run_sandboxed(argv: list[str], *, cwd, env: dict | None = None, wall_limit_s
         family = _family(proc.pid) if watchdog else set()
         _kill_everything(proc, family)
         proc.wait()
+        _wait_gone(family, timeout=5.0)
         wall_s = time.monotonic() - start
         for t in threads:
             t.join(timeout=2.0)

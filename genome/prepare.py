@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import functools
 import hashlib
 import http.client
 import io
@@ -255,13 +256,15 @@ def _sha256_from_headers(header_sets: list) -> str | None:
 
 def download_file(url: str, dest: Path, *, expected_sha256: str | None = None,
                   attempts: int = 5, backoff_s: float = 1.0, timeout_s: float = 60.0,
-                  progress: Progress | None = None) -> str:
+                  max_bytes: int = 8 << 30, progress: Progress | None = None) -> str:
     """Download url to dest atomically; returns the file's sha256.
 
     The expected sha256 is the pinned one when given, else the server's
     X-Linked-Etag / ETag when it is a sha256 (Hugging Face LFS files). A
     mismatch deletes the download and retries; network errors and 5xx
-    responses retry with exponential backoff. Raises DatasetUnavailable.
+    responses retry with exponential backoff. A body over max_bytes is
+    refused (a broken or hostile server must not fill the disk). Raises
+    DatasetUnavailable.
     """
     progress = progress or _no_progress
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -278,9 +281,13 @@ def download_file(url: str, dest: Path, *, expected_sha256: str | None = None,
                 expected = expected_sha256 or _sha256_from_headers(
                     redirects.headers + [response.headers])
                 total = int(response.headers.get("Content-Length") or 0)
+                if total > max_bytes:
+                    raise DatasetUnavailable(f"{url} is {total} bytes, over {max_bytes}")
                 digest, done = hashlib.sha256(), 0
                 with open(tmp, "wb") as f:
                     for block in iter(lambda: response.read(1 << 20), b""):
+                        if done + len(block) > max_bytes:
+                            raise DatasetUnavailable(f"{url} sent over {max_bytes} bytes")
                         f.write(block)
                         digest.update(block)
                         done += len(block)
@@ -298,7 +305,7 @@ def download_file(url: str, dest: Path, *, expected_sha256: str | None = None,
             last_error = f"HTTP {e.code} {e.reason}"
             if e.code < 500 and e.code not in (408, 429):
                 raise DatasetUnavailable(f"cannot download {url}: {last_error}") from e
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
             last_error = f"{type(e).__name__}: {reason}"
         finally:
@@ -557,9 +564,10 @@ def _prepare(home: Path, dataset: str, progress: Progress | None, *,
     if spec is None:
         sums = _embedded_checksums(corpus_dir)
         corpus = {"train": {"embedded": sums["train"]}, "val": {"embedded": sums["val"]}}
-        texts = {split: list(_embedded_documents(corpus_dir, split)) for split in ("train", "val")}
-        documents = {split: (lambda split=split: iter(texts[split])) for split in texts}
-        counts = {split: len(docs) for split, docs in texts.items()}
+        # read (and decompress) only when a cache must be rebuilt
+        load = functools.cache(lambda split: list(_embedded_documents(corpus_dir, split)))
+        documents = {split: (lambda split=split: iter(load(split))) for split in ("train", "val")}
+        counts = {split: (lambda split=split: len(load(split))) for split in ("train", "val")}
     else:
         n = spec.default_shards if num_shards is None else num_shards
         if not (isinstance(n, int) and 1 <= n <= spec.num_train_shards):
@@ -572,7 +580,7 @@ def _prepare(home: Path, dataset: str, progress: Progress | None, *,
         corpus = {split: {p.name: d for p, d in shards} for split, shards in fetched.items()}
         documents = {split: (lambda split=split: _parquet_documents(
             [p for p, _ in fetched[split]], spec.text_column)) for split in ("train", "val")}
-        counts = {split: sum(_parquet_rows(p) for p, _ in shards)
+        counts = {split: (lambda shards=shards: sum(_parquet_rows(p) for p, _ in shards))
                   for split, shards in fetched.items()}
 
     paths = DataPaths(dataset, out / "tokenizer.pkl", out / "train.bin", out / "val.bin")
@@ -599,7 +607,7 @@ def _prepare(home: Path, dataset: str, progress: Progress | None, *,
         inputs = {"tokenizer_sha256": tok_sha, "corpus": corpus[split], "dtype": "uint16"}
         if not _cache_valid(path, inputs):
             _write_token_file(path, documents[split](), tokenizer, progress,
-                              f"tokenise {split}", counts[split])
+                              f"tokenise {split}", counts[split]())
             _write_sidecar(path, sha256_file(path), inputs)
     return paths
 

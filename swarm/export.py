@@ -10,8 +10,9 @@
   Steps that leave train.py unchanged (baseline runs) have nothing to apply and are
   left out.
 - `export_tsv`: autoresearch's `results.tsv` (`commit val_bpb memory_gb status
-  description`): the lineage's steps are `keep`, other experiments tried on top of
-  them in the same arena are `discard` (ran, not kept) or `crash`.
+  description`): the lineage's steps and the genome's baseline runs are `keep`, other
+  experiments tried on top of them in the same arena are `discard` (ran, not kept) or
+  `crash`.
 - `log_lines`: a plain-text listing of the lineage and the arena's recent results.
 
 Everything here reads the store and the lineage cache; nothing touches the network.
@@ -26,7 +27,7 @@ from typing import Callable
 
 from swarm.identity import peer_id_from_public_key
 from swarm.lineage import Lineage
-from swarm.patch import make_patch
+from swarm.patch import make_patch, make_patch_lines
 from swarm.records import Record
 
 EXPORT_PATH = "genome/train.py"
@@ -93,10 +94,10 @@ def export_series(lineage: Lineage, record_id: bytes,
     verified_by = verified_by or _store_verifiers(lineage)
     chain = lineage.chain(record_id)
     steps = []
-    before = lineage.base_source
+    before = lineage.lines_of(lineage.root_id)
     for record in chain:
-        after = lineage.source_of(record.id)
-        diff = make_patch(before, after, EXPORT_PATH)
+        after = lineage.lines_of(record.id)
+        diff = make_patch_lines(before, after, EXPORT_PATH)
         if diff:
             steps.append((record, diff))
         before = after
@@ -151,7 +152,8 @@ def export_tsv(lineage: Lineage, record_id: bytes, attempts: bool = True) -> str
 
     Lineage steps are `keep` (`crash` if a step itself failed). With `attempts`, the
     other experiments built on a step in the same arena are listed too: `discard` if
-    they ran, `crash` if they crashed, timed out or were rejected.
+    they ran, `crash` if they crashed, timed out or were rejected; unchanged runs of the
+    genome itself (baselines) are `keep`.
     """
     chain = lineage.chain(record_id)
     on_chain = {r.id for r in chain}
@@ -162,8 +164,13 @@ def export_tsv(lineage: Lineage, record_id: bytes, attempts: bool = True) -> str
             for child in lineage.store.children(parent):
                 if child.id in on_chain or child.arena != arena or child.parents[0] != parent:
                     continue
-                rows.append((child.t, child.id,
-                             _tsv_row(child, "discard" if child.status == "ok" else "crash")))
+                if child.status != "ok":
+                    status = "crash"
+                elif parent == lineage.root_id and child.patch == "":
+                    status = "keep"  # a baseline run of the genome: where the lineage starts
+                else:
+                    status = "discard"
+                rows.append((child.t, child.id, _tsv_row(child, status)))
     rows.sort()
     return "\n".join([TSV_HEADER] + [row for _, _, row in rows]) + "\n"
 

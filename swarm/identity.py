@@ -14,6 +14,7 @@ that says what to do.
 """
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from pathlib import Path
@@ -67,6 +68,11 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     """libp2p peer id (base58btc, `12D3KooW...`) of a raw ed25519 public key."""
     if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_LEN:
         raise ValueError("an ed25519 public key is 32 bytes")
+    return _peer_id(public_key)
+
+
+@functools.lru_cache(maxsize=4096)  # listings name the same few authors many times
+def _peer_id(public_key: bytes) -> str:
     encoded = _ED25519_PROTOBUF_PREFIX + public_key
     multihash = bytes([_IDENTITY_MULTIHASH, len(encoded)]) + encoded
     return _b58encode(multihash)

@@ -22,10 +22,11 @@ import hashlib
 from collections import OrderedDict
 
 from swarm.patch import PatchError, apply_patch_lines, split_lines
-from swarm.records import Record
+from swarm.records import Record, load_stored_body
 from swarm.store import Store
 
 CHECKPOINT_EVERY = 64
+WALK_BATCH = 256  # most ancestors fetched per store query
 
 
 class LineageError(Exception):
@@ -74,6 +75,10 @@ class Lineage:
         """The train.py of `record_id` (the base source for the genome root id)."""
         return "".join(self._lines_of(record_id))
 
+    def lines_of(self, record_id: bytes) -> list[str]:
+        """`source_of` as lines (`patch.split_lines`); shared with the cache: read only."""
+        return self._lines_of(record_id)
+
     def chain(self, record_id: bytes) -> list[Record]:
         """The complete first-parent chain of `record_id`, root edit first.
 
@@ -104,34 +109,40 @@ class Lineage:
         cached = self._cached(record_id)
         if cached is not None:
             return cached
-        # walk back to the root or the nearest cached ancestor, collecting patches
+        # walk back to the root or the nearest cached ancestor, collecting patches;
+        # the store hands the walk over in batches, one query each
         steps: list[tuple[bytes, str]] = []
         seen: set[bytes] = set()
         current = record_id
         lines: list[str] | None = None
+        batch = 4  # most lookups stop at a cached parent: ask for few rows, then more
         while lines is None:
-            if current in seen:
-                raise self._broken(record_id, "ancestry has a cycle")
-            seen.add(current)
-            reason = self.store.broken_reason(current)
-            if reason is not None:
-                if current == record_id:
-                    raise BrokenLineage(f"{record_id.hex()[:12]}: {reason}")
-                raise self._broken(record_id, f"ancestor {current.hex()[:12]} is broken: "
-                                              f"{reason}")
-            record = self.store.get(current)
-            if record is None:
-                raise MissingAncestor(current, f"ancestor {current.hex()[:12]} is not "
-                                               f"stored yet")
-            if record.kind != "experiment":
-                raise LineageError(f"{current.hex()[:12]} is a {record.kind}, "
-                                   f"not an experiment")
-            steps.append((current, record.patch))
-            current = record.parents[0]
-            if current == self.root_id:
-                lines = self._root_lines
-            else:
-                lines = self._cached(current)
+            rows = self.store.first_parent_walk(current, batch)
+            batch = min(batch * 4, WALK_BATCH)
+            for row_id, kind, body_bytes, broken in rows:
+                if row_id == self.root_id:
+                    lines = self._root_lines
+                    break
+                if row_id != record_id:
+                    lines = self._cached(row_id)
+                    if lines is not None:
+                        break
+                if row_id in seen:
+                    raise self._broken(record_id, "ancestry has a cycle")
+                seen.add(row_id)
+                if broken is not None:
+                    if row_id == record_id:
+                        raise BrokenLineage(f"{record_id.hex()[:12]}: {broken}")
+                    raise self._broken(record_id, f"ancestor {row_id.hex()[:12]} is broken: "
+                                                  f"{broken}")
+                if kind is None:
+                    raise MissingAncestor(row_id, f"ancestor {row_id.hex()[:12]} is not "
+                                                  f"stored yet")
+                if kind != "experiment":
+                    raise LineageError(f"{row_id.hex()[:12]} is a {kind}, not an experiment")
+                body = load_stored_body(body_bytes)
+                steps.append((row_id, body["patch"]))
+                current = body["parents"][0]
         # apply root-first
         for n, (step_id, patch) in enumerate(reversed(steps), 1):
             try:

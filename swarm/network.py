@@ -222,9 +222,8 @@ class SwarmNode:
         if record.kind == "announce":
             self.discovery.note_addrs(author, list(record.addrs))
 
-    def _store_synced(self, record: Any) -> None:
-        if self.store.insert(record):
-            self.records_from_sync += 1
+    def _store_synced(self, records: list[Any]) -> None:
+        self.records_from_sync += self.store.insert_many(records)
 
     # ------------------------------------------------------------------ serving sync
 

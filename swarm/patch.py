@@ -83,14 +83,71 @@ def _emit(out: list[str], tag: str, line: str) -> None:
         out.append("\n" + NO_NEWLINE + "\n")
 
 
+def _common_length(same, limit: int) -> int:
+    """The largest k <= limit with same(k), for a monotone `same` (binary search: each
+    probe is one list comparison in C instead of a Python loop over lines)."""
+    lo, hi = 0, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if same(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _opcodes(a: list[str], b: list[str]) -> list[tuple[str, int, int, int, int]]:
+    """difflib opcodes, with the common head and tail split off first: an edit of a few
+    lines in a long file then costs a scan instead of a quadratic match."""
+    limit = min(len(a), len(b))
+    head = _common_length(lambda k: a[:k] == b[:k], limit)
+    tail = _common_length(lambda k: a[len(a) - k:] == b[len(b) - k:], limit - head)
+    codes = []
+    if head:
+        codes.append(("equal", 0, head, 0, head))
+    middle = SequenceMatcher(None, a[head:len(a) - tail], b[head:len(b) - tail],
+                             autojunk=False).get_opcodes()
+    codes += [(tag, i1 + head, i2 + head, j1 + head, j2 + head)
+              for tag, i1, i2, j1, j2 in middle]
+    if tail:
+        codes.append(("equal", len(a) - tail, len(a), len(b) - tail, len(b)))
+    return codes
+
+
+def _grouped(codes, n: int):
+    """Change clusters with up to `n` lines of context (difflib's grouping rule)."""
+    codes = list(codes)
+    if codes[0][0] == "equal":
+        tag, i1, i2, j1, j2 = codes[0]
+        codes[0] = tag, max(i1, i2 - n), i2, max(j1, j2 - n), j2
+    if codes[-1][0] == "equal":
+        tag, i1, i2, j1, j2 = codes[-1]
+        codes[-1] = tag, i1, min(i2, i1 + n), j1, min(j2, j1 + n)
+    group = []
+    for tag, i1, i2, j1, j2 in codes:
+        if tag == "equal" and i2 - i1 > 2 * n:
+            group.append((tag, i1, min(i2, i1 + n), j1, min(j2, j1 + n)))
+            yield group
+            group = []
+            i1, j1 = max(i1, i2 - n), max(j1, j2 - n)
+        group.append((tag, i1, i2, j1, j2))
+    if group and not (len(group) == 1 and group[0][0] == "equal"):
+        yield group
+
+
 def make_patch(old: str, new: str, path: str = "train.py") -> str:
     """Unified diff from `old` to `new` with `a/<path>` / `b/<path>` headers; "" if equal."""
     if old == new:
         return ""
-    a, b = split_lines(old), split_lines(new)
+    return make_patch_lines(split_lines(old), split_lines(new), path)
+
+
+def make_patch_lines(a: list[str], b: list[str], path: str = "train.py") -> str:
+    """`make_patch` on texts already split by `split_lines`."""
+    if a == b:
+        return ""
     out = [f"--- a/{path}\n", f"+++ b/{path}\n"]
-    matcher = SequenceMatcher(None, a, b, autojunk=False)
-    for group in matcher.get_grouped_opcodes(CONTEXT_LINES):
+    for group in _grouped(_opcodes(a, b), CONTEXT_LINES):
         a0, a1 = group[0][1], group[-1][2]
         b0, b1 = group[0][3], group[-1][4]
         out.append(f"@@ -{_range(a0, a1 - a0)} +{_range(b0, b1 - b0)} @@\n")
@@ -290,7 +347,16 @@ def apply_patch_lines(old: list[str], patch: str,
         return list(old)
     fp = _single_file(patch, paths)
     out: list[str] = []
+    # where lines without a final newline landed in `out`: each must end up last
+    unterminated: list[int] = []
+    old_last_open = bool(old) and not old[-1].endswith("\n")
     pos = 0  # next unconsumed line of old, 0-based
+
+    def copy_old(upto: int) -> None:
+        if old_last_open and pos < len(old) <= upto:
+            unterminated.append(len(out) + len(old) - 1 - pos)
+        out.extend(old[pos:upto])
+
     for n, hunk in enumerate(fp.hunks, 1):
         # 0-based index of the first old line the hunk covers; an empty range names the
         # line before it (0: the top of the file)
@@ -301,27 +367,29 @@ def apply_patch_lines(old: list[str], patch: str,
         if start > len(old):
             raise PatchError(f"hunk {n}: starts at line {hunk.old_start} "
                              f"but the file has {len(old)} lines")
-        out.extend(old[pos:start])
+        copy_old(start)
         pos = start
         expected_new = len(out) + 1 if hunk.new_len else len(out)
         if hunk.new_start != expected_new:
             raise PatchError(f"hunk {n}: new range starts at line {hunk.new_start}, "
                              f"expected {expected_new}")
         for tag, line in hunk.lines:
-            if tag == "+":
-                out.append(line)
-                continue
-            if pos >= len(old):
-                raise PatchError(f"hunk {n}: expects line {pos + 1} {line!r} past end of file")
-            if old[pos] != line:
-                raise PatchError(f"hunk {n}: line {pos + 1} is {old[pos]!r}, "
-                                 f"patch expects {line!r}")
-            if tag == " ":
-                out.append(line)
-            pos += 1
-    out.extend(old[pos:])
-    for k, line in enumerate(out[:-1]):
-        if not line.endswith("\n"):
+            if tag != "+":
+                if pos >= len(old):
+                    raise PatchError(f"hunk {n}: expects line {pos + 1} {line!r} "
+                                     f"past end of file")
+                if old[pos] != line:
+                    raise PatchError(f"hunk {n}: line {pos + 1} is {old[pos]!r}, "
+                                     f"patch expects {line!r}")
+                pos += 1
+                if tag == "-":
+                    continue
+            if not line.endswith("\n"):
+                unterminated.append(len(out))
+            out.append(line)
+    copy_old(len(old))
+    for k in unterminated:
+        if k != len(out) - 1:
             raise PatchError(f"line {k + 1} of the result lacks a newline but is not last")
     return out
 

@@ -463,6 +463,11 @@ def decode_envelope(data: bytes, *, genome: str | None = None,
     return Record(rid, body["kind"], body, body_bytes, sig, body["author"], data)
 
 
+def load_stored_body(body_bytes: bytes) -> dict:
+    """The body map of a record this node verified before (its own store)."""
+    return msgpack.unpackb(body_bytes, raw=False)
+
+
 def load_stored(envelope: bytes) -> Record:
     """Rebuild a Record from an envelope this node verified before (its own store).
 

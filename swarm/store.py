@@ -66,12 +66,16 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     ("query indexes", [
         "CREATE INDEX parents_by_parent ON parents (parent)",
         "CREATE INDEX attestations_by_target ON attestations (target, verifier, t)",
-        # best(): the lowest ok score per arena (and topic) is the first index entry
-        """CREATE INDEX records_best ON records (arena, val_bpb)
+        # best(): the lowest ok score per arena (and topic) is the first index entry;
+        # t and id complete the order and make the scan covering
+        """CREATE INDEX records_best ON records (arena, val_bpb, t, id)
             WHERE kind = 'experiment' AND status = 'ok'""",
-        """CREATE INDEX records_best_topic ON records (arena, topic, val_bpb)
+        """CREATE INDEX records_best_topic ON records (arena, topic, val_bpb, t, id)
             WHERE kind = 'experiment' AND status = 'ok'""",
+        # heads(): experiments nothing builds on, newest first
         """CREATE INDEX records_heads ON records (t)
+            WHERE kind = 'experiment' AND children = 0""",
+        """CREATE INDEX records_heads_arena ON records (arena, t)
             WHERE kind = 'experiment' AND children = 0""",
         "CREATE INDEX records_by_t ON records (t)",
         "CREATE INDEX records_by_kind_author ON records (kind, author, t)",
@@ -305,6 +309,27 @@ class Store:
         return [row[0] for row in self._conn.execute(
             "SELECT parent FROM parents WHERE child = ? ORDER BY position", (record_id,))]
 
+    def first_parent_walk(self, record_id: bytes, max_steps: int
+                          ) -> list[tuple[bytes, str | None, bytes | None, str | None]]:
+        """`record_id` and its first-parent ancestors, nearest first, in one query.
+
+        Rows are (id, kind, body bytes, broken reason); up to `max_steps` rows. The walk
+        ends at the first id that is not stored, which is included with kind and body
+        None (the genome root id, or a wanted record).
+        """
+        rows = self._conn.execute(
+            """WITH RECURSIVE chain(id, depth) AS (
+                   SELECT ?, 0
+                   UNION ALL
+                   SELECT p.parent, chain.depth + 1 FROM chain
+                   JOIN parents p ON p.child = chain.id AND p.position = 0
+                   WHERE chain.depth + 1 < ?)
+               SELECT chain.id, r.kind, r.body, b.reason FROM chain
+               LEFT JOIN records r ON r.id = chain.id
+               LEFT JOIN broken b ON b.id = chain.id
+               ORDER BY chain.depth""", (record_id, max_steps)).fetchall()
+        return rows
+
     def ancestry(self, record_id: bytes) -> list[Record]:
         """The first-parent chain ending at `record_id`, root-first.
 
@@ -315,16 +340,29 @@ class Store:
         """
         chain: list[Record] = []
         seen: set[bytes] = set()
-        current = record_id
-        while current not in seen:
-            seen.add(current)
-            record = self.get(current)
-            if record is None:
-                break
-            chain.append(record)
-            if record.kind != "experiment":
-                break
-            current = record.parents[0]
+        current: bytes | None = record_id
+        while current is not None:
+            rows = self._conn.execute(
+                """WITH RECURSIVE chain(id, depth) AS (
+                       SELECT ?, 0
+                       UNION ALL
+                       SELECT p.parent, chain.depth + 1 FROM chain
+                       JOIN parents p ON p.child = chain.id AND p.position = 0
+                       WHERE chain.depth + 1 < ?)
+                   SELECT chain.id, r.envelope FROM chain
+                   JOIN records r ON r.id = chain.id ORDER BY chain.depth""",
+                (current, 4096)).fetchall()
+            current = None
+            for row_id, envelope in rows:
+                if row_id in seen:
+                    current = None
+                    break
+                seen.add(row_id)
+                record = load_stored(envelope)
+                chain.append(record)
+                current = record.parents[0] if record.kind == "experiment" else None
+            if len(rows) < 4096:
+                break  # the walk ended inside this batch
         chain.reverse()
         return chain
 
@@ -343,7 +381,10 @@ class Store:
     def heads(self, arena: str | None = None, topic: str | None = None,
               limit: int | None = None) -> list[Record]:
         """Experiments no stored record builds on, newest first."""
-        sql = "SELECT envelope FROM records WHERE kind = 'experiment' AND children = 0"
+        # the planner cannot know how few rows the partial index holds: name it
+        index = "records_heads" if arena is None else "records_heads_arena"
+        sql = (f"SELECT envelope FROM records INDEXED BY {index} "
+               f"WHERE kind = 'experiment' AND children = 0")
         args: list = []
         if arena is not None:
             sql += " AND arena = ?"
@@ -366,27 +407,29 @@ class Store:
         Record) restricts the candidates; without it, `verified_only=True` accepts records
         this node made itself or that another peer attested as reproduced.
         """
-        sql = ("SELECT r.id, r.envelope FROM records r WHERE r.kind = 'experiment' "
-               "AND r.status = 'ok' AND r.arena = ?")
-        args: list = [arena]
-        if topic is not None:
-            sql += " AND r.topic = ?"
-            args.append(topic)
-        sql += " AND NOT EXISTS (SELECT 1 FROM broken b WHERE b.id = r.id)"
+        index = "records_best" if topic is None else "records_best_topic"
+        where = ("WHERE r.kind = 'experiment' AND r.status = 'ok' AND r.arena = ?"
+                 + (" AND r.topic = ?" if topic is not None else "")
+                 + " AND NOT EXISTS (SELECT 1 FROM broken b WHERE b.id = r.id)")
+        args = [arena] if topic is None else [arena, topic]
         if verified_ids is None and verified_only:
-            sql += (" AND (r.local = 1 OR EXISTS (SELECT 1 FROM attestations a "
-                    "WHERE a.target = r.id AND a.verdict = 'reproduced' "
-                    "AND a.verifier != r.author))")
-        sql += " ORDER BY r.val_bpb, r.t, r.id"
-        for record_id, envelope in self._conn.execute(sql, args):
-            if verified_ids is None:
-                return load_stored(envelope)
-            if callable(verified_ids):
+            where += (" AND (r.local = 1 OR EXISTS (SELECT 1 FROM attestations a "
+                      "WHERE a.target = r.id AND a.verdict = 'reproduced' "
+                      "AND a.verifier != r.author))")
+        order = "ORDER BY r.val_bpb, r.t, r.id"
+        if callable(verified_ids):
+            for (envelope,) in self._conn.execute(
+                    f"SELECT r.envelope FROM records r INDEXED BY {index} {where} {order}",
+                    args):
                 record = load_stored(envelope)
                 if verified_ids(record):
                     return record
-            elif record_id in verified_ids:
-                return load_stored(envelope)
+            return None
+        # candidates best first, by id only: just the winner's envelope is read
+        for (record_id,) in self._conn.execute(
+                f"SELECT r.id FROM records r INDEXED BY {index} {where} {order}", args):
+            if verified_ids is None or record_id in verified_ids:
+                return self.get(record_id)
         return None
 
     def since(self, t_ms: int, kind: str | None = None) -> list[Record]:

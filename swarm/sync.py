@@ -395,14 +395,15 @@ async def catch_up(session: SyncSession, topics: Sequence[str], *,
                    missing: Callable[[Sequence[bytes]], Sequence[bytes]],
                    wanted: Callable[[], Sequence[bytes]],
                    verify: Callable[[bytes], "tuple[Any | None, str]"],
-                   store: Callable[[Any], Any],
+                   store: Callable[[list[Any]], Any],
                    report: Callable[[str], Any] = lambda reason: None,
                    max_records: int = 100_000) -> CatchUpResult:
     """Fetch what the peer has and we lack: its heads, then their missing ancestors.
 
     `missing(ids)` -> those not in our store; `wanted()` -> ids our store
     references but lacks (parents, targets); `verify(envelope)` -> `(record,
-    "")` or `(None, reason)` (a record has `.id`); `store(record)` keeps it.
+    "")` or `(None, reason)` (a record has `.id`); `store(records)` keeps a
+    verified batch (one transaction for the store).
     Invalid records and records we did not ask for are refused and
     `report`ed. Each id is asked for at most twice (a second time only when a
     response left it out), so the loop ends even against a peer that
@@ -426,7 +427,7 @@ async def catch_up(session: SyncSession, topics: Sequence[str], *,
             asked[i] = asked.get(i, 0) + 1
         result.requested += len(batch)
         envelopes = await session.get(batch)
-        requested, got = set(batch), set()
+        requested, got, verified = set(batch), set(), []
         for envelope in envelopes:
             record, reason = verify(envelope)
             if record is not None and record.id not in requested:
@@ -435,9 +436,12 @@ async def catch_up(session: SyncSession, topics: Sequence[str], *,
                 result.rejected += 1
                 report(reason)
                 continue
-            store(record)
-            got.add(record.id)
-            result.stored += 1
+            if record.id not in got:
+                verified.append(record)
+                got.add(record.id)
+        if verified:
+            store(verified)
+            result.stored += len(verified)
         # A response cut short by the size cap: ask again for what it left out.
         if envelopes and len(got) < len(batch):
             todo.extend(i for i in batch if i not in got and asked[i] < 2)

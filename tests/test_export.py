@@ -154,7 +154,7 @@ def test_results_tsv(world):
     assert by_commit[r1.id_hex[:7]] == [r1.id_hex[:7], "1.400000", "2.0", "keep",
                                         "raise setting 3"]
     assert by_commit[world["discarded"].id_hex[:7]][3] == "discard"
-    assert by_commit[world["baseline"].id_hex[:7]][3] == "discard"
+    assert by_commit[world["baseline"].id_hex[:7]][3] == "keep"
     assert by_commit[world["crashed"].id_hex[:7]][1:4] == ["0.000000", "0.0", "crash"]
     only_chain = export_tsv(world["lineage"], r4.id, attempts=False)
     assert len(only_chain.splitlines()) == 5

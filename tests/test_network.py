@@ -3,9 +3,16 @@
 py-libp2p leaks a few file descriptors per host, so each test builds few hosts.
 """
 import hashlib
+import json
+import queue
 import random
+import signal
+import subprocess
+import sys
+import threading
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import pytest
 import trio
@@ -406,7 +413,9 @@ async def test_discovery_backs_off_exponentially_from_a_dead_peer(tmp_path):
             waits.append(candidate.next_try - now[0])
             assert discovery.due(set()) == []
             now[0] = candidate.next_try
-        assert all(later > 1.5 * earlier for earlier, later in zip(waits, waits[1:]))
+        # doubling, with +-20% jitter: each wait at least 2 * 0.8 / 1.2 of the last
+        assert all(later > 1.3 * earlier for earlier, later in zip(waits, waits[1:]))
+        assert waits[-1] > 10
         banned = Discovery(host, bootstrap=[f"/ip4/127.0.0.1/tcp/9/p2p/{ghost}"],
                            is_banned=lambda peer: True)
         assert banned.due(set()) == []
@@ -465,3 +474,110 @@ async def test_twenty_nodes_in_a_sparse_random_graph_all_get_every_record(tmp_pa
         nursery.cancel_scope.cancel()
     for node in nodes:
         node.store.close()
+
+
+# --------------------------------------------------------------------------- processes
+
+NODE_PROC = Path(__file__).resolve().parent / "swarm_node_proc.py"
+
+
+class NodeProcess:
+    """A swarm_node_proc.py child; its stdout lines are read on a thread into a queue."""
+
+    def __init__(self, home, bootstrap=()):
+        args = [sys.executable, str(NODE_PROC), str(home)]
+        for addr in bootstrap:
+            args += ["--bootstrap", addr]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True, bufsize=1)
+        self.lines = queue.Queue()
+        self.records = set()
+        threading.Thread(target=self._pump, daemon=True).start()
+        hello = self.expect(lambda m: "listen" in m, timeout=60)
+        self.peer_id, self.addrs = hello["peer_id"], hello["listen"]
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.lines.put(json.loads(line))
+
+    def expect(self, predicate, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                message = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no matching message within {timeout} s") from None
+            if "record" in message:
+                self.records.add(message["record"])
+            if predicate(message):
+                return message
+
+    def has_record(self, count, timeout=30.0):
+        if len(self.records) < count:
+            self.expect(lambda m: len(self.records) >= count, timeout)
+
+    def send(self, command):
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+
+    def peers(self):
+        self.send("peers")
+        return set(self.expect(lambda m: "peers" in m)["peers"])
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def node_processes():
+    started = []
+
+    def start(home, bootstrap=()):
+        node = NodeProcess(home, bootstrap)
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+@pytest.mark.slow
+def test_three_processes_in_a_line_survive_a_sigkill(tmp_path, node_processes):
+    a = node_processes(tmp_path / "a")
+    b = node_processes(tmp_path / "b", bootstrap=a.addrs)
+    c = node_processes(tmp_path / "c", bootstrap=b.addrs)
+    deadline = time.monotonic() + 30
+    while not (b.peers() == {a.peer_id, c.peer_id}) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert b.peers() == {a.peer_id, c.peer_id} and a.peer_id not in c.peers()
+    time.sleep(2)  # gossipsub meshes form on the 1 s heartbeat
+
+    a.send("publish 1")
+    c.has_record(1)  # through B
+    b.proc.kill()  # SIGKILL the relay
+    b.proc.wait()
+    c.send("publish 2")
+    c.has_record(2)
+    a.send("publish 3")
+    a.has_record(2)
+    assert a.proc.poll() is None and c.proc.poll() is None
+    deadline = time.monotonic() + 10
+    while b.peer_id in a.peers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert b.peer_id not in a.peers()  # the dead connection was noticed
+
+    # B comes back with the same home and no bootstrap: its peer book finds A and C,
+    # and sync brings it (and the others) up to date
+    b2 = node_processes(tmp_path / "b")
+    assert b2.peer_id == b.peer_id
+    b2.has_record(3, timeout=40)
+    a.has_record(3, timeout=40)
+    c.has_record(3, timeout=40)
+    assert a.records == b2.records == c.records

@@ -684,6 +684,14 @@ def test_download_without_a_sha_header_is_accepted(tmp_path, shard_files):
     assert digest == hashlib.sha256(shard_files[SPEC.shard_name(1)]).hexdigest()
 
 
+def test_oversized_download_is_refused(tmp_path, shard_files):
+    with ShardServer(shard_files) as server:
+        with pytest.raises(P.DatasetUnavailable, match="over 100"):
+            P.download_file(f"{server.url}/{SPEC.shard_name(0)}", tmp_path / "dl" / "s",
+                            max_bytes=100)
+    assert list((tmp_path / "dl").iterdir()) == []
+
+
 def test_corrupted_local_shard_is_downloaded_again(tmp_path, shard_files):
     with ShardServer(shard_files) as server:
         prepare_climbmix(tmp_path / "home", server.url)

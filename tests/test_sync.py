@@ -285,8 +285,8 @@ class LocalStore:
             return None, "bad signature"
         return Toy(envelope[:32]), ""
 
-    def store(self, record):
-        self.have.add(record.id)
+    def store(self, records):
+        self.have.update(r.id for r in records)
 
     def run(self, peer, topics=()):
         return catch_up(peer, list(topics), missing=self.missing, wanted=self.wanted,

@@ -1,0 +1,123 @@
+"""The command line end to end, on the synthetic trainer (no training, seconds)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import node
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def loopy(*args, home, env=None, timeout=300):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LOOPY_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, str(REPO / "node.py"), *args, "--home", str(home)],
+                          capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def researched_home(tmp_path_factory):
+    """A home where a synthetic node ran 25 experiments."""
+    home = tmp_path_factory.mktemp("home")
+    out = loopy("start", "--offline", "--trainer", "synthetic", "--topic", "optimizer",
+                "--max-experiments", "25", "--plain", home=home)
+    assert out.returncode == 0, out.stderr
+    return home
+
+
+def test_start_records_every_experiment(researched_home):
+    out = loopy("status", "--json", home=researched_home)
+    assert out.returncode == 0, out.stderr
+    status = json.loads(out.stdout)
+    for key in ("peer_id", "genome", "arena", "records", "experiments_local", "best", "peers"):
+        assert key in status
+    assert status["experiments_local"] == 25
+    assert status["records"] == 25
+    assert status["peers"] == []
+    assert status["arena"].startswith("synthetic/")
+    assert status["running"] is False
+    if status["best"] is not None:
+        assert set(status["best"]) >= {"id", "val_bpb", "verified", "arena"}
+
+
+def test_restart_resumes_from_the_store(researched_home, tmp_path):
+    home = tmp_path / "home"
+    shutil.copytree(researched_home, home)
+    out = loopy("start", "--offline", "--trainer", "synthetic", "--max-experiments", "3",
+                "--plain", home=home)
+    assert out.returncode == 0, out.stderr
+    status = json.loads(loopy("status", "--json", home=home).stdout)
+    assert status["experiments_local"] == 28
+
+
+def test_export_patch_applies_to_a_fresh_checkout(researched_home, tmp_path):
+    out = loopy("log", home=researched_home)
+    assert out.returncode == 0, out.stderr
+    patch = loopy("export", home=researched_home)
+    if patch.returncode != 0:
+        assert "nothing to export" in patch.stderr
+        pytest.skip("this synthetic run kept nothing")
+    source = loopy("export", "--format", "source", home=researched_home).stdout
+    checkout = tmp_path / "checkout"
+    (checkout / "genome").mkdir(parents=True)
+    shutil.copy(REPO / "genome" / "train.py", checkout / "genome" / "train.py")
+    (tmp_path / "best.patch").write_text(patch.stdout)
+    subprocess.run(["git", "init", "-q"], cwd=checkout, check=True)
+    subprocess.run(["git", "apply", str(tmp_path / "best.patch")], cwd=checkout, check=True)
+    assert (checkout / "genome" / "train.py").read_text() == source
+    tsv = loopy("export", "--format", "tsv", home=researched_home).stdout
+    assert tsv.splitlines()[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status",
+                                               "description"]
+
+
+def test_second_node_on_the_same_home_is_refused(tmp_path):
+    lock = node.lock_home(tmp_path)
+    try:
+        out = loopy("start", "--offline", "--trainer", "synthetic", "--max-experiments", "1",
+                    home=tmp_path)
+        assert out.returncode != 0
+        assert "another node is running" in out.stderr
+    finally:
+        lock.close()
+
+
+def test_config_precedence_flag_env_file_default(tmp_path):
+    (tmp_path / "config.toml").write_text('budget = "100ktok"\nseed = 3\ntopic = ["init"]\n')
+    s = node.load_settings({"home": str(tmp_path)}, environ={})
+    assert (s.budget, s.seed, s.topic, s.agent) == ("100ktok", 3, ["init"], "mutate")
+    s = node.load_settings({"home": str(tmp_path)}, environ={"LOOPY_SEED": "5"})
+    assert s.seed == 5
+    s = node.load_settings({"home": str(tmp_path), "seed": 7}, environ={"LOOPY_SEED": "5"})
+    assert s.seed == 7
+
+
+@pytest.mark.parametrize("content, message", [
+    ("bogus = 1\n", "unknown key 'bogus'"),
+    ("seed = 'x'\n", "seed must be int"),
+    ("seed = [\n", "not valid TOML"),
+])
+def test_bad_config_file_names_the_problem(tmp_path, content, message):
+    (tmp_path / "config.toml").write_text(content)
+    with pytest.raises(node.ConfigError, match=message):
+        node.load_settings({"home": str(tmp_path)}, environ={})
+    out = loopy("config", home=tmp_path)
+    assert out.returncode == 2 and message.split("'")[0] in out.stderr
+
+
+def test_unknown_environment_variable_is_an_error(tmp_path):
+    with pytest.raises(node.ConfigError, match="LOOPY_BOGUS"):
+        node.load_settings({"home": str(tmp_path)}, environ={"LOOPY_BOGUS": "1"})
+
+
+def test_every_command_is_documented_in_the_readme():
+    readme = (REPO / "README.md").read_text()
+    parser = node.build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for name in commands:
+        assert f"loopy {name}" in readme, f"README does not document `loopy {name}`"
