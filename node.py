@@ -17,6 +17,7 @@ variables, the TOML config file (`<home>/config.toml` or `--config FILE`), defau
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -276,7 +277,7 @@ def home_is_locked(home: Path) -> bool:
         return True
 
 
-def snapshot(local: Local, arena: str, settings: Settings, loop=None) -> dict:
+def snapshot(local: Local, arena: str, settings: Settings, loop=None, net=None) -> dict:
     """The facts `status --json` prints and the live view draws (keys kept stable)."""
     board = loop.scores if loop is not None else local.scoreboard(arena, settings)
     best = board.best()
@@ -301,7 +302,26 @@ def snapshot(local: Local, arena: str, settings: Settings, loop=None) -> dict:
     }
     if loop is not None:
         snap["current"] = loop.state.current
+    if net is not None:
+        snap["listen"] = net.listen_addrs()
+        snap["peers"] = [{"peer_id": p.peer_id, "addrs": p.addrs, "topics": p.topics,
+                          "last_seen": p.last_seen, "score": p.score}
+                         for p in net.connected_peers()]
     return snap
+
+
+def connect_loop_to_swarm(loop, net, local: Local) -> None:
+    """The loop publishes what it records, announces what it runs, avoids others' work."""
+    from experiments.loop import busy_from_announces
+
+    async def announce(working_on: str) -> None:
+        best = loop.scores.best()
+        head = best.id if best is not None and best.record is not None else None
+        await net.announce(arena=loop.arena, working_on=working_on, head=head)
+
+    loop.publish = net.publish
+    loop.announce = announce
+    loop.busy = lambda: busy_from_announces(local.store, local.identity.public_key)
 
 
 def write_status_file(home: Path, snap: dict) -> None:
@@ -386,6 +406,7 @@ async def run_node(local: Local, settings: Settings, until: float | None) -> int
 
     import trio
     from experiments.view import log_line, render
+    from swarm.network import serve_swarm
 
     live = not settings.plain and not settings.json and sys.stdout.isatty()
     loop = build_loop(local, settings, until)
@@ -394,6 +415,7 @@ async def run_node(local: Local, settings: Settings, until: float | None) -> int
         print(f"loopy node {local.identity.peer_id} arena {loop.arena} trainer "
               f"{loop.trainer.label} agent {loop.agent.name}", flush=True)
     stopped_by = None
+    net = None
 
     async def watch_signals(scope):
         nonlocal stopped_by
@@ -405,7 +427,7 @@ async def run_node(local: Local, settings: Settings, until: float | None) -> int
 
     async def keep_status(view):
         while True:
-            snap = snapshot(local, loop.arena, settings, loop)
+            snap = snapshot(local, loop.arena, settings, loop, net)
             write_status_file(local.home, snap)
             if view is not None:
                 view.update(render(snap))
@@ -419,6 +441,14 @@ async def run_node(local: Local, settings: Settings, until: float | None) -> int
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals, nursery.cancel_scope)
+            if not settings.offline:
+                net = await nursery.start(functools.partial(
+                    serve_swarm, local.identity, local.store, genome=local.genome,
+                    topics=settings.topic, listen=settings.listen,
+                    bootstrap=settings.bootstrap, mdns=settings.mdns))
+                connect_loop_to_swarm(loop, net, local)
+                if not live:
+                    print("listening on " + " ".join(net.listen_addrs()), flush=True)
             nursery.start_soon(keep_status, view)
 
             async def run_loop(task_status=trio.TASK_STATUS_IGNORED):
@@ -611,6 +641,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until", default=None, help="stop at a time ('8h' or an ISO time)")
     p.add_argument("--offline", action="store_const", const=True, default=None,
                    help="no network: a single node")
+    p.add_argument("--listen", default=None,
+                   help="listen multiaddr (default /ip4/0.0.0.0/tcp/4011; port 0: any)")
+    p.add_argument("--bootstrap", action="append", default=None, metavar="MULTIADDR",
+                   help="a peer to join through, /ip4/../tcp/../p2p/.. (repeatable)")
+    p.add_argument("--mdns", action="store_const", const=True, default=None,
+                   help="discover peers on the LAN (binds every interface)")
     p.set_defaults(func=cmd_start)
 
     p = sub.add_parser("status", parents=[common], help="what the node knows and does",

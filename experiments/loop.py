@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 import trio
 
@@ -90,7 +90,8 @@ class ResearchLoop:
                  config: LoopConfig, home: Path,
                  trusted: Callable[[Record], bool] | None = None,
                  busy: Callable[[], set[tuple[bytes, str]]] | None = None,
-                 publish: Callable[[Record], None] | None = None,
+                 publish: Callable[[Record], Awaitable[None]] | None = None,
+                 announce: Callable[[str], Awaitable[None]] | None = None,
                  on_event: Callable[[str, dict], None] | None = None,
                  rng: random.Random | None = None):
         self.store, self.lineage, self.identity = store, lineage, identity
@@ -100,7 +101,8 @@ class ResearchLoop:
         self.home = Path(home)
         self.scores = Scoreboard(store, lineage, root_id, self.arena, config.rules, trusted)
         self.busy = busy or (lambda: set())
-        self.publish = publish or (lambda r: None)
+        self.publish = publish or _nothing
+        self.announce = announce or _nothing
         self.on_event = on_event or (lambda kind, data: None)
         self.rng = rng or random.Random()
         self.state = LoopState()
@@ -251,7 +253,8 @@ class ResearchLoop:
         root = Candidate(self.root_id, self.scores.root_score() or float("nan"))
         source = self.lineage.base_source
         result = await self._train(source, seed, f"baseline seed={seed}", root)
-        record = self._record([self.root_id], "", f"baseline seed={seed}", "baseline", result)
+        record = await self._record([self.root_id], "", f"baseline seed={seed}", "baseline",
+                                    result)
         outcome = StepOutcome("baseline", record=record, parent=root, reason=result.reason)
         self._remember(outcome)
         return outcome
@@ -265,7 +268,8 @@ class ResearchLoop:
         self.store.set_meta(INFLIGHT_KEY, json.dumps(marker))
         result = await self._train(proposal.source, self.config.rules.seed, proposal.desc,
                                    parent)
-        record = self._record([parent.id], patch, proposal.desc, self.agent.name, result)
+        record = await self._record([parent.id], patch, proposal.desc, self.agent.name,
+                                    result)
         kept = self.scores.is_kept(record)
         delta = record.val_bpb - parent.val_bpb if record.val_bpb is not None else None
         outcome = StepOutcome("experiment", record=record, parent=parent, kept=kept,
@@ -277,6 +281,7 @@ class ResearchLoop:
         self.state.current = {"desc": desc, "parent": parent.id.hex(), "started": time.time(),
                               "fraction": 0.0, "loss": None}
         self.on_event("started", self.state.current)
+        await self.announce(working_on(parent.id, desc))
 
         def progress(fraction, loss=None):
             if self.state.current is not None:
@@ -289,7 +294,7 @@ class ResearchLoop:
         finally:
             self.state.current = None
 
-    def _record(self, parents, patch, desc, agent, result) -> Record:
+    async def _record(self, parents, patch, desc, agent, result) -> Record:
         record = make_experiment(self.identity, genome=self.genome, parents=parents,
                                  topic=self.config.topic, arena=self.arena, patch=patch,
                                  desc=desc, agent=agent, result=result.to_record_result())
@@ -297,7 +302,7 @@ class ResearchLoop:
             self.store.insert(record, local=True)
             self.store.set_meta(INFLIGHT_KEY, "")
         self.state.experiments_run += 1
-        self.publish(record)
+        await self.publish(record)
         return record
 
     def _remember(self, outcome: StepOutcome) -> None:
@@ -310,6 +315,34 @@ class ResearchLoop:
                  "author": "self"}
         self.state.recent = ([entry] + self.state.recent)[:20]
         self.on_event("finished", entry)
+
+
+async def _nothing(*args) -> None:
+    return None
+
+
+def working_on(parent_id: bytes, desc: str) -> str:
+    """What an announce says a node is running: `<parent hex> <description>`."""
+    return f"{parent_id.hex()} {desc}"[:1000]
+
+
+def parse_working_on(text: str) -> tuple[bytes, str] | None:
+    m = re.match(r"^([0-9a-f]{64}) (.*)$", text or "", re.S)
+    return (bytes.fromhex(m.group(1)), m.group(2)) if m else None
+
+
+def busy_from_announces(store: Store, me: bytes, max_age_s: float = 900.0
+                        ) -> set[tuple[bytes, str]]:
+    """(parent, edit) pairs that other live nodes announce they are running now."""
+    now_ms = time.time() * 1000
+    busy = set()
+    for a in store.announces():
+        if a.author == me or now_ms - a.t > max_age_s * 1000:
+            continue
+        parsed = parse_working_on(a.working_on or "")
+        if parsed:
+            busy.add(parsed)
+    return busy
 
 
 async def run_cancellable(fn: Callable[[threading.Event], object], grace_s: float = 15.0):

@@ -379,10 +379,11 @@ class Gossip:
 
     # -- reading
     async def _read(self, subscription: Any, topic: str) -> None:
+        my_id = self.my_id.to_bytes()
         async for msg in subscription:
-            if msg.from_id == self.my_id.to_bytes():
-                continue  # our own publish, already stored by publish()
             record = self.validator.accepted.pop(message_id(msg), None)
+            if msg.from_id == my_id:
+                continue  # our own publish, already stored by publish()
             if record is None:  # evicted from the cache under a burst: check again
                 record, _ = self.validator.validate(bytes(msg.data), topic)
                 if record is None or placement_error(record, topic, self.genome):

@@ -39,6 +39,7 @@ from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.utils.address_validation import expand_wildcard_address
 
 log = logging.getLogger("loopy.swarm.host")
 
@@ -137,13 +138,34 @@ def build_host(seed: bytes, listen: str = DEFAULT_LISTEN, *, mdns: bool = False)
 
 
 def host_addrs(host: IHost) -> list[str]:
-    """The host's dialable addresses, each ending in `/p2p/<peer id>`."""
+    """The host's addresses, each ending in `/p2p/<peer id>`.
+
+    A wildcard listen address (`/ip4/0.0.0.0/...`) is expanded into the
+    machine's interface addresses, which others can dial.
+    """
     peer = host.get_id().to_base58()
     out = []
     for addr in host.get_addrs():
-        text = str(addr)
-        out.append(text if "/p2p/" in text else f"{text}/p2p/{peer}")
+        transport = multiaddr.Multiaddr(str(addr).split("/p2p/")[0])
+        for concrete in _expand_wildcard(transport):
+            text = f"{concrete}/p2p/{peer}"
+            if text not in out:
+                out.append(text)
     return out
+
+
+def _expand_wildcard(addr: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
+    try:
+        ip = addr.value_for_protocol("ip4")
+    except Exception:
+        ip = None
+    if ip != "0.0.0.0":
+        return [addr]
+    try:
+        port = int(addr.value_for_protocol("tcp"))
+        return list(expand_wildcard_address(addr, port=port)) or [addr]
+    except Exception:  # interface enumeration is best effort
+        return [addr]
 
 
 @asynccontextmanager

@@ -52,7 +52,7 @@ from libp2p.peer.id import ID
 from swarm import records as rec
 from swarm.discovery import Discovery, dialable, parse_peer_addr, strip_p2p
 from swarm.gossip import (HEADS, Gossip, PeerGuard, gossip_topic_for, jittered, open_gossip,
-                          valid_topic)
+                          placement_error, valid_topic)
 from swarm.host import DEFAULT_LISTEN, host_addrs, open_host
 from swarm.sync import PROTOCOL_ID, SyncServer, catch_up, open_session
 
@@ -182,8 +182,13 @@ class SwarmNode:
     async def publish(self, record: Any) -> None:
         """Store `record` (idempotent) and gossip it: announces on `heads`, experiments
         on their topic, attestations on the topic of the record they verify."""
-        self.store.insert(record, local=record.author == self.identity.public_key)
         topic = gossip_topic_for(record, self.genome, self._topic_of)
+        # py-libp2p silently drops a local publish its validator refuses: say so instead
+        checked, reason = self.validate(record.envelope, topic)
+        reason = reason or (placement_error(checked, topic, self.genome) if checked else "")
+        if checked is None or reason:
+            raise ValueError(f"refusing to publish an invalid record: {reason}")
+        self.store.insert(checked, local=checked.author == self.identity.public_key)
         assert self.gossip is not None
         await self.gossip.publish(topic, record.envelope)
 

@@ -220,6 +220,8 @@ async def test_records_only_reach_nodes_in_their_topic(tmp_path):
         await wait_for(lambda: b.store.has(att.id))
         await trio.sleep(0.3)
         assert not b.store.has(opt.id)
+        with pytest.raises(ValueError, match="genome"):
+            await a.publish(experiment(a.identity, 3, genome=OTHER_G))
 
 
 @asynccontextmanager
