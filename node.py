@@ -247,10 +247,14 @@ class Local:
         from experiments.harness import _resolve
         return _resolve(settings.device, settings.dataset or None, settings.budget or None)[3]
 
+    def trust(self, settings: Settings):
+        from swarm.trust import TrustPolicy, TrustRules
+        return TrustPolicy(self.store, self.identity.public_key, TrustRules(k=settings.trust_k))
+
     def scoreboard(self, arena: str, settings: Settings):
         from experiments.scoreboard import Scoreboard, ScoreRules
         return Scoreboard(self.store, self.lineage, self.root_id, arena,
-                          ScoreRules(seed=settings.seed))
+                          ScoreRules(seed=settings.seed), self.trust(settings).is_verified)
 
 
 def lock_home(home: Path):
@@ -302,6 +306,7 @@ def snapshot(local: Local, arena: str, settings: Settings, loop=None, net=None) 
     }
     if loop is not None:
         snap["current"] = loop.state.current
+        snap["verifying"] = loop.state.verifying
     if net is not None:
         snap["listen"] = net.listen_addrs()
         snap["peers"] = [{"peer_id": p.peer_id, "addrs": p.addrs, "topics": p.topics,
@@ -388,13 +393,16 @@ def build_loop(local: Local, settings: Settings, until: float | None):
     from experiments.loop import LoopConfig, ResearchLoop
     from experiments.scoreboard import ScoreRules
     from experiments.trainers import make_trainer
+    from swarm.trust import TrustRules
 
     trainer = make_trainer(settings.trainer, local.home, dataset=settings.dataset or None,
                            budget=settings.budget or None, device=settings.device)
     agent = make_agent(settings.agent, base_source=local.lineage.base_source)
     topic = settings.topic[0]
     config = LoopConfig(topic=topic, rules=ScoreRules(seed=settings.seed),
-                        max_experiments=settings.max_experiments, until=until)
+                        max_experiments=settings.max_experiments, until=until,
+                        verify_share=settings.verify_share,
+                        trust=TrustRules(k=settings.trust_k))
     local.store.set_meta("node.arena", trainer.arena)
     return ResearchLoop(store=local.store, lineage=local.lineage, identity=local.identity,
                         genome=local.genome, root_id=local.root_id, trainer=trainer,
@@ -532,7 +540,10 @@ def cmd_export(settings: Settings, args) -> int:
         elif fmt == "source":
             text = export.export_source(local.lineage, record_id)
         elif fmt == "series":
-            text = export.export_series(local.lineage, record_id)
+            trust = local.trust(settings)
+            text = export.export_series(
+                local.lineage, record_id,
+                verified_by=lambda rid: trust.verified_by(local.store.get(rid)))
         else:
             text = export.export_tsv(local.lineage, record_id)
     except (ValueError, LineageError) as e:
@@ -573,6 +584,105 @@ def cmd_log(settings: Settings, args) -> int:
                   f"{fmt_bpb(r.val_bpb)} {fmt_delta(board.delta(r)):>8s}  {r.desc}")
     finally:
         local.store.close()
+    return 0
+
+
+def cmd_verify(settings: Settings, args) -> int:
+    """Re-run one record in this node's arena, print the comparison, store an attestation."""
+    import trio
+    from experiments.trainers import make_trainer
+    from swarm.lineage import LineageError
+    from swarm.records import make_attestation
+
+    local = Local.open(settings)
+    try:
+        args.record = args.record_id
+        record_id = choose_record(local, settings, args)
+        record = local.store.get(record_id)
+        if record.kind != "experiment" or record.status != "ok":
+            return fail(f"{record.id_hex[:12]} is not a scored experiment", 1)
+        source = local.lineage.source_of(record_id)
+        trainer = make_trainer(settings.trainer, local.home, dataset=settings.dataset or None,
+                               budget=settings.budget or None, device=settings.device)
+        if trainer.arena != record.arena:
+            print(f"note: the record was measured in {record.arena}, this node runs in "
+                  f"{trainer.arena}: scores are not comparable, no attestation is made",
+                  file=sys.stderr)
+        from experiments.loop import run_cancellable
+        from experiments.progress import RunProgress
+        live = not settings.json and not settings.plain and sys.stdout.isatty()
+        with RunProgress(live=live, plain=not settings.json) as progress:
+            result = trio.run(run_cancellable, lambda cancel: trainer.run(
+                source, seed=settings.seed, progress=progress, cancel=cancel))
+        board = local.scoreboard(trainer.arena, settings)
+        sigma = board.sigma()
+        tolerance = board.rules.noise_k * (sigma or 0.0)
+        holds = result.status == "ok" and result.val_bpb <= record.val_bpb + tolerance
+        verdict = "reproduced" if holds else "refuted"
+        report = {"record": record.id_hex, "claimed": record.val_bpb,
+                  "measured": result.val_bpb, "status": result.status, "sigma": sigma,
+                  "verdict": verdict, "arena": trainer.arena, "reason": result.reason}
+        if trainer.arena == record.arena:
+            local.store.insert(make_attestation(
+                local.identity, genome=local.genome, target=record.id, arena=trainer.arena,
+                verdict=verdict, result=result.to_record_result()), local=True)
+            local.trust(settings).save_reputations()
+    except (ValueError, LineageError) as e:
+        return fail(str(e), 1)
+    finally:
+        local.store.close()
+    if settings.json:
+        emit_json(report)
+    else:
+        from experiments.view import fmt_bpb
+        print(f"record   {record.id_hex[:12]}  {record.desc}")
+        print(f"claimed  {fmt_bpb(record.val_bpb)}")
+        print(f"measured {fmt_bpb(result.val_bpb)}  ({result.status}"
+              + (f": {result.reason}" if result.status != "ok" else "") + ")")
+        print(f"noise    sigma {fmt_bpb(sigma)} -> tolerance {tolerance:.4f}"
+              if sigma else "noise    unknown in this arena (run `loopy start` first)")
+        print(f"verdict  {verdict}")
+    return 0 if holds else 1
+
+
+def cmd_peers(settings: Settings, args) -> int:
+    """Connected peers (from the running node) and every peer the store remembers."""
+    home = home_dir(settings)
+    live = {}
+    status_file = home / "status.json"
+    if home_is_locked(home) and status_file.is_file():
+        try:
+            live = {p["peer_id"]: p for p in json.loads(status_file.read_text()).get("peers", [])}
+        except (OSError, ValueError, KeyError, TypeError):
+            live = {}
+    local = Local.open(settings)
+    try:
+        local.trust(settings).save_reputations()
+        announces = {a.author_peer_id: a for a in local.store.announces()}
+        rows = []
+        for peer in local.store.peers():
+            a = announces.get(peer.peer_id)
+            rows.append({
+                "peer_id": peer.peer_id, "connected": peer.peer_id in live,
+                "addrs": live.get(peer.peer_id, {}).get("addrs") or peer.addrs,
+                "topics": list(a.topics) if a else [], "arena": a.arena if a else None,
+                "head": a.head.hex() if a and a.head else None,
+                "working_on": a.working_on if a else None,
+                "last_seen": peer.last_seen, "reputation": peer.reputation})
+    finally:
+        local.store.close()
+    rows.sort(key=lambda r: (not r["connected"], -(r["last_seen"] or 0)))
+    if settings.json:
+        emit_json(rows)
+        return 0
+    if not rows:
+        print("no peers known yet")
+    for r in rows:
+        seen = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["last_seen"] / 1000)) \
+            if r["last_seen"] else "never"
+        print(f"{'*' if r['connected'] else ' '} {r['peer_id']}  rep {r['reputation']:+.0f}  "
+              f"seen {seen}  topics {','.join(r['topics']) or '-'}  head "
+              f"{(r['head'] or '-')[:8]}  {r['arena'] or ''}")
     return 0
 
 
@@ -675,6 +785,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--trainer", default=None, choices=["genome", "synthetic"])
     p.set_defaults(func=cmd_log)
+
+    p = sub.add_parser("verify", parents=[common], help="re-run one record by hand",
+                       description="Re-run one record in this node's arena (sandboxed), print "
+                                   "claimed against measured val_bpb, and store an attestation."
+                                   "\n\nexample: loopy verify 3fa2c1")
+    p.add_argument("record_id", help="record id (hex, a prefix will do)")
+    p.add_argument("--trainer", default=None, choices=["genome", "synthetic"])
+    p.add_argument("--budget", default=None)
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda", "mps"])
+    p.add_argument("--dataset", default=None)
+    p.set_defaults(func=cmd_verify, arena=None, only_topic=None)
+
+    p = sub.add_parser("peers", parents=[common], help="list known and connected peers",
+                       description="Connected peers (*), their topics, arenas, heads, last "
+                                   "seen and reputation.\n\nexample: loopy peers --json")
+    p.set_defaults(func=cmd_peers)
 
     p = sub.add_parser("config", parents=[common], help="print the effective settings",
                        description="Print the effective settings.\n\nexample: loopy config --json")

@@ -30,8 +30,9 @@ from experiments.agents.base import Agent, Brief, Proposal, Tried, validate_prop
 from experiments.scoreboard import Candidate, Scoreboard, ScoreRules
 from swarm.lineage import Lineage, LineageError
 from swarm.patch import make_patch
-from swarm.records import Record, make_experiment
+from swarm.records import Record, make_attestation, make_experiment
 from swarm.store import Store
+from swarm.trust import TrustPolicy, TrustRules
 
 INFLIGHT_KEY = "loop.inflight"
 
@@ -64,11 +65,13 @@ class LoopConfig:
     max_experiments: int = 0      # 0: run until stopped
     until: float | None = None    # unix seconds
     proposal_attempts: int = 5    # failed/duplicate proposals before giving up on a step
+    verify_share: float = 0.25    # at most this share of the node's runs re-run others' claims
+    trust: TrustRules = field(default_factory=TrustRules)
 
 
 @dataclass
 class StepOutcome:
-    kind: str                         # "baseline" | "experiment" | "no-proposal"
+    kind: str                         # baseline | experiment | verification | no-proposal
     record: Record | None = None
     parent: Candidate | None = None
     kept: bool = False
@@ -80,6 +83,7 @@ class StepOutcome:
 class LoopState:
     """What the live view shows; updated by the loop, read by the UI."""
     current: dict | None = None       # {"desc", "parent", "started", "fraction", "loss"}
+    verifying: list = field(default_factory=list)
     recent: list = field(default_factory=list)
     experiments_run: int = 0
 
@@ -88,7 +92,6 @@ class ResearchLoop:
     def __init__(self, *, store: Store, lineage: Lineage, identity, genome: str,
                  root_id: bytes, trainer: Trainer, agent: Agent, brief: Brief,
                  config: LoopConfig, home: Path,
-                 trusted: Callable[[Record], bool] | None = None,
                  busy: Callable[[], set[tuple[bytes, str]]] | None = None,
                  publish: Callable[[Record], Awaitable[None]] | None = None,
                  announce: Callable[[str], Awaitable[None]] | None = None,
@@ -99,7 +102,9 @@ class ResearchLoop:
         self.trainer, self.agent, self.brief, self.config = trainer, agent, brief, config
         self.arena = trainer.arena
         self.home = Path(home)
-        self.scores = Scoreboard(store, lineage, root_id, self.arena, config.rules, trusted)
+        self.trust = TrustPolicy(store, identity.public_key, config.trust)
+        self.scores = Scoreboard(store, lineage, root_id, self.arena, config.rules,
+                                 self.trust.is_verified)
         self.busy = busy or (lambda: set())
         self.publish = publish or _nothing
         self.announce = announce or _nothing
@@ -118,6 +123,75 @@ class ResearchLoop:
         if len(found) > 1 and self.rng.random() < self.config.explore_share:
             return self.rng.choice(found[:self.config.explore_top])
         return found[0]
+
+    # -- verification ---------------------------------------------------------
+
+    def verify_budget_left(self) -> bool:
+        """Would one more re-run keep verification within `verify_share` of our runs?"""
+        mine = self.store.experiments(arena=self.arena, local=True)
+        done = self.store.attestation_count(self.identity.public_key)
+        return (done + 1) <= self.config.verify_share * (done + len(mine) + 1)
+
+    def pending_claim(self) -> Record | None:
+        """The peer claim that would most change our decisions, if it holds.
+
+        A claim is worth a re-run when it says it beat its parent by more than the noise
+        and it would become our best (or our best in its topic); we skip what we already
+        checked, what k trusted peers already vouch for, and authors known to lie.
+        Reputable authors come first, then the lowest claimed score."""
+        sigma = self.scores.sigma()
+        best = self.scores.best()
+        if sigma is None or best is None:
+            return None
+        reps = self.trust.reputations()
+        topic_best: dict[str, float] = {}
+        claims = []
+        for r in self.store.experiments(arena=self.arena):
+            if r.author == self.identity.public_key or not self.scores.is_kept(r, sigma):
+                continue
+            if self.trust.my_verdict(r) is not None or self.trust.is_verified(r, reps):
+                continue
+            if reps.get(r.author, 0.0) < self.config.trust.liar_threshold:
+                continue
+            if r.topic not in topic_best:
+                found = self.scores.best(r.topic)
+                topic_best[r.topic] = found.val_bpb if found else float("inf")
+            if r.val_bpb >= topic_best[r.topic]:  # beats neither our best nor its topic's
+                continue
+            if self.lineage.is_buildable(r.id):
+                claims.append(r)
+        claims.sort(key=lambda r: (-reps.get(r.author, 0.0), r.val_bpb, r.id))
+        return claims[0] if claims else None
+
+    async def verify(self, claim: Record) -> StepOutcome:
+        """Re-run a claim in our arena with the arena's seed; attest what we measured."""
+        sigma = self.scores.sigma() or 0.0
+        source = self.lineage.source_of(claim.id)
+        job = {"id": claim.id_hex, "desc": claim.desc, "claimed": claim.val_bpb}
+        self.state.verifying = [job]
+        try:
+            parent = Candidate(claim.parents[0], self.scores.parent_score(claim) or 0.0)
+            result = await self._train(source, self.config.rules.seed,
+                                       f"verify {claim.id_hex[:8]}: {claim.desc}", parent)
+        finally:
+            self.state.verifying = []
+        holds = result.status == "ok" and \
+            result.val_bpb <= claim.val_bpb + self.config.rules.noise_k * sigma
+        verdict = "reproduced" if holds else "refuted"
+        attestation = make_attestation(self.identity, genome=self.genome, target=claim.id,
+                                       arena=self.arena, verdict=verdict,
+                                       result=result.to_record_result())
+        self.store.insert(attestation, local=True)
+        self.trust.save_reputations()
+        await self.publish(attestation)
+        entry = {"id": claim.id_hex, "desc": f"verify {claim.desc}", "status": verdict,
+                 "val_bpb": result.val_bpb, "claimed": claim.val_bpb,
+                 "delta": (result.val_bpb - claim.val_bpb) if result.val_bpb else None,
+                 "kept": False, "reason": result.reason, "author": claim.author_peer_id}
+        self.state.recent = ([entry] + self.state.recent)[:20]
+        self.on_event("verified", entry)
+        return StepOutcome("verification", record=attestation, parent=parent,
+                           reason=verdict)
 
     # -- history digest for the agent -----------------------------------------
 
@@ -190,10 +264,13 @@ class ResearchLoop:
         return record
 
     async def step(self) -> StepOutcome:
-        """One decision: a missing baseline seed, or one proposed edit."""
+        """One decision: a missing baseline seed, a claim to verify, or one proposed edit."""
         seed = self._missing_baseline_seed()
         if seed is not None:
             return await self._run_baseline(seed)
+        claim = self.pending_claim() if self.verify_budget_left() else None
+        if claim is not None:
+            return await self.verify(claim)
         parent = self.choose_parent()
         if parent is None:  # no root score yet (our own baseline seed crashed?)
             return await self._run_baseline(self.config.rules.seed)

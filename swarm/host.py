@@ -49,20 +49,22 @@ LIBP2P_LOG_EVERY_S = 30.0  # one copy of a repeated libp2p message per this many
 
 
 class _ThrottledForwarder(logging.Handler):
-    """Forwards libp2p records to our own logger, at most one per message per window.
+    """Forwards libp2p records to our own logger, at most one per call site per window.
 
-    py-libp2p logs the same warning for every dropped message; a hostile peer
-    could otherwise fill the terminal (or the disk) with it.
+    py-libp2p logs the same warning for every dropped message, mostly as
+    f-strings (so the text differs each time: the key is the logging call's
+    file and line); a hostile peer could otherwise fill the terminal, or the
+    disk, with them.
     """
 
     def __init__(self, target: logging.Logger, every_s: float) -> None:
         super().__init__()
         self.target = target
         self.every_s = every_s
-        self._last: dict[tuple[str, object], float] = {}
+        self._last: dict[tuple[str, int], float] = {}
 
     def emit(self, record: logging.LogRecord) -> None:
-        key = (record.name, record.msg)
+        key = (record.pathname, record.lineno)
         now = time.monotonic()
         if now - self._last.get(key, -1e18) < self.every_s:
             return

@@ -259,7 +259,8 @@ def parse_patch(patch: str) -> list[FilePatch]:
             hunk, i = _parse_hunk(lines, i)
             fp.hunks.append(hunk)
         if not fp.hunks:
-            raise PatchError(f"line {i + 1}: file section for {new_path or old_path!r} has no hunks")
+            raise PatchError(f"line {i + 1}: file section for {new_path or old_path!r} "
+                             f"has no hunks")
         files.append(fp)
     return files
 

@@ -488,6 +488,17 @@ class Store:
         """Public keys whose newest attestation of `record_id` says reproduced."""
         return self._verifiers(record_id, "reproduced")
 
+    def attestation_count(self, verifier: bytes) -> int:
+        return self._conn.execute("SELECT count(*) FROM attestations WHERE verifier = ?",
+                                  (verifier,)).fetchone()[0]
+
+    def verdict_counts(self, verifier: bytes) -> list[tuple[bytes, str, int]]:
+        """(author, verdict, count) of `verifier`'s attestations of other authors' records."""
+        return self._conn.execute(
+            "SELECT r.author, a.verdict, count(*) FROM attestations a "
+            "JOIN records r ON r.id = a.target WHERE a.verifier = ? AND r.author != ? "
+            "GROUP BY r.author, a.verdict", (verifier, verifier)).fetchall()
+
     def who_refuted(self, record_id: bytes) -> list[bytes]:
         """Public keys whose newest attestation of `record_id` says refuted."""
         return self._verifiers(record_id, "refuted")

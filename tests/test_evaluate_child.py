@@ -124,7 +124,7 @@ def test_honest_model_is_scored(results):
 
 @pytest.mark.parametrize("name, reason", [
     ("patch_functional", "torch.nn.functional.cross_entropy was replaced or removed (after building the model)"),
-    ("patch_tensor_method", "torch.Tensor.float was replaced or removed"),
+    ("patch_tensor_method", "torch.Tensor.float was added (after building the model)"),
     ("patch_builtin", "builtins.sum was replaced or removed"),
     ("function_mode", "a torch function mode is active"),
     ("tensor_subclass", "model returned Sly, not a plain torch.Tensor"),

@@ -7,10 +7,8 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
-import msgpack
 import pytest
 
 from swarm.identity import NodeIdentity

@@ -20,16 +20,15 @@ untried, on-topic edits, with no other use of history.
 """
 from __future__ import annotations
 
+import math
 import random
+import statistics
 from collections import defaultdict
 
 from experiments.agents.base import GENOME_DIR, Brief, Proposal, Tried, failed, \
     validate_proposal
 from experiments.agents.catalogue import Edit, Setting, build_catalogue, edit_in_topic, \
     family_of_key, key_target, locate_settings
-
-PARTIAL_CREDIT = 0.25           # a discarded edit that still lowered val_bpb
-
 
 def _default_base_source() -> str | None:
     try:
@@ -38,45 +37,53 @@ def _default_base_source() -> str | None:
         return None
 
 
-def _reward(t: Tried) -> float:
-    if t.status == "kept":
-        return 1.0
-    if t.status == "discarded" and isinstance(t.delta, (int, float)) and t.delta < 0:
-        return PARTIAL_CREDIT
-    return 0.0
-
-
 class _Stats:
-    """Success counts per family, setting and key, from the whole history."""
+    """Thompson sampling on val_bpb deltas, shrunk along family -> setting -> key.
+
+    Every tried edit with a key is one observation: its delta, or for a crash, timeout or
+    rejection a penalty of +3 typical deltas. The typical delta (median |delta|) sets the
+    noise scale, so nothing depends on the arena's units. Each level's mean is shrunk
+    towards the level above with `prior_strength` pseudo-observations; a key is scored by a
+    draw from N(its mean, scale^2 / (n + prior_strength)) and the lowest draw wins: untried
+    keys are uncertain, so they get explored, and kinds of edits that helped come first."""
 
     def __init__(self, history: list[Tried], prior_strength: float):
-        self.m = prior_strength
-        self.counts: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        self.k = prior_strength
+        deltas = [t.delta for t in history if isinstance(t, Tried) and t.edit_key
+                  and isinstance(t.delta, (int, float)) and math.isfinite(t.delta)]
+        self.scale = max(statistics.median(abs(d) for d in deltas), 1e-6) if deltas else 0.01
+        self.sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        observed = []
         for t in history:
             if not isinstance(t, Tried) or not t.edit_key:
                 continue
-            r = _reward(t)
+            if isinstance(t.delta, (int, float)) and math.isfinite(t.delta):
+                y = t.delta
+            elif t.status in ("crash", "timeout", "rejected"):
+                y = 3 * self.scale
+            else:
+                continue
+            observed.append(y)
             for level in self._levels(t.edit_key):
-                c = self.counts[level]
-                c[0] += r
+                c = self.sums[level]
+                c[0] += y
                 c[1] += 1.0
+        self.prior = statistics.fmean(observed) if observed else 0.0
 
     @staticmethod
     def _levels(key: str) -> tuple[str, str, str]:
         return ("f:" + family_of_key(key), "t:" + key_target(key), "k:" + key)
 
-    def _shrunk(self, level: str, prior: float) -> float:
-        s, n = self.counts.get(level, (0.0, 0.0))
-        return (self.m * prior + s) / (self.m + n)
+    def _shrunk(self, level: str, prior: float) -> tuple[float, float]:
+        total, n = self.sums.get(level, (0.0, 0.0))
+        return (total + self.k * prior) / (n + self.k), n
 
     def sample(self, edit: Edit, rng: random.Random) -> float:
-        fam, tgt, key = "f:" + edit.family, "t:" + edit.target, "k:" + edit.key
-        p_family = self._shrunk(fam, 0.5)
-        p_target = self._shrunk(tgt, p_family)
-        s, n = self.counts.get(key, (0.0, 0.0))
-        a = self.m * p_target + s
-        b = self.m * (1.0 - p_target) + (n - s)
-        return rng.betavariate(max(a, 1e-3), max(b, 1e-3))
+        """A draw of the edit's delta (lower is better)."""
+        family, _ = self._shrunk("f:" + edit.family, self.prior)
+        target, _ = self._shrunk("t:" + edit.target, family)
+        mean, n = self._shrunk("k:" + edit.key, target)
+        return rng.gauss(mean, self.scale / math.sqrt(n + self.k))
 
 
 def _tried_here(history: list[Tried], parent_id: str) -> set[str]:
@@ -132,20 +139,20 @@ class MutateAgent:
         catalogue = build_catalogue(parent_source, settings, self.profile)
         tried = _tried_here(history, parent_id)
         candidates = _candidates(catalogue, brief.topic, tried)
+        stats = _Stats(history, self.prior_strength)
         if candidates and rng.random() >= self.combine_p:
-            return self._single(parent_source, settings, candidates, history, rng)
+            return self._single(parent_source, settings, candidates, stats, rng)
         combo = self._combination(parent_source, settings, catalogue, history, parent_id,
-                                  tried, rng)
+                                  tried, stats.scale, rng)
         if combo is not None:
             return combo
         if candidates:
-            return self._single(parent_source, settings, candidates, history, rng)
+            return self._single(parent_source, settings, candidates, stats, rng)
         return _exhausted(brief.topic)
 
     def _single(self, parent_source: str, settings: list[Setting], candidates: list[Edit],
-                history: list[Tried], rng: random.Random) -> Proposal:
-        stats = _Stats(history, self.prior_strength)
-        ranked = sorted(candidates, key=lambda e: -stats.sample(e, rng))
+                stats: _Stats, rng: random.Random) -> Proposal:
+        ranked = sorted(candidates, key=lambda e: stats.sample(e, rng))
         for edit in ranked[:5]:
             proposal = _propose_edit(parent_source, edit, settings)
             if proposal.ok:
@@ -164,17 +171,18 @@ class MutateAgent:
 
     def _combination(self, parent_source: str, settings: list[Setting],
                      catalogue: dict[str, Edit], history: list[Tried], parent_id: str,
-                     tried: set[str], rng: random.Random) -> Proposal | None:
+                     tried: set[str], scale: float, rng: random.Random) -> Proposal | None:
         """Two promising edits at once: edits kept elsewhere that the parent lacks, and near
-        misses on this parent (they lowered val_bpb, but by less than the noise bar: two of
-        them together may clear it)."""
+        misses on this parent (they lowered val_bpb by more than half a typical delta, but
+        not past the noise bar: two of them together may clear it)."""
         promise: dict[str, float] = {}
         for t in history:
             if not t.edit_key or "&" in t.edit_key or t.edit_key not in catalogue:
                 continue
             edit = catalogue[t.edit_key]
             gain = -t.delta if isinstance(t.delta, (int, float)) and t.delta < 0 else 0.0
-            near_miss = t.status == "discarded" and gain > 0 and t.parent_id == parent_id
+            near_miss = (t.status == "discarded" and gain > scale / 2
+                         and t.parent_id == parent_id)
             # a relative edit kept elsewhere is already in the parent once its setting moved
             kept_missing = t.status == "kept" and (not edit.relative or self._untouched(
                 edit.target, settings))

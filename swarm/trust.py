@@ -1,0 +1,110 @@
+"""Whom a node believes: verification state and per-peer reputation ("don't trust, replicate").
+
+A record counts as *verified* for this node when
+  - this node made it, or reproduced it itself (its own attestation says so), or
+  - at least `k` distinct *trusted* peers (not the author) attest it reproduced,
+and this node has not refuted it, and its author is not a known liar.
+
+Reputation is derived from this node's own attestations, never from what peers
+say about each other: an author gains `REWARD` for each claim of theirs this
+node reproduced and loses `PENALTY` (much more) for each one it refuted. A peer
+is trusted as a verifier once its reputation reaches `trust_threshold`, so keys
+this node never checked (a thousand fresh Sybil keys vouching for each other)
+count for nothing. An author whose reputation falls below `liar_threshold` is a
+liar: their records stop counting as verified (and so stop being parents)
+unless this node reproduced that very record itself.
+
+Derived state is recomputed from the store's attestations, so it survives any
+crash with the records themselves; the peers table keeps a copy for display.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from swarm.identity import peer_id_from_public_key
+from swarm.records import Record
+from swarm.store import Store
+
+REWARD = 1.0
+PENALTY = 5.0
+
+
+@dataclass
+class TrustRules:
+    k: int = 2                      # trusted attestations that make a record verified
+    trust_threshold: float = 1.0    # reputation a verifier needs to count
+    liar_threshold: float = -4.0    # below this an author's claims count for nothing
+
+
+class TrustPolicy:
+    def __init__(self, store: Store, me: bytes, rules: TrustRules | None = None):
+        self.store, self.me = store, me
+        self.rules = rules or TrustRules()
+
+    # -- reputation -----------------------------------------------------------
+
+    def reputations(self) -> dict[bytes, float]:
+        """Author public key -> reputation, from this node's own verdicts."""
+        rep: dict[bytes, float] = {}
+        for author, verdict, n in self.store.verdict_counts(self.me):
+            rep[author] = rep.get(author, 0.0) + (REWARD * n if verdict == "reproduced"
+                                                  else -PENALTY * n)
+        return rep
+
+    def reputation(self, author: bytes) -> float:
+        if author == self.me:
+            return float("inf")
+        return self.reputations().get(author, 0.0)
+
+    def is_liar(self, author: bytes) -> bool:
+        return author != self.me and self.reputation(author) < self.rules.liar_threshold
+
+    def save_reputations(self) -> None:
+        """Copy the derived reputations into the peers table (for status and dashboard)."""
+        for author, rep in self.reputations().items():
+            peer_id = peer_id_from_public_key(author)
+            if self.store.peer(peer_id) is None:
+                self.store.upsert_peer(peer_id)
+            self.store.set_reputation(peer_id, rep)
+
+    # -- verification ---------------------------------------------------------
+
+    def my_verdict(self, record: Record) -> str | None:
+        if record.author == self.me:
+            return "reproduced"
+        if self.me in self.store.who_refuted(record.id):
+            return "refuted"
+        if self.me in self.store.who_reproduced(record.id):
+            return "reproduced"
+        return None
+
+    def trusted_attesters(self, record: Record, reps: dict[bytes, float] | None = None
+                          ) -> list[bytes]:
+        """Trusted peers (not the author, not us) whose newest verdict says reproduced."""
+        reps = self.reputations() if reps is None else reps
+        return [v for v in self.store.who_reproduced(record.id)
+                if v not in (record.author, self.me)
+                and reps.get(v, 0.0) >= self.rules.trust_threshold]
+
+    def is_verified(self, record: Record, reps: dict[bytes, float] | None = None) -> bool:
+        mine = self.my_verdict(record)
+        if mine is not None:
+            return mine == "reproduced"
+        reps = self.reputations() if reps is None else reps
+        if reps.get(record.author, 0.0) < self.rules.liar_threshold:
+            return False
+        return len(self.trusted_attesters(record, reps)) >= self.rules.k
+
+    def verified_by(self, record: Record) -> list[str]:
+        """Who vouches for the record, as this node counts it: 'self' and/or peer ids."""
+        mine = self.my_verdict(record)
+        if mine == "refuted":
+            return []
+        out = ["self"] if mine == "reproduced" else []
+        out += [peer_id_from_public_key(v) for v in self.trusted_attesters(record)]
+        return out
+
+    def predicate(self):
+        """A `Record -> bool` for the scoreboard, with reputations read once per call site."""
+        reps = self.reputations()
+        return lambda record: self.is_verified(record, reps)
