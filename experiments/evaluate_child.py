@@ -114,8 +114,10 @@ class _Guard:
         return logits
 
 
-def causality_probe(torch, np, call, tokens, settings: dict, device, tolerance: float, rng) -> None:
+def causality_probe(torch, np, call, tokens, settings: dict, device, tolerance: float, rng) -> float:
     """Raise Rejected if the model's logits depend on later tokens, other rows, or earlier calls.
+
+    Returns the largest relative change seen (a well-behaved model gives 0 or rounding noise).
 
     Windows and replacement text come from the validation data itself (at positions drawn
     from a per-run secret seed), so a probe batch looks exactly like an evaluation batch.
@@ -128,9 +130,12 @@ def causality_probe(torch, np, call, tokens, settings: dict, device, tolerance: 
         starts = rng.integers(0, len(tokens) - T, size=B)
         return torch.from_numpy(np.stack([tokens[s:s + T] for s in starts]).astype(np.int64)).to(device)
 
+    worst = [0.0]
+
     def differs(a, b):
         diff = float((a - b).abs().max()) if a.numel() else 0.0
         scale = float(a.abs().max()) if a.numel() else 0.0
+        worst[0] = max(worst[0], diff / (1.0 + scale))
         return diff > tolerance * (1.0 + scale), diff
 
     x = windows()
@@ -154,6 +159,7 @@ def causality_probe(torch, np, call, tokens, settings: dict, device, tolerance: 
     if bad:
         raise Rejected(f"causality probe: the same input gave logits that differ by {diff:.3g} "
                        f"on a second call (the model keeps state between calls)")
+    return worst[0]
 
 
 def _load_module(name: str, path: str):
@@ -228,8 +234,8 @@ def evaluate(spec: dict) -> dict:
             raise Rejected("torch.Tensor was replaced")
         guard = _Guard(torch, model, tokenizer.vocab_size)
         with torch.no_grad():
-            causality_probe(torch, np, guard, probe_tokens, settings, device,
-                            PROBE_TOLERANCE[profile], rng)
+            probe_diff = causality_probe(torch, np, guard, probe_tokens, settings, device,
+                                         PROBE_TOLERANCE[profile], rng)
         _check_snapshot(snapshot, "after the causality probe", strict_new)
         _check_modes(torch, "after the causality probe")
         t_eval = time.time()
@@ -244,13 +250,13 @@ def evaluate(spec: dict) -> dict:
         return {"status": "crash", "reason": f"evaluation failed: {_last_line(e)}", "params": params}
     if not isinstance(val_bpb, float) or not math.isfinite(val_bpb) or val_bpb <= 0:
         return {"status": "rejected", "reason": f"evaluation gave val_bpb {val_bpb!r}", "params": params}
-    return {"status": "ok", "val_bpb": val_bpb, "params": params,
+    return {"status": "ok", "val_bpb": val_bpb, "params": params, "probe_max_diff": probe_diff,
             "eval_s": round(time.time() - t_eval, 3), "total_s": round(time.time() - t0, 3)}
 
 
 def _last_line(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}".strip().splitlines()
-    return (text[-1] if text else type(e).__name__)[:500]
+    lines = [line.strip() for line in f"{type(e).__name__}: {e}".splitlines() if line.strip()]
+    return (lines[-1] if lines else type(e).__name__)[:500]
 
 
 def _write_json(path: str, obj: dict) -> None:
@@ -276,8 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         result = {"status": "error", "reason": "the evaluator itself failed (see the eval log)"}
     result["nonce"] = nonce
     _write_json(result_path, result)
-    print(f"evaluation: {result['status']}" + (f" val_bpb {result['val_bpb']:.6f}" if "val_bpb" in result else
-                                                f" ({result.get('reason', '')})"), flush=True)
+    if result["status"] == "ok":
+        print(f"evaluation: ok val_bpb {result['val_bpb']:.6f} (probe max relative change "
+              f"{result['probe_max_diff']:.2g}, eval {result['eval_s']:.1f} s, "
+              f"child {result['total_s']:.1f} s)", flush=True)
+    else:
+        print(f"evaluation: {result['status']} ({result.get('reason', '')})", flush=True)
     return 0
 
 

@@ -116,9 +116,9 @@ def test_libp2p_logging_is_tamed_and_throttled():
     ours.addHandler(collected)
     try:
         child = logging.getLogger("libp2p.pubsub.gossipsub")
-        for _ in range(50):
+        for i in range(50):
             child.warning("Rate limit exceeded for peer %s", "x")  # below ERROR: dropped
-            child.error("fail to deliver message to %s", "y")
+            child.error(f"fail to deliver message {i}")  # one call site, varying text
     finally:
         ours.removeHandler(collected)
     assert len(collected.records) == 1

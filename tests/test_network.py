@@ -224,6 +224,39 @@ async def test_records_only_reach_nodes_in_their_topic(tmp_path):
             await a.publish(experiment(a.identity, 3, genome=OTHER_G))
 
 
+async def test_a_burst_of_publishes_is_paced_and_every_record_arrives(tmp_path):
+    # py-libp2p drops an RPC when a peer's 32-slot queue is full: publish() must pace
+    async with swarm_node(tmp_path / "a", sync_interval=3600) as a, \
+            swarm_node(tmp_path / "b", bootstrap=a.listen_addrs(), sync_interval=3600) as b:
+        await wait_for(lambda: subscribed(a, b) and subscribed(b, a))
+        await trio.sleep(1.2)  # one heartbeat: b is in a's mesh
+        burst = [experiment(a.identity, i) for i in range(80)]
+        for record in burst:
+            await a.publish(record)
+        await wait_for(lambda: all(b.store.has(r.id) for r in burst), timeout=30)
+        assert b.records_from_gossip == len(burst) and b.records_from_sync == 0
+        assert a.records_from_gossip == 0  # our own publishes come back and are skipped
+
+
+def test_pacer_spreads_a_burst_at_the_configured_rate():
+    pacer = gossip_mod._Pacer(rate=100.0, burst=10.0, tokens=10.0, at=0.0)
+    delays = [pacer.delay(0.0) for _ in range(30)]
+    assert delays[:10] == [0.0] * 10
+    assert delays[10:] == pytest.approx([(k + 1) / 100 for k in range(20)])
+
+
+async def test_announce_is_repeated_periodically(tmp_path):
+    async with swarm_node(tmp_path / "a", announce_interval=0.5) as a, \
+            swarm_node(tmp_path / "b", bootstrap=a.listen_addrs()) as b:
+        await wait_for(lambda: subscribed(a, b, "heads") and subscribed(b, a, "heads"))
+        await trio.sleep(1.2)
+        first = await a.announce(arena=ARENA, working_on="warm-up")
+        await wait_for(lambda: any(r.id == first.id for r in b.store.announces()))
+        await wait_for(lambda: b.store.announces()[0].t > first.t, timeout=10)
+        latest = b.store.announces()[0]
+        assert latest.author == a.identity.public_key and latest.working_on == "warm-up"
+
+
 @asynccontextmanager
 async def mallory(seed, topic):
     """A raw gossipsub peer with no validators: it sends whatever it is told to."""

@@ -371,7 +371,7 @@ def fast_and_deep(test, strategies: tuple, fast: int, deep: int):
             pytest.mark.slow(fuzz(deep)(given(*strategies)(test))))
 
 
-FUZZ = fuzz(3000)
+FUZZ = fuzz(2000)
 
 
 @FUZZ
@@ -463,7 +463,7 @@ def _arbitrary_msgpack(value):
 
 
 test_fuzz_mutated_envelopes, test_fuzz_mutated_envelopes_deep = fast_and_deep(
-    _mutated_envelopes, (st.sampled_from(VALID), EDITS), 2000, 20000)
+    _mutated_envelopes, (st.sampled_from(VALID), EDITS), 1500, 20000)
 test_fuzz_resigned_bodies, test_fuzz_resigned_bodies_deep = fast_and_deep(
     _resigned_bodies, (st.sampled_from(VALID), CHANGES), 400, 10000)
 test_fuzz_arbitrary_msgpack, test_fuzz_arbitrary_msgpack_deep = fast_and_deep(
