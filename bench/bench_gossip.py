@@ -11,12 +11,13 @@ Measures, all on 127.0.0.1 with real stores (SQLite, fsync on):
    (or after 20 s): this measures the latency of a record into a quiet
    swarm, not throughput, and so does not depend on how fast the shared
    process works through a backlog. `cpu_ms_per_record` is the process CPU
-   per record, all nodes together, which bounds throughput. Per record: the latency of every delivery and the time until
-   the last node has it (p50, p99); the delivery ratio (deliveries seen /
-   deliveries expected) within 30 s of the last publish. The stores live on
-   tmpfs when /dev/shm exists: with N nodes in one process, N fsyncs per
-   record (about 9 ms each on this VM's disk) would measure the disk, not
-   the network; `fsync_ms` reports what one insert costs on disk.
+   per record, all nodes together, which bounds throughput. Per record: the
+   latency of every delivery and the time until the last node has it (p50,
+   p99); the delivery ratio (deliveries seen / deliveries expected) within
+   30 s of the last publish. The stores live on tmpfs when /dev/shm exists:
+   with N nodes in one process, N fsyncs per record (about 9 ms each on this
+   VM's disk) would measure the disk, not the network; `fsync_ms` reports
+   what one insert costs on disk.
 2. Late-joiner catch-up: one node holds 1,000 / 10,000 records (a lineage:
    a chain of improvements with failed tries hanging off it, plus
    attestations); a fresh node connects and syncs; time until it has all.
@@ -35,7 +36,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -173,6 +173,7 @@ async def propagation(n: int, records: int, tmp: Path, seed: int = 7) -> dict:
             "latency_p99_ms": 1000 * percentile(latencies, 99),
             "all_nodes_p50_ms": 1000 * percentile(spread, 50),
             "all_nodes_p99_ms": 1000 * percentile(spread, 99),
+            "reached_all": len(spread),
             "cpu_ms_per_record": cpu_ms_per_record}
 
 
@@ -284,11 +285,12 @@ def render(results: dict) -> str:
              "stores on "
              f"{results['stores_on']}, where an fsync'd insert on disk costs "
              f"{results['fsync_ms']:.1f} ms):", "",
-             "| nodes | records | delivery ratio | per-delivery p50 / p99 (ms) "
-             "| to all nodes p50 / p99 (ms) | process CPU per record (ms) |",
-             "|---|---|---|---|---|---|"]
+             "| nodes | records | delivery ratio | reached every node | per-delivery "
+             "p50 / p99 (ms) | to all nodes p50 / p99 (ms) | process CPU per record (ms) |",
+             "|---|---|---|---|---|---|---|"]
     for row in results["propagation"]:
         lines.append(f"| {row['nodes']} | {row['records']} | {row['delivery_ratio']:.3f} | "
+                     f"{row['reached_all']} | "
                      f"{row['latency_p50_ms']:.0f} / {row['latency_p99_ms']:.0f} | "
                      f"{row['all_nodes_p50_ms']:.0f} / {row['all_nodes_p99_ms']:.0f} | "
                      f"{row['cpu_ms_per_record']:.0f} |")

@@ -12,7 +12,7 @@ Goal: mutate reaches random's final score (mean over seeds, after N experiments)
 N/2 experiments. The result, met or not, goes to docs/BENCHMARKS.md between
 `<!-- bench_mutate -->` and `<!-- /bench_mutate -->`.
 
-    python bench/bench_mutate.py                     # 12 seeds x 200 experiments, 2 processes
+    python bench/bench_mutate.py                     # 16 seeds x 200 experiments, 2 processes
     python bench/bench_mutate.py --seeds 4 --experiments 100 --no-write
 """
 from __future__ import annotations
@@ -204,7 +204,7 @@ def write_section(text: str, path: Path = BENCHMARKS) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, default=12, help="landscape seeds (default 12)")
+    ap.add_argument("--seeds", type=int, default=16, help="landscape seeds (default 16)")
     ap.add_argument("--experiments", type=int, default=200, help="experiments per run")
     ap.add_argument("--sigma", type=float, default=0.003, help="synthetic noise sigma")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")

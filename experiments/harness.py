@@ -85,6 +85,7 @@ class ExperimentResult:
     isolation: list[str] = field(default_factory=list)
     run_id: str | None = None
     workspace: str | None = None  # kept only with keep_workspace=True
+    timings: dict = field(default_factory=dict)  # seconds per phase: prepare, train, eval
 
     @property
     def overhead_s(self) -> float:
@@ -304,9 +305,11 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
         return finish("rejected", reason=f"static check: {reason}")
 
     home = Path(home).resolve()
+    timings = {}
     prepare = _trusted_prepare(genome_dir)
     trusted_prepare_py = Path(prepare.__file__).resolve()
     data, vocab_size, bos_id = _prepare_data(prepare, home, dataset, progress)
+    timings["prepare"] = round(time.monotonic() - t0, 3)
     raw_corpus = trusted_prepare_py.parent / "data"
     profile = device_profile(device)
     threads = cpu_threads() if device == "cpu" else min(8, cpu_threads())
@@ -335,12 +338,14 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
             log.close()
         if train.cancelled:
             raise ExperimentCancelled("cancelled during training")
+        timings["train"] = round(train.wall_s, 3)
         train_s = output.number("training_seconds", high=train.wall_s)
         measured = dict(
             train_s=round(train_s if train_s is not None else train.wall_s, 3),
             tokens=output.integer("total_tokens_M", 1e6), steps=output.integer("num_steps"),
             params=output.integer("num_params_M", 1e6), log_tail=train.log_tail,
-            isolation=train.isolation, run_id=ws.run_id,
+            isolation=train.isolation, run_id=ws.run_id, timings=timings,
+            workspace=str(ws.root) if keep_workspace else None,
             peak_mem_mb=(output.number("peak_vram_mb") if device == "cuda" else None) or train.peak_rss_mb)
         if train.timed_out:
             return finish("timeout", reason=f"training ran past the wall limit of {limit:.0f} s "
@@ -364,9 +369,11 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
         stage = getattr(progress, "stage", None)
         if stage is not None:
             stage("evaluate", 0, 1)
+        t_eval = time.monotonic()
         verdict, eval_tail = _evaluate(ws, eval_dir, data, trusted_prepare_py, device, profile,
                                        threads, mem_limit, hidden,
                                        eval_wall_limit_s or EVAL_WALL_LIMIT_S[device], cancel)
+        timings["eval"] = round(time.monotonic() - t_eval, 3)
         measured["log_tail"] = (train.log_tail + eval_tail)[-4096:]
         if verdict.get("params") is not None:
             measured["params"] = verdict["params"]

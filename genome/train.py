@@ -35,7 +35,7 @@ MLP_RATIO = 4  # MLP hidden width = MLP_RATIO * model width
 NORM_PLACEMENT = "pre"  # "pre": x + f(norm(x)) (modern GPTs); "post": norm(x + f(x)) (original)
 QK_NORM = True  # RMS-normalise queries and keys before attention (bounds attention logits)
 ROPE_BASE = 10000.0  # rotary embedding base; larger bases resolve longer contexts
-SOFTCAP = 0.0  # tanh soft cap on the output logits (nanochat uses 15); 0 = off; ~35% slower on CPU
+SOFTCAP = 0.0  # tanh soft cap on the output logits (nanochat uses 15); 0 = off; ~30% slower on CPU
 TIE_EMBEDDINGS = False  # share one matrix between the token embedding and the output head
 INIT_SCALE = 1.0  # multiplies the init std (1/sqrt(width)) of attention q/k/v and MLP input
 

@@ -156,7 +156,7 @@ class SwarmNode:
         self._sync_requests, self._sync_queue = trio.open_memory_channel[str](256)
         self._announce_state: dict[str, Any] | None = None
         self._announce_changed = trio.Event()
-        self._heads_cache: tuple[Any, list[bytes]] | None = None
+        self._heads_cache: dict[tuple[str, ...], tuple[int, list[bytes]]] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -236,9 +236,10 @@ class SwarmNode:
         """Experiment heads in `topics` (all topics if empty), then the attestations of
         experiments in them: what a late joiner needs, besides ancestors it can ask for."""
         wanted_topics = sorted({t for t in topics if valid_topic(t) and t != HEADS})
-        key = (self.store.count(), tuple(wanted_topics))
-        if self._heads_cache is not None and self._heads_cache[0] == key:
-            return self._heads_cache[1]
+        key, count = tuple(wanted_topics), self.store.count()
+        cached = self._heads_cache.get(key)
+        if cached is not None and cached[0] == count:  # any insert changes the count
+            return cached[1]
         ids: list[bytes] = []
         for topic in wanted_topics or [None]:
             ids.extend(r.id for r in self.store.heads(topic=topic, limit=MAX_SYNC_HEADS))
@@ -250,7 +251,9 @@ class SwarmNode:
             if not topic_set or (target is not None and target.topic in topic_set):
                 ids.append(attestation.id)
         ids = list(dict.fromkeys(ids))[:MAX_SYNC_HEADS]
-        self._heads_cache = (key, ids)
+        if len(self._heads_cache) >= 64:  # bounded: peers choose the topic lists
+            self._heads_cache.clear()
+        self._heads_cache[key] = (count, ids)
         return ids
 
     def _get_records(self, ids: Sequence[bytes]) -> list[bytes]:

@@ -15,8 +15,9 @@ from experiments.harness import (ExperimentCancelled, ExperimentResult, _Trainin
 from experiments.budget import parse_budget
 from experiments.sandbox import alive, isolation_plan
 from experiments.workspace import (Workspace, copy_weights, create_workspace)
+from swarm.identity import NodeIdentity
 from swarm.patch import make_patch
-from swarm.records import normalize_result
+from swarm.records import make_experiment
 
 PLAN = isolation_plan()
 
@@ -37,11 +38,11 @@ def run(source, home, genome, **kw):
 
 
 def check_record(result: ExperimentResult) -> dict:
-    """The result map must pass the record validator exactly as the swarm will see it."""
-    from swarm.records import _result
-    record = normalize_result(result.to_record_result())
-    _result(record, "result")
-    return record
+    """The result map must make a valid signed experiment record, as the swarm will see it."""
+    record = make_experiment(NodeIdentity.generate(), genome="0" * 16, parents=[bytes(32)],
+                             topic="general", arena=result.arena, patch="", desc="test",
+                             agent="test", result=result.to_record_result())
+    return record.result
 
 
 def runs_left(home) -> list[str]:

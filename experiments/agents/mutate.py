@@ -1,22 +1,26 @@
 """The default proposer: catalogue edits steered by history (no model, no key, no network).
 
 `MutateAgent` picks one catalogue edit (experiments/agents/catalogue.py) for the parent by
-Thompson sampling over a three-level hierarchy - family (`lr`), setting (`MATRIX_LR`), edit
-(`MATRIX_LR*0.7`) - from what the history says worked:
+Thompson sampling on the val_bpb deltas the history reports, over a three-level hierarchy -
+family (`lr`), setting (`MATRIX_LR`), edit key (`MATRIX_LR*0.7`):
 
-- a kept edit scores 1, a discarded one that still lowered val_bpb 0.25 (a direction worth
-  another step), anything else 0 (crashes, timeouts and rejections count against their kind);
-- each level's success rate is shrunk towards the level above, so one good `MATRIX_LR*0.7`
-  also lifts the other learning-rate edits a little, and untried kinds keep an optimistic
-  prior: they get explored;
-- an edit key already tried on this parent is never proposed again for it;
+- each tried key is an observation of its delta (a crash, timeout or rejection counts as a
+  large positive delta); each level's mean is shrunk towards the level above, so a key that
+  helped on an earlier parent is tried early on the next one (effects mostly carry over),
+  an untried key inherits what its setting and family did, and uncertainty makes the agent
+  explore;
+- an edit key already tried on this parent is never proposed again for it, and keys that
+  crashed before come last;
 - edits tagged with the brief's topic come first (`general` takes every edit);
-- with probability `combine_p` it combines two edits kept elsewhere in the history that the
-  parent does not have yet (a relative edit such as `x2` counts as present once its setting
-  differs from the base genome, so lineages do not compound it by accident).
+- with probability `combine_p`, or once single edits are exhausted on this parent, it
+  proposes two promising edits together: edits kept elsewhere that the parent lacks, and
+  near misses on this parent (they lowered val_bpb, but not past the noise bar). A relative
+  edit such as `x2` kept elsewhere counts as present once its setting differs from the base
+  genome, so lineages do not compound it by accident.
 
-`RandomAgent` is the benchmark's control: a uniform choice among the same applicable,
-untried, on-topic edits, with no other use of history.
+Descriptions start with `[key]`, so the key travels with the record and peers' agents learn
+from it too. `RandomAgent` is the benchmark's control: a uniform choice among the same
+applicable, untried, on-topic edits, with no other use of history.
 """
 from __future__ import annotations
 
@@ -47,12 +51,15 @@ class _Stats:
     draw from N(its mean, scale^2 / (n + prior_strength)) and the lowest draw wins: untried
     keys are uncertain, so they get explored, and kinds of edits that helped come first."""
 
-    def __init__(self, history: list[Tried], prior_strength: float):
+    def __init__(self, history: list[Tried], prior_strength: float,
+                 family_strength: float = 0.3):
         self.k = prior_strength
+        self.k_family = family_strength
         deltas = [t.delta for t in history if isinstance(t, Tried) and t.edit_key
                   and isinstance(t.delta, (int, float)) and math.isfinite(t.delta)]
         self.scale = max(statistics.median(abs(d) for d in deltas), 1e-6) if deltas else 0.01
         self.sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+        self.crashed: set[str] = set()
         observed = []
         for t in history:
             if not isinstance(t, Tried) or not t.edit_key:
@@ -61,6 +68,7 @@ class _Stats:
                 y = t.delta
             elif t.status in ("crash", "timeout", "rejected"):
                 y = 3 * self.scale
+                self.crashed.add(t.edit_key)
             else:
                 continue
             observed.append(y)
@@ -74,15 +82,16 @@ class _Stats:
     def _levels(key: str) -> tuple[str, str, str]:
         return ("f:" + family_of_key(key), "t:" + key_target(key), "k:" + key)
 
-    def _shrunk(self, level: str, prior: float) -> tuple[float, float]:
+    def _shrunk(self, level: str, prior: float, k: float) -> tuple[float, float]:
         total, n = self.sums.get(level, (0.0, 0.0))
-        return (total + self.k * prior) / (n + self.k), n
+        return (total + k * prior) / (n + k), n
 
     def sample(self, edit: Edit, rng: random.Random) -> float:
         """A draw of the edit's delta (lower is better)."""
-        family, _ = self._shrunk("f:" + edit.family, self.prior)
-        target, _ = self._shrunk("t:" + edit.target, family)
-        mean, n = self._shrunk("k:" + edit.key, target)
+        family, _ = self._shrunk("f:" + edit.family, self.prior, self.k)
+        # settings of one family differ (each lr has its own optimum): a weak family pull
+        target, _ = self._shrunk("t:" + edit.target, family, self.k_family)
+        mean, n = self._shrunk("k:" + edit.key, target, self.k)
         return rng.gauss(mean, self.scale / math.sqrt(n + self.k))
 
 
@@ -120,7 +129,7 @@ class MutateAgent:
     name = "mutate"
 
     def __init__(self, *, base_source: str | None = None, profile: str | None = None,
-                 combine_p: float = 0.2, prior_strength: float = 2.0):
+                 combine_p: float = 0.2, prior_strength: float = 1.0):
         self.profile = profile
         self.base_source = base_source if base_source is not None else _default_base_source()
         self.combine_p = combine_p
@@ -152,7 +161,10 @@ class MutateAgent:
 
     def _single(self, parent_source: str, settings: list[Setting], candidates: list[Edit],
                 stats: _Stats, rng: random.Random) -> Proposal:
-        ranked = sorted(candidates, key=lambda e: stats.sample(e, rng))
+        # keys that crashed, timed out or were rejected before come last: such failures
+        # tend to repeat (a setting that diverges, a shape that does not fit)
+        ranked = sorted(candidates, key=lambda e: (e.key in stats.crashed,
+                                                   stats.sample(e, rng)))
         for edit in ranked[:5]:
             proposal = _propose_edit(parent_source, edit, settings)
             if proposal.ok:
