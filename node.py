@@ -49,6 +49,7 @@ class Settings:
     bootstrap: list[str] = field(default_factory=list)
     mdns: bool = False
     dashboard: int = 0          # 0: no dashboard
+    dashboard_host: str = "127.0.0.1"
     verify_share: float = 0.25
     trust_k: int = 2
 
@@ -441,6 +442,14 @@ async def run_node(local: Local, settings: Settings, until: float | None) -> int
                 view.update(render(snap))
             await trio.sleep(1.0)
 
+    dashboard = None
+    if settings.dashboard:
+        from experiments.dashboard import start_dashboard
+        dashboard = start_dashboard(local.home, port=settings.dashboard,
+                                    host=settings.dashboard_host, arena=loop.arena,
+                                    me=local.identity.public_key, rules=loop.config.rules,
+                                    trust_rules=loop.config.trust)
+        print(f"dashboard on {dashboard.url}", flush=True)
     view = None
     if live:
         from rich.live import Live
@@ -466,6 +475,8 @@ async def run_node(local: Local, settings: Settings, until: float | None) -> int
     finally:
         if view is not None:
             view.stop()
+        if dashboard is not None:
+            dashboard.close()
         write_status_file(local.home, dict(snapshot(local, loop.arena, settings), stopped=True))
     if stopped_by:
         print(f"loopy: stopped by {stopped_by}; the store is consistent, restart to resume",
@@ -686,6 +697,24 @@ def cmd_peers(settings: Settings, args) -> int:
     return 0
 
 
+def cmd_plot(settings: Settings, args) -> int:
+    """Draw the progress chart (every experiment, the running best, kept edits) as a PNG."""
+    from experiments.plot import render_plot
+
+    local = Local.open(settings)
+    try:
+        arena = args.arena or local.arena(settings)
+        summary = render_plot(local, arena, args.only_topic, args.output, settings)
+    finally:
+        local.store.close()
+    if settings.json:
+        emit_json(summary)
+    else:
+        print(f"wrote {summary['path']}: {summary['experiments']} experiments, "
+              f"{summary['kept']} kept")
+    return 0
+
+
 def cmd_config(settings: Settings, args) -> int:
     """Print the effective settings (after file, environment and flags)."""
     values = {f.name: getattr(settings, f.name) for f in fields(Settings)}
@@ -757,7 +786,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a peer to join through, /ip4/../tcp/../p2p/.. (repeatable)")
     p.add_argument("--mdns", action="store_const", const=True, default=None,
                    help="discover peers on the LAN (binds every interface)")
+    p.add_argument("--dashboard", type=int, default=None, metavar="PORT",
+                   help="serve the read-only web dashboard on this port (default: off)")
+    p.add_argument("--dashboard-host", default=None, dest="dashboard_host", metavar="HOST",
+                   help="address to bind (default 127.0.0.1; 0.0.0.0 lets the network read it)")
     p.set_defaults(func=cmd_start)
+
+    p = sub.add_parser("plot", parents=[common], help="draw the progress chart as a PNG",
+                       description="Draw the autoresearch-style progress chart: every "
+                                   "experiment, the running best, kept edits labelled.\n\n"
+                                   "example: loopy plot -o progress.png --topic optimizer")
+    p.add_argument("-o", "--output", default="progress.png", help="PNG file to write")
+    p.add_argument("--arena", default=None, help="arena (default: the node's)")
+    p.add_argument("--topic", default=None, dest="only_topic", help="only this topic")
+    p.add_argument("--trainer", default=None, choices=["genome", "synthetic"])
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("status", parents=[common], help="what the node knows and does",
                        description="Print the node's status, from the running node or the "

@@ -66,9 +66,10 @@ class Budget:
 
 
 def parse_budget(text: str) -> Budget:
-    """'60s' | '5m' | '1.5m' | '2h' | '300ktok' | '2Mtok' | '300000tok' | 'time:60' | 'tokens:300000'."""
+    """'60s' | '5m' | '1.5m' | '2h' | '300ktok' | '2Mtok' | '300000tok' | 'time:60' | 'tokens:N'."""
     if not isinstance(text, str):
-        raise ValueError(f"budget must be a string like '60s' or '300ktok', not {type(text).__name__}")
+        raise ValueError(f"budget must be a string like '60s' or '300ktok', "
+                         f"not {type(text).__name__}")
     raw = text.strip()
     if not raw or len(raw) > _MAX_TEXT:
         raise ValueError(f"budget {text[:_MAX_TEXT]!r} is not like '60s', '5m' or '300ktok'")
@@ -126,7 +127,8 @@ def make_arena(dataset: str, budget: Budget | str, hw_class: str) -> str:
         budget = parse_budget(budget)
     if not isinstance(budget, Budget):
         raise ValueError(f"budget must be a Budget or a budget string, not {type(budget).__name__}")
-    return str(Arena(_check_slug(dataset, "dataset"), budget, _check_slug(hw_class, "hardware class")))
+    arena = Arena(_check_slug(dataset, "dataset"), budget, _check_slug(hw_class, "hardware class"))
+    return str(arena)
 
 
 def parse_arena(text: str) -> Arena:

@@ -114,7 +114,8 @@ class _Guard:
         return logits
 
 
-def causality_probe(torch, np, call, tokens, settings: dict, device, tolerance: float, rng) -> float:
+def causality_probe(torch, np, call, tokens, settings: dict, device, tolerance: float,
+                    rng) -> float:
     """Raise Rejected if the model's logits depend on later tokens, other rows, or earlier calls.
 
     Returns the largest relative change seen (a well-behaved model gives 0 or rounding noise).
@@ -128,7 +129,8 @@ def causality_probe(torch, np, call, tokens, settings: dict, device, tolerance: 
 
     def windows():
         starts = rng.integers(0, len(tokens) - T, size=B)
-        return torch.from_numpy(np.stack([tokens[s:s + T] for s in starts]).astype(np.int64)).to(device)
+        batch = np.stack([tokens[s:s + T] for s in starts]).astype(np.int64)
+        return torch.from_numpy(batch).to(device)
 
     worst = [0.0]
 
@@ -141,7 +143,8 @@ def causality_probe(torch, np, call, tokens, settings: dict, device, tolerance: 
     x = windows()
     base = call(x)
     for low, high in PROBE_CUTS:
-        cut = int(rng.integers(int(low * (T - 1)), max(int(high * (T - 1)), int(low * (T - 1)) + 1)))
+        first = int(low * (T - 1))
+        cut = int(rng.integers(first, max(int(high * (T - 1)), first + 1)))
         changed = x.clone()
         changed[:, cut + 1:] = windows()[:, cut + 1:]
         bad, diff = differs(base[:, :cut + 1], call(changed)[:, :cut + 1])
@@ -179,8 +182,9 @@ def _load_weights(torch, path: str):
     if st.st_size > MAX_WEIGHTS_BYTES:
         raise ValueError(f"model.pt is {st.st_size} bytes, over the {MAX_WEIGHTS_BYTES}-byte limit")
     state = torch.load(path, map_location="cpu", weights_only=True)
+    tensor_types = (torch.Tensor, torch.nn.Parameter)
     if not isinstance(state, dict) or not all(
-            isinstance(k, str) and type(v) in (torch.Tensor, torch.nn.Parameter) for k, v in state.items()):
+            isinstance(k, str) and type(v) in tensor_types for k, v in state.items()):
         raise ValueError("model.pt must hold a state_dict: a dict of names to tensors")
     return state
 
@@ -206,8 +210,9 @@ def evaluate(spec: dict) -> dict:
     run = trusted.run_config(spec["run_config"])
 
     snapshot = _snapshot({"torch": torch, "torch.nn.functional": F, "torch.Tensor": torch.Tensor,
-                          "torch._C.TensorBase": torch._C.TensorBase, "torch.nn.Module": torch.nn.Module,
-                          "numpy": np, "math": math, "builtins": builtins, "prepare": trusted})
+                          "torch._C.TensorBase": torch._C.TensorBase,
+                          "torch.nn.Module": torch.nn.Module, "numpy": np, "math": math,
+                          "builtins": builtins, "prepare": trusted})
     strict_new = frozenset({"torch.Tensor", "torch._C.TensorBase", "torch.nn.Module", "builtins"})
     tensor_type = torch.Tensor
 
@@ -219,13 +224,14 @@ def evaluate(spec: dict) -> dict:
             return {"status": "crash", "reason": "train.py has no build_model(run)"}
         model = build(run)
         if not isinstance(model, torch.nn.Module):
-            return {"status": "crash", "reason": f"build_model returned {type(model).__name__}, not a torch.nn.Module"}
+            return {"status": "crash", "reason": f"build_model returned "
+                                                 f"{type(model).__name__}, not a torch.nn.Module"}
         model.load_state_dict(_load_weights(torch, spec["model_pt"]), strict=True)
         model.to(device)
         model.eval()
+        params = sum(int(p.numel()) for p in model.parameters())
     except BaseException as e:  # SystemExit too: untrusted code must not end the evaluator
         return {"status": "crash", "reason": f"loading the model failed: {_last_line(e)}"}
-    params = sum(int(p.numel()) for p in model.parameters())
 
     try:
         _check_snapshot(snapshot, "after building the model", strict_new)
@@ -247,9 +253,11 @@ def evaluate(spec: dict) -> dict:
     except Rejected as e:
         return {"status": "rejected", "reason": str(e), "params": params}
     except BaseException as e:
-        return {"status": "crash", "reason": f"evaluation failed: {_last_line(e)}", "params": params}
+        return {"status": "crash", "reason": f"evaluation failed: {_last_line(e)}",
+                "params": params}
     if not isinstance(val_bpb, float) or not math.isfinite(val_bpb) or val_bpb <= 0:
-        return {"status": "rejected", "reason": f"evaluation gave val_bpb {val_bpb!r}", "params": params}
+        return {"status": "rejected", "reason": f"evaluation gave val_bpb {val_bpb!r}",
+                "params": params}
     return {"status": "ok", "val_bpb": val_bpb, "params": params, "probe_max_diff": probe_diff,
             "eval_s": round(time.time() - t_eval, 3), "total_s": round(time.time() - t0, 3)}
 

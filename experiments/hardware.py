@@ -44,7 +44,7 @@ def detect_device(pref: str = "auto") -> str:
 
 
 def gpu_class(name: str, total_bytes: int) -> str:
-    """'NVIDIA H100 80GB HBM3', 85e9 -> 'nvidia-h100-80gb'; 'NVIDIA H200', 150e9 -> 'nvidia-h200-140gb'.
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb'; 'NVIDIA H200', 150e9 B -> 'nvidia-h200-140gb'.
 
     The memory size comes from the name when it says it, else from the reported total
     (rounded GiB); the memory type (HBM3, GDDR6X) is dropped as it names no different card.

@@ -225,7 +225,10 @@ def _prepare_data(prepare, home: Path, dataset: str, progress):
         except OSError:
             pass
     stage = getattr(progress, "stage", None)
-    data = prepare.prepare_data(home, dataset, progress=stage) if stage else prepare.prepare_data(home, dataset)
+    if stage is not None:
+        data = prepare.prepare_data(home, dataset, progress=stage)
+    else:
+        data = prepare.prepare_data(home, dataset)
     tokenizer = prepare.load_tokenizer(data.tokenizer)
     _prepared[key] = (data, _stamp(data.tokenizer, data.train_bin, data.val_bin),
                       tokenizer.vocab_size, tokenizer.bos_id)
@@ -265,7 +268,8 @@ def _resolve(device: str, dataset: str | None, budget) -> tuple[str, str, Budget
     return device, dataset, budget, make_arena(dataset, budget, hardware_class(device))
 
 
-def _child_env(threads: int, run_config: Path | None = None, pythonpath: Path | None = None) -> dict:
+def _child_env(threads: int, run_config: Path | None = None,
+               pythonpath: Path | None = None) -> dict:
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     if run_config is not None:
         env["LOOPY_RUN_CONFIG"] = str(run_config)
@@ -346,11 +350,12 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
             params=output.integer("num_params_M", 1e6), log_tail=train.log_tail,
             isolation=train.isolation, run_id=ws.run_id, timings=timings,
             workspace=str(ws.root) if keep_workspace else None,
-            peak_mem_mb=(output.number("peak_vram_mb") if device == "cuda" else None) or train.peak_rss_mb)
+            peak_mem_mb=(output.number("peak_vram_mb") if device == "cuda" else None)
+            or train.peak_rss_mb)
         if train.timed_out:
             return finish("timeout", reason=f"training ran past the wall limit of {limit:.0f} s "
-                                            f"(budget {budget.describe()} + grace); process group killed",
-                          **measured)
+                                            f"(budget {budget.describe()} + grace); "
+                                            f"process group killed", **measured)
         if train.mem_exceeded:
             return finish("crash", reason=f"training exceeded the memory limit of {mem_limit} MB "
                                           f"(killed at {train.peak_rss_mb:.0f} MB)", **measured)
@@ -389,7 +394,8 @@ def _evaluate(ws, eval_dir: Path, data, trusted_prepare_py: Path, device: str, p
     """Run the evaluation child; ({'status', 'reason'|'val_bpb', 'params'}, its log tail)."""
     nonce = secrets.token_hex(16)
     result_path = eval_dir / "result.json"
-    spec = {"nonce": nonce, "result_path": str(result_path), "trusted_prepare": str(trusted_prepare_py),
+    spec = {"nonce": nonce, "result_path": str(result_path),
+            "trusted_prepare": str(trusted_prepare_py),
             "prepare_py": str(eval_dir / "prepare.py"), "train_py": str(eval_dir / "train.py"),
             "model_pt": str(eval_dir / "model.pt"), "run_config": str(eval_dir / "run.json"),
             "val_bin": str(data.val_bin), "tokenizer": str(data.tokenizer), "device": device,
@@ -413,9 +419,11 @@ def _evaluate(ws, eval_dir: Path, data, trusted_prepare_py: Path, device: str, p
     if child.cancelled:
         raise ExperimentCancelled("cancelled during evaluation")
     if child.timed_out:
-        return {"status": "timeout", "reason": f"evaluation ran past its wall limit of {limit:.0f} s"}, child.log_tail
+        reason = f"evaluation ran past its wall limit of {limit:.0f} s"
+        return {"status": "timeout", "reason": reason}, child.log_tail
     if child.mem_exceeded:
-        return {"status": "crash", "reason": f"evaluation exceeded the memory limit of {mem_limit} MB"}, child.log_tail
+        reason = f"evaluation exceeded the memory limit of {mem_limit} MB"
+        return {"status": "crash", "reason": reason}, child.log_tail
     verdict = _read_verdict(result_path, nonce)
     if verdict is None or child.returncode != 0:
         return {"status": "crash", "reason": f"evaluation crashed (status {child.returncode}): "
@@ -446,7 +454,8 @@ def _read_verdict(path: Path, nonce: str) -> dict | None:
         return None
     status = result.get("status")
     params = result.get("params")
-    params = params if isinstance(params, int) and not isinstance(params, bool) and params >= 0 else None
+    if not (isinstance(params, int) and not isinstance(params, bool) and params >= 0):
+        params = None
     if status == "ok":
         bpb = result.get("val_bpb")
         if isinstance(bpb, float) and math.isfinite(bpb) and bpb > 0:
@@ -459,9 +468,9 @@ def _read_verdict(path: Path, nonce: str) -> dict | None:
     return None
 
 
-def run_patch(patch_text: str, *, home, base_source: str | None = None, genome_dir: Path | None = None,
-              device: str = "auto", dataset: str | None = "embedded", budget=None,
-              **kwargs) -> ExperimentResult:
+def run_patch(patch_text: str, *, home, base_source: str | None = None,
+              genome_dir: Path | None = None, device: str = "auto",
+              dataset: str | None = "embedded", budget=None, **kwargs) -> ExperimentResult:
     """Apply an edit of train.py to the base genome (or `base_source`) and run it.
 
     A patch that touches another file, is malformed or does not apply is `rejected`

@@ -51,8 +51,12 @@ What it does NOT cover (said plainly):
 - Without root or user namespaces (macOS, hardened kernels, containers without
   CAP_SYS_ADMIN) the namespaces are missing: `isolation` then says e.g.
   `no-netns (unshare unavailable)`, hidden paths stay readable and only the resource
-  limits, the process group and the scrubbed environment remain. Callers decide whether
-  that is acceptable; the harness records it with every result.
+  limits, the process group and the scrubbed environment remain. The same happens,
+  with `no-mountns (set-up failed: ...)`, where `unshare` works but mounting inside it
+  does not (checked once per process by a trial run); on kernels before 5.12 the tree
+  stays writable where permissions allow (`no-readonly-fs`). Callers decide whether
+  that is acceptable; the harness records the list with every result. Once a plan is
+  chosen, a run whose set-up fails raises SandboxError instead of running unprotected.
 - Information can still leave through what the caller publishes: the exit status, the
   output lines and files in the writable paths are the child's to choose.
 """
@@ -77,7 +81,7 @@ NOBODY = 65534
 TAIL_CHARS = 4096
 MAX_LINE_BYTES = 64 * 1024  # longer output lines are split: memory stays bounded
 POLL_S = 0.02
-RSS_EVERY_S = 0.1
+RSS_EVERY_S = 0.25  # a /proc scan per sample: cheap, but not free on a busy host
 SCRATCH_PATHS = ("/tmp", "/var/tmp", "/dev/shm")
 DEFAULT_HIDDEN = ("/root", "/home", "/run", "/mnt", "/media")
 # Variables callers may set; everything else from the caller is a programming error.
@@ -149,7 +153,37 @@ def isolation_plan() -> IsolationPlan:
         return _plan
 
 
+def _trial(plan: IsolationPlan) -> str | None:
+    """Run /bin/true under `plan` with a hidden directory; None if it works, else why not."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="loopy-sandbox-probe-") as tmp:
+        os.makedirs(os.path.join(tmp, "work"))
+        os.makedirs(os.path.join(tmp, "hidden"))
+        try:
+            result = _run(plan, ["/bin/true"], cwd=os.path.join(tmp, "work"), env=None,
+                          wall_limit_s=20, mem_limit_mb=512,
+                          hide_paths=[os.path.join(tmp, "hidden")])
+        except (SandboxError, OSError, ValueError) as e:
+            return str(e)
+        return None if result.returncode == 0 else f"exit status {result.returncode}"
+
+
 def _detect_plan() -> IsolationPlan:
+    plan = _namespaces_plan()
+    if plan.mountns:  # unshare works; check the mount set-up inside it works too
+        why = _trial(plan)
+        if why is not None:
+            log.warning("sandbox: mount namespace set-up failed (%s); running without it", why)
+            argv = [a for a in plan.unshare if a not in ("--mount", "--mount-proc", "--pid",
+                                                        "--fork", "--kill-child")]
+            plan = IsolationPlan(tuple(argv), plan.netns, False, False, plan.userns,
+                                 plan.notes + (f"no-mountns (set-up failed: {why[:120]})",
+                                               "no-pidns (needs the mount namespace)"))
+    return plan
+
+
+def _namespaces_plan() -> IsolationPlan:
     if not sys.platform.startswith("linux"):
         return IsolationPlan((), False, False, False, False,
                              (f"no-namespaces ({sys.platform})",))
@@ -168,7 +202,8 @@ def _detect_plan() -> IsolationPlan:
                 notes = [] if mount else ["no-mountns (unshare --mount failed)"]
                 if not pid:
                     notes.append("no-pidns (unshare --pid failed)")
-                return IsolationPlan(tuple(argv + ["--"]), True, mount, pid, bool(user), tuple(notes))
+                return IsolationPlan(tuple(argv + ["--"]), True, mount, pid, bool(user),
+                                     tuple(notes))
     return IsolationPlan((), False, False, False, False,
                          ("no-netns (unshare --net not permitted)",
                           "no-mountns (unshare --mount not permitted)"))
@@ -402,6 +437,17 @@ def run_sandboxed(argv: list[str], *, cwd, env: dict | None = None, wall_limit_s
     the child at once (`cancelled=True`). Raises SandboxError if the sandbox could not
     be set up as planned (fail closed), ValueError on bad arguments.
     """
+    return _run(isolation_plan(), argv, cwd=cwd, env=env, wall_limit_s=wall_limit_s,
+                mem_limit_mb=mem_limit_mb, hide_paths=hide_paths, reveal_paths=reveal_paths,
+                writable_paths=writable_paths, rlimit_as_mb=rlimit_as_mb,
+                max_file_mb=max_file_mb, max_open_files=max_open_files, on_line=on_line,
+                cancel=cancel, tail_chars=tail_chars)
+
+
+def _run(plan: IsolationPlan, argv: list[str], *, cwd, env: dict | None, wall_limit_s: float,
+         mem_limit_mb: float, hide_paths=(), reveal_paths=(), writable_paths=(),
+         rlimit_as_mb: int | None = None, max_file_mb: int = 8192, max_open_files: int = 1024,
+         on_line=None, cancel=None, tail_chars: int = TAIL_CHARS) -> ChildResult:
     if not argv or not all(isinstance(a, str) for a in argv):
         raise ValueError("argv must be a non-empty list of strings")
     cwd = os.path.realpath(os.fspath(cwd))
@@ -415,7 +461,6 @@ def run_sandboxed(argv: list[str], *, cwd, env: dict | None = None, wall_limit_s
     if exe is None:
         raise ValueError(f"executable {argv[0]!r} not found on PATH")
 
-    plan = isolation_plan()
     writable = [cwd] + [os.fspath(p) for p in writable_paths]
     euid = os.geteuid() if hasattr(os, "geteuid") else None
     drop_uid = NOBODY if (plan.mountns and not plan.userns and euid == 0) else None
@@ -449,7 +494,8 @@ def run_sandboxed(argv: list[str], *, cwd, env: dict | None = None, wall_limit_s
         os.close(status_w)
     tail = _Tail(tail_chars)
     status_chunks: list[bytes] = []
-    threads = [threading.Thread(target=_pump_output, args=(proc.stdout, tail, on_line), daemon=True),
+    threads = [threading.Thread(target=_pump_output, args=(proc.stdout, tail, on_line),
+                                daemon=True),
                threading.Thread(target=_read_all, args=(status_r, status_chunks), daemon=True)]
     for t in threads:
         t.start()
@@ -486,7 +532,8 @@ def run_sandboxed(argv: list[str], *, cwd, env: dict | None = None, wall_limit_s
         wall_s = time.monotonic() - start
         for t in threads:
             t.join(timeout=2.0)
-        proc.stdout.close()
+        if not threads[0].is_alive():  # else a survivor holds the pipe: closing would block
+            proc.stdout.close()
 
     status = _parse_status(b"".join(status_chunks))
     if "error" in status:
@@ -497,7 +544,8 @@ def run_sandboxed(argv: list[str], *, cwd, env: dict | None = None, wall_limit_s
     returncode = status["exit"] if "exit" in status else proc.returncode
     if not watchdog:  # no samples: fall back to the largest child's peak
         import resource
-        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+        unit = 2**20 if sys.platform == "darwin" else 2**10  # bytes on macOS, KiB on Linux
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / unit
     return ChildResult(returncode=returncode, timed_out=timed_out, mem_exceeded=mem_exceeded,
                        wall_s=wall_s, peak_rss_mb=round(peak_mb, 1), log_tail=tail.text(),
                        isolation=isolation, cancelled=cancelled)
@@ -556,7 +604,8 @@ class _Libc:
             _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
                         ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
-        attr = MountAttr(MOUNT_ATTR_RDONLY if readonly else 0, 0 if readonly else MOUNT_ATTR_RDONLY, 0, 0)
+        flag = MOUNT_ATTR_RDONLY
+        attr = MountAttr(flag if readonly else 0, 0 if readonly else flag, 0, 0)
         self._check(self.libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, path.encode(),
                                       AT_RECURSIVE if recursive else 0, ctypes.byref(attr),
                                       ctypes.sizeof(attr)), f"mount_setattr {path}")
@@ -597,12 +646,14 @@ def _setup_mounts(libc: _Libc, ops: list, scratch_mb: int) -> list[str]:
             if not os.path.lexists(path):  # already under an earlier cover
                 continue
             if os.path.isdir(path):
-                libc.mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4m,mode=0755")
+                libc.mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                           "size=4m,mode=0755")
             else:
                 libc.mount("/dev/null", path, None, MS_BIND)
             hidden += 1
         elif kind == "scratch":
-            libc.mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, f"size={scratch_mb}m,mode=1777")
+            libc.mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV,
+                       f"size={scratch_mb}m,mode=1777")
         else:
             fd = fds[path]
             if kind == "ro" and _same_file(path, fd):
@@ -614,13 +665,18 @@ def _setup_mounts(libc: _Libc, ops: list, scratch_mb: int) -> list[str]:
                 else:
                     os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
             libc.mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-    libc.set_readonly("/", True, recursive=True)
-    for path, kind in ops:
-        if kind in ("scratch", "rw"):
-            libc.set_readonly(path, False, recursive=False)
+    features = ["mountns", f"hidden-paths:{hidden}", "private-tmp"]
+    try:  # mount_setattr needs Linux 5.12; without it, uid 65534 still limits writes
+        libc.set_readonly("/", True, recursive=True)
+        for path, kind in ops:
+            if kind in ("scratch", "rw"):
+                libc.set_readonly(path, False, recursive=False)
+        features.append("readonly-fs")
+    except OSError as e:
+        features.append(f"no-readonly-fs ({e.strerror or e})")
     for fd in fds.values():
         os.close(fd)
-    return ["mountns", f"hidden-paths:{hidden}", "readonly-fs", "private-tmp"]
+    return features
 
 
 def _chown_tree(root: str, uid: int) -> None:

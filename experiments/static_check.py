@@ -120,6 +120,11 @@ def _is_dunder(name: str) -> bool:
     return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
+def _private(name: str) -> bool:
+    """A private (single underscore) name outside the allowed torch fast paths."""
+    return name.startswith("_") and not _is_dunder(name) and not _ALLOWED_PRIVATE.fullmatch(name)
+
+
 def _chain(node: ast.AST) -> tuple[ast.AST, bool]:
     """(innermost base, whether a call is on the way) of a chain: (`a`, True) for `a.b(0).c`."""
     has_call = False
@@ -165,7 +170,7 @@ class _Screen(ast.NodeVisitor):
             self.fail(node, f"import of {module!r} is not allowed")
             return False
         for part in parts[1:]:
-            if part in BANNED_ATTRS or (part.startswith("_") and not _ALLOWED_PRIVATE.fullmatch(part)):
+            if part in BANNED_ATTRS or _private(part) or _is_dunder(part):
                 self.fail(node, f"import of {module!r} is not allowed ({part!r})")
                 return False
         if parts[0] in RESTRICTED_MODULES and len(parts) > 1 and not (
@@ -199,8 +204,7 @@ class _Screen(ast.NodeVisitor):
             if restricted is not None and name not in restricted:
                 self.fail(node, f"'{module}.{name}' is not allowed")
                 continue
-            if name in BANNED_ATTRS or name in BANNED_NAMES or _is_dunder(name) or (
-                    name.startswith("_") and not _ALLOWED_PRIVATE.fullmatch(name)):
+            if name in BANNED_ATTRS or name in BANNED_NAMES or _is_dunder(name) or _private(name):
                 self.fail(node, f"import of '{module}.{name}' is not allowed")
                 continue
             self.imported[alias.asname or name] = f"{module}.{name}"
@@ -233,8 +237,9 @@ class _Screen(ast.NodeVisitor):
                 self.fail(node, f"access to attribute {attr!r} is not allowed")
         elif attr in BANNED_ATTRS:
             self.fail(node, f"access to attribute {attr!r} is not allowed")
-        elif attr.startswith("_") and not _ALLOWED_PRIVATE.fullmatch(attr) and self._is_module_chain(node.value):
-            self.fail(node, f"access to private module attribute {_dotted(node) or attr!r} is not allowed")
+        elif _private(attr) and self._is_module_chain(node.value):
+            self.fail(node, f"access to private module attribute {_dotted(node) or attr!r} "
+                            f"is not allowed")
         self.generic_visit(node)
 
     def _is_module_chain(self, node: ast.AST) -> bool:
@@ -262,7 +267,8 @@ class _Screen(ast.NodeVisitor):
             self.fail(node, f"{func} with a computed attribute name is not allowed")
             return
         text = name.value
-        if _is_dunder(text) or text in BANNED_ATTRS or (text.startswith("_") and self._is_module_chain(node.args[0])):
+        if _is_dunder(text) or text in BANNED_ATTRS or (
+                _private(text) and self._is_module_chain(node.args[0])):
             self.fail(node, f"{func}(..., {text!r}) is not allowed")
         if func in ("setattr", "delattr") and self._touches_import(node.args[0]):
             self.fail(node, f"{func} on an imported module or object is not allowed")
@@ -289,8 +295,10 @@ class _Screen(ast.NodeVisitor):
 
     def _track_taint(self, targets: list[ast.AST], value: ast.AST) -> None:
         root = _root(value)
-        from_import = isinstance(root, ast.Name) and (root.id in self.imported or root.id in self.tainted)
-        from_type = isinstance(value, ast.Call) and isinstance(value.func, ast.Name) and value.func.id == "type"
+        from_import = isinstance(root, ast.Name) and (
+            root.id in self.imported or root.id in self.tainted)
+        from_type = (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+                     and value.func.id == "type")
         # `T = torch.Tensor` or `T = type(x)`: T is an imported object; `x = torch.zeros(3)`
         # (a call result) is a fresh value, not the module.
         is_reference = from_type or (from_import and not isinstance(value, ast.Call))
@@ -391,6 +399,7 @@ def check_source(src: str) -> tuple[bool, str]:
 
 # --- patches ---------------------------------------------------------------------------------
 
+_ONLY_TRAIN = "only train.py may change"
 _HUNK = re.compile(r"@@ -(\d{1,9})(?:,(\d{1,9}))? \+(\d{1,9})(?:,(\d{1,9}))? @@.*")
 _GIT_FORBIDDEN = (
     ("new file mode", "creates a new file"), ("deleted file mode", "deletes a file"),
@@ -454,17 +463,18 @@ def check_patch(patch_text: str) -> tuple[bool, str]:
                 return False, f"{where}: the patch {what}; only edits of train.py are allowed"
         if line.startswith("diff --git "):
             rest = line[len("diff --git "):].split(" ")
-            if len(rest) != 2 or _header_path(rest[0], "a/") is None or _header_path(rest[1], "b/") is None:
-                return False, f"{where}: the patch touches {line[11:][:120]!r}; only train.py may change"
+            if (len(rest) != 2 or _header_path(rest[0], "a/") is None
+                    or _header_path(rest[1], "b/") is None):
+                return False, f"{where}: the patch touches {line[11:][:120]!r}; {_ONLY_TRAIN}"
         elif line.startswith("--- "):
             if _header_path(line[4:], "a/") is None:
-                return False, f"{where}: the patch touches {line[4:][:120]!r}; only train.py may change"
+                return False, f"{where}: the patch touches {line[4:][:120]!r}; {_ONLY_TRAIN}"
             if number >= len(lines) or not lines[number].startswith("+++ "):
                 return False, f"{where}: '---' header without a '+++' header after it"
             files += 1
         elif line.startswith("+++ "):
             if _header_path(line[4:], "b/") is None:
-                return False, f"{where}: the patch touches {line[4:][:120]!r}; only train.py may change"
+                return False, f"{where}: the patch touches {line[4:][:120]!r}; {_ONLY_TRAIN}"
         elif line.startswith("@@"):
             match = _HUNK.fullmatch(line)
             if not match or not files:

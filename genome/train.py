@@ -423,7 +423,7 @@ def main():
     print(f"total_seconds:    {time.time() - t_start:.1f}")
     print(f"peak_vram_mb:     {peak_memory_mb(device):.1f}")
     print(f"mfu_percent:      {mfu:.2f}")
-    print(f"total_tokens_M:   {tokens / 1e6:.3f}")
+    print(f"total_tokens_M:   {tokens / 1e6:.6f}")
     print(f"num_steps:        {step}")
     print(f"num_params_M:     {num_params / 1e6:.2f}")
 

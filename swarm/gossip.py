@@ -64,9 +64,6 @@ PUBLISH_RATE_PER_S = 100.0  # our own publishes, well under the spam limit
 PACE_QUEUE_LEN = 12  # wait while any peer's outbound queue (32 slots) is this full
 PACE_MAX_WAIT_S = 5.0
 SUBSCRIPTION_BUFFER = 1024  # py-libp2p's default of 32 drops on a burst
-# py-libp2p gives up opening the pubsub stream to a peer when the first tries
-# time out (a busy event loop), leaving a connection that carries no gossip.
-PUBSUB_STREAM_GRACE_S = 30.0
 
 
 # --------------------------------------------------------------------------- topics
@@ -379,8 +376,6 @@ class Gossip:
         self._pacer = _Pacer(rate=PUBLISH_RATE_PER_S, burst=PUBLISH_RATE_PER_S / 2,
                              tokens=PUBLISH_RATE_PER_S / 2, at=time.monotonic())
         self._publish_lock = trio.Lock()
-        self._without_stream: dict[str, float] = {}  # peer -> since when
-        self.dropped_streamless = 0
 
     # -- reading
     async def _read(self, subscription: Any, topic: str) -> None:
@@ -452,33 +447,6 @@ class Gossip:
             connected = {p.to_base58() for p in self.host.get_connected_peers()}
             for peer in connected & set(self.guard.banned()):
                 await self._cut_off(peer)
-            for peer in self._streamless(connected, time.monotonic()):
-                log.info("no pubsub stream with %s after %.0f s: reconnecting", peer,
-                         PUBSUB_STREAM_GRACE_S)
-                self.dropped_streamless += 1
-                with trio.move_on_after(5.0):
-                    try:
-                        await self.host.disconnect(ID.from_base58(peer))
-                    except Exception:
-                        log.debug("disconnect %s failed", peer, exc_info=True)
-
-    def _streamless(self, connected: set[str], now: float) -> list[str]:
-        """Connected peers that have had no pubsub stream for the grace period.
-
-        Closing them lets discovery (theirs or ours) dial again, and a new
-        connection gets a new pubsub stream.
-        """
-        with_stream = {p.to_base58() for p in list(self.pubsub.peers)}
-        for peer in list(self._without_stream):
-            if peer not in connected or peer in with_stream:
-                del self._without_stream[peer]
-        out = []
-        for peer in connected - with_stream:
-            since = self._without_stream.setdefault(peer, now)
-            if now - since >= PUBSUB_STREAM_GRACE_S:
-                del self._without_stream[peer]
-                out.append(peer)
-        return out
 
     def _scored_out(self) -> list[str]:
         """Peers whose messages gossipsub already refuses (score under publish threshold)."""

@@ -180,10 +180,12 @@ class Record:
 
 
 def _canonical(value):
-    if isinstance(value, dict):
-        return {k: _canonical(value[k]) for k in sorted(value)}
-    if isinstance(value, list):
-        return [_canonical(v) for v in value]
+    """`value` with every map's keys in sorted order (containers rebuilt, leaves kept)."""
+    if type(value) is dict:
+        return {k: _canonical(v) if type(v) in (dict, list) else v
+                for k, v in sorted(value.items())}
+    if type(value) is list:
+        return [_canonical(v) if type(v) in (dict, list) else v for v in value]
     return value
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection, Iterable, Iterator
 
-from swarm.records import Record, load_stored
+from swarm.records import KINDS, Record, load_stored
 
 STORE_FILE = "store.sqlite"
 
@@ -45,8 +45,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             body BLOB NOT NULL,
             envelope BLOB NOT NULL,
             received_at INTEGER NOT NULL,
-            local INTEGER NOT NULL DEFAULT 0,
-            children INTEGER NOT NULL DEFAULT 0  -- stored records naming this as parent
+            local INTEGER NOT NULL DEFAULT 0
         )""",
         # key columns first: SQLite 3.40's integrity_check misreports NOT NULL columns
         # placed before the key of a WITHOUT ROWID table
@@ -63,23 +62,19 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             last_seen INTEGER, reputation REAL NOT NULL DEFAULT 0)""",
         "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     ]),
+    # Every index on a random key costs about one page write per insert, so there are
+    # few: the id, parents both ways, best() and one time order per filter.
     ("query indexes", [
         "CREATE INDEX parents_by_parent ON parents (parent)",
         "CREATE INDEX attestations_by_target ON attestations (target, verifier, t)",
-        # best(): the lowest ok score per arena (and topic) is the first index entry;
-        # t and id complete the order and make the scan covering
+        # best(): the lowest ok score per arena is the first index entry; t and id
+        # complete the order, so ties need no sort (a topic filters along the scan)
         """CREATE INDEX records_best ON records (arena, val_bpb, t, id)
             WHERE kind = 'experiment' AND status = 'ok'""",
-        """CREATE INDEX records_best_topic ON records (arena, topic, val_bpb, t, id)
-            WHERE kind = 'experiment' AND status = 'ok'""",
-        # heads(): experiments nothing builds on, newest first
-        """CREATE INDEX records_heads ON records (t)
-            WHERE kind = 'experiment' AND children = 0""",
-        """CREATE INDEX records_heads_arena ON records (arena, t)
-            WHERE kind = 'experiment' AND children = 0""",
-        "CREATE INDEX records_by_t ON records (t)",
-        "CREATE INDEX records_by_kind_author ON records (kind, author, t)",
+        # heads(), since(), experiments(): newest first by kind, arena or author
+        "CREATE INDEX records_by_kind_t ON records (kind, t)",
         "CREATE INDEX records_by_kind_arena ON records (kind, arena, t)",
+        "CREATE INDEX records_by_kind_author ON records (kind, author, t)",
     ]),
 ]
 
@@ -129,6 +124,11 @@ class Store:
             if mode.lower() != "wal":
                 raise StoreError(f"{path}: cannot switch to WAL mode (got {mode})")
             conn.execute("PRAGMA synchronous = FULL")
+            # a bigger page cache and fewer, larger checkpoints: bulk sync inserts touch
+            # index pages all over the file
+            conn.execute("PRAGMA cache_size = -65536")         # 64 MiB, used on demand
+            conn.execute("PRAGMA wal_autocheckpoint = 16384")  # pages: 64 MiB of WAL
+            conn.execute("PRAGMA journal_size_limit = 67108864")
             store = cls(conn, path, root_id)
             store._migrate()
         except sqlite3.DatabaseError as e:
@@ -216,14 +216,12 @@ class Store:
                 return False
             c.execute("DELETE FROM records WHERE kind = 'announce' AND author = ?",
                       (record.author,))
-        children = c.execute("SELECT count(*) FROM parents WHERE parent = ?",
-                             (record.id,)).fetchone()[0]
         cur = c.execute(
             "INSERT OR IGNORE INTO records (id, kind, author, t, arena, topic, val_bpb, status,"
-            " body, envelope, received_at, local, children) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " body, envelope, received_at, local) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (record.id, record.kind, record.author, record.t, record.body.get("arena"),
              record.topic, record.val_bpb, record.status, record.body_bytes, record.envelope,
-             _now_ms(), int(bool(local)), children))
+             _now_ms(), int(bool(local))))
         if cur.rowcount == 0:
             if local:  # a record we made that came back to us first from a peer
                 c.execute("UPDATE records SET local = 1 WHERE id = ?", (record.id,))
@@ -233,7 +231,6 @@ class Store:
             for position, parent in enumerate(record.parents):
                 c.execute("INSERT INTO parents (child, position, parent) VALUES (?, ?, ?)",
                           (record.id, position, parent))
-                c.execute("UPDATE records SET children = children + 1 WHERE id = ?", (parent,))
                 self._want_if_missing(parent)
         elif record.kind == "attestation":
             c.execute("INSERT INTO attestations VALUES (?, ?, ?, ?, ?, ?)",
@@ -381,18 +378,19 @@ class Store:
     def heads(self, arena: str | None = None, topic: str | None = None,
               limit: int | None = None) -> list[Record]:
         """Experiments no stored record builds on, newest first."""
-        # the planner cannot know how few rows the partial index holds: name it
-        index = "records_heads" if arena is None else "records_heads_arena"
-        sql = (f"SELECT envelope FROM records INDEXED BY {index} "
-               f"WHERE kind = 'experiment' AND children = 0")
+        # walk experiments newest first until `limit` leaves are found (recent records
+        # are mostly leaves, so a limited walk stops early)
+        index = "records_by_kind_t" if arena is None else "records_by_kind_arena"
+        sql = f"SELECT r.envelope FROM records r INDEXED BY {index} WHERE r.kind = 'experiment'"
         args: list = []
         if arena is not None:
-            sql += " AND arena = ?"
+            sql += " AND r.arena = ?"
             args.append(arena)
         if topic is not None:
-            sql += " AND topic = ?"
+            sql += " AND r.topic = ?"
             args.append(topic)
-        sql += " ORDER BY t DESC, id"
+        sql += (" AND NOT EXISTS (SELECT 1 FROM parents p WHERE p.parent = r.id)"
+                " ORDER BY r.t DESC, r.id")
         if limit is not None:
             sql += " LIMIT ?"
             args.append(limit)
@@ -407,7 +405,6 @@ class Store:
         Record) restricts the candidates; without it, `verified_only=True` accepts records
         this node made itself or that another peer attested as reproduced.
         """
-        index = "records_best" if topic is None else "records_best_topic"
         where = ("WHERE r.kind = 'experiment' AND r.status = 'ok' AND r.arena = ?"
                  + (" AND r.topic = ?" if topic is not None else "")
                  + " AND NOT EXISTS (SELECT 1 FROM broken b WHERE b.id = r.id)")
@@ -419,7 +416,7 @@ class Store:
         order = "ORDER BY r.val_bpb, r.t, r.id"
         if callable(verified_ids):
             for (envelope,) in self._conn.execute(
-                    f"SELECT r.envelope FROM records r INDEXED BY {index} {where} {order}",
+                    f"SELECT r.envelope FROM records r INDEXED BY records_best {where} {order}",
                     args):
                 record = load_stored(envelope)
                 if verified_ids(record):
@@ -427,18 +424,18 @@ class Store:
             return None
         # candidates best first, by id only: just the winner's envelope is read
         for (record_id,) in self._conn.execute(
-                f"SELECT r.id FROM records r INDEXED BY {index} {where} {order}", args):
+                f"SELECT r.id FROM records r INDEXED BY records_best {where} {order}", args):
             if verified_ids is None or record_id in verified_ids:
                 return self.get(record_id)
         return None
 
     def since(self, t_ms: int, kind: str | None = None) -> list[Record]:
         """Records timed at or after `t_ms`, oldest first."""
-        if kind is None:
-            return self._records("SELECT envelope FROM records WHERE t >= ? ORDER BY t, id",
-                                 (t_ms,))
-        return self._records("SELECT envelope FROM records WHERE t >= ? AND kind = ? "
-                             "ORDER BY t, id", (t_ms, kind))
+        kinds = KINDS if kind is None else (kind,)
+        marks = ", ".join("?" * len(kinds))
+        return self._records(
+            f"SELECT envelope FROM records INDEXED BY records_by_kind_t "
+            f"WHERE kind IN ({marks}) AND t >= ? ORDER BY t, id", (*kinds, t_ms))
 
     def experiments(self, arena: str | None = None, topic: str | None = None,
                     author: bytes | None = None, local: bool | None = None,

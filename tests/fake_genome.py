@@ -123,7 +123,8 @@ PREPARE = textwrap.dedent('''
             _served += batch_size * seq_len
             starts = rng.integers(0, len(tokens) - seq_len - 1, size=batch_size)
             rows = np.stack([tokens[s:s + seq_len + 1] for s in starts])
-            yield torch.from_numpy(rows[:, :-1]).to(device), torch.from_numpy(rows[:, 1:]).to(device)
+            x, y = torch.from_numpy(rows[:, :-1]), torch.from_numpy(rows[:, 1:])
+            yield x.to(device), y.to(device)
 
 
     def evaluate_bpb(model, val_bin, token_bytes, batch_size, seq_len, device, n_windows):
@@ -140,7 +141,8 @@ PREPARE = textwrap.dedent('''
                 w = torch.from_numpy(w.astype(np.int64)).to(device)
                 x, y = w[:, :-1], w[:, 1:]
                 logits = model(x).float()
-                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+                loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1),
+                                       reduction="none")
                 b = table[y.reshape(-1)]
                 nats += float(loss[b > 0].sum())
                 nbytes += int(b.sum())

@@ -284,7 +284,7 @@ def test_mutate_combines_near_misses_once_singles_are_exhausted():
     first, second = "MATRIX_LR*0.7", "WARMUP_FRAC=0.0"
     for t in history:
         if t.edit_key in (first, second):
-            t.delta = -0.004                  # near misses on this parent
+            t.delta = -0.008          # near misses: gains over half a typical delta
     agent = MutateAgent(base_source=FIXTURE, combine_p=0.0)
     p = agent.propose(FIXTURE, brief(), history, parent_id=PID, rng=random.Random(0))
     assert p.ok and p.edit_key == "&".join(sorted((first, second)))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import os
 import re
 import shutil
 import socket
@@ -29,7 +28,6 @@ import pytest
 import trio
 
 from experiments.dashboard import DashboardError, serve_dashboard, start_dashboard
-from experiments.dashboard.source import DashboardSource
 from experiments.scoreboard import Scoreboard, ScoreRules
 from experiments.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
@@ -37,12 +35,14 @@ from swarm.export import export_patch
 from swarm.identity import NodeIdentity, peer_id_from_public_key
 from swarm.lineage import Lineage
 from swarm.patch import make_patch
-from swarm.records import make_experiment
+from swarm.records import make_attestation, make_experiment
 from swarm.store import MIGRATIONS, Store
 from swarm.trust import TrustPolicy
 
 REPO = Path(__file__).resolve().parent.parent
 ARENA = SyntheticTrainer(0).arena
+RESULT = {"status": "ok", "train_s": 1.0, "total_s": 2.0, "tokens": 100, "steps": 10,
+          "params": 1000, "peak_mem_mb": 10.0, "reason": "synthetic test"}
 
 
 # ---------------------------------------------------------------------------
@@ -55,19 +55,35 @@ def swarm_home(tmp_path_factory) -> Path:
     from experiments.simulate import run
     base = tmp_path_factory.mktemp("swarm")
     result = run(base, honest=3, liars=1, experiments=8)
-    home = base / "honest0"
-    store = result.loops[0].store
-    # one crash for certain, whatever the synthetic landscape of today's genome says
-    store.insert(make_experiment(
-        NodeIdentity.load_or_create(base / "honest1"), genome=genome_id(),
-        parents=[genome_root_id()], topic="general", arena=ARENA,
-        patch=make_patch(base_train_source(), base_train_source() + "\nraise SystemExit(3)\n"),
-        desc="exit early", agent="test",
-        result={"status": "crash", "train_s": 0.1, "total_s": 0.2, "tokens": 0, "steps": 0,
-                "params": 0, "peak_mem_mb": 0.0, "reason": "exit code 3"}))
-    for loop in result.loops:
-        loop.store.close()
-    return home
+    loop = result.loops[0]
+    # whatever the synthetic landscape of today's genome gives, make sure of one record
+    # of each kind: a crash, a kept edit of this node's (verified), a refuted claim
+    base_source = base_train_source()
+    root, gid = genome_root_id(), genome_id()
+    root_score = loop.scores.root_score()
+    assert root_score is not None, "the simulated nodes ran their baselines"
+    peer = NodeIdentity.load_or_create(base / "honest1")
+    stranger = NodeIdentity.generate()
+
+    def edit(author, tail, desc, res):
+        record = make_experiment(author, genome=gid, parents=[root], topic="general",
+                                 arena=ARENA, patch=make_patch(base_source, base_source + tail),
+                                 desc=desc, agent="test", result=dict(RESULT, **res))
+        loop.store.insert(record, local=author is loop.identity)
+        return record
+
+    edit(peer, "\nraise SystemExit(3)\n", "exit early",
+         {"status": "crash", "reason": "exit code 3"})
+    edit(loop.identity, "\n# a real improvement\n", "[GOOD=1] a real improvement",
+         {"val_bpb": root_score - 0.05})
+    lie = edit(stranger, "\n# a claim\n", "[LIE=1] too good to be true",
+               {"val_bpb": root_score - 0.5})
+    loop.store.insert(make_attestation(loop.identity, genome=gid, target=lie.id, arena=ARENA,
+                                       verdict="refuted", result=dict(RESULT, val_bpb=2.0)),
+                      local=True)
+    for each in result.loops:
+        each.store.close()
+    return base / "honest0"
 
 
 class Node:

@@ -26,7 +26,8 @@ def at_import(code: str) -> str:
 
 def forward(code: str) -> str:
     assert FORWARD in fg.TRAIN
-    return fg.TRAIN.replace(FORWARD, "".join("        " + line + "\n" for line in code.splitlines()))
+    body = "".join("        " + line + "\n" for line in code.splitlines())
+    return fg.TRAIN.replace(FORWARD, body)
 
 
 VARIANTS = {
@@ -34,8 +35,9 @@ VARIANTS = {
     # Halve the loss the evaluator computes.
     "patch_functional": at_import("_ce = F.cross_entropy\n"
                                   "F.cross_entropy = lambda *a, **k: _ce(*a, **k) * 0.5\n"),
-    "patch_tensor_method": at_import("_float = torch.Tensor.float\n"
-                                     "torch.Tensor.float = lambda self, *a: _float(self, *a) * 2\n"),
+    "patch_tensor_method": at_import(
+        "_float = torch.Tensor.float\n"
+        "torch.Tensor.float = lambda self, *a: _float(self, *a) * 2\n"),
     "patch_builtin": at_import("import builtins\nbuiltins.sum = lambda *a: 0\n"),
     "function_mode": at_import(
         "from torch.overrides import TorchFunctionMode\n"
@@ -60,7 +62,8 @@ VARIANTS = {
                              "idx[:, 1:] = out.argmax(-1)[:, :-1]\n"
                              "return out"),
     "exits": at_import("import sys\nsys.exit(0)\n"),
-    "wrong_weights": fg.TRAIN.replace("return Bigram(run.vocab_size)", "return Bigram(run.vocab_size + 1)"),
+    "wrong_weights": fg.TRAIN.replace("return Bigram(run.vocab_size)",
+                                      "return Bigram(run.vocab_size + 1)"),
 }
 
 
@@ -123,7 +126,8 @@ def test_honest_model_is_scored(results):
 
 
 @pytest.mark.parametrize("name, reason", [
-    ("patch_functional", "torch.nn.functional.cross_entropy was replaced or removed (after building the model)"),
+    ("patch_functional",
+     "torch.nn.functional.cross_entropy was replaced or removed (after building the model)"),
     ("patch_tensor_method", "torch.Tensor.float was added (after building the model)"),
     ("patch_builtin", "builtins.sum was replaced or removed"),
     ("function_mode", "a torch function mode is active"),

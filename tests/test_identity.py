@@ -126,3 +126,13 @@ def test_seed_must_be_32_bytes():
         NodeIdentity(b"short")
     with pytest.raises(ValueError):
         peer_id_from_public_key(b"\0" * 31)
+
+
+def test_concurrent_creation_keeps_the_first_key(tmp_path, monkeypatch):
+    """Another process created the key between our check and our link: we use theirs."""
+    theirs = NodeIdentity.load_or_create(tmp_path)
+    import swarm.identity as identity_module
+    monkeypatch.setattr(identity_module.os.path, "lexists", lambda path: False)
+    ours = NodeIdentity.load_or_create(tmp_path)
+    assert ours.peer_id == theirs.peer_id
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["node.key"]

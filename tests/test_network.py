@@ -168,26 +168,6 @@ def test_peer_guard_decays_and_lifts_bans():
     assert not guard.is_banned("p") and guard.expired_bans() == ["p"]
 
 
-def test_connections_without_a_pubsub_stream_are_dropped_after_a_grace_period():
-    me, p1, p2 = (NodeIdentity.generate().peer_id for _ in range(3))
-
-    class Host:
-        def get_id(self):
-            return ID.from_base58(me)
-
-    class Pubsub:
-        peers = {ID.from_base58(p1): "stream"}
-
-    gossip = gossip_mod.Gossip(Host(), Pubsub(), None, genome=G, validator=None,
-                               guard=PeerGuard(), on_record=lambda record, origin: None)
-    grace = gossip_mod.PUBSUB_STREAM_GRACE_S
-    assert gossip._streamless({p1, p2}, now=0.0) == []
-    assert gossip._streamless({p1, p2}, now=grace - 1) == []
-    assert gossip._streamless({p1, p2}, now=grace + 1) == [p2]
-    assert gossip._streamless({p1, p2}, now=grace + 2) == []  # the clock starts again
-    assert gossip._streamless({p1}, now=3 * grace) == []      # gone: forgotten
-
-
 def test_dialable_and_peer_addr_parsing():
     assert dialable("/ip4/127.0.0.1/tcp/4011")
     assert not dialable("/ip4/0.0.0.0/tcp/4011")

@@ -23,7 +23,8 @@ from experiments.sandbox import (SandboxError, alive, isolation_plan, mount_ops,
 
 PLAN = isolation_plan()
 needs_netns = pytest.mark.skipif(not PLAN.netns, reason=f"no network namespace here: {PLAN.notes}")
-needs_mountns = pytest.mark.skipif(not PLAN.mountns, reason=f"no mount namespace here: {PLAN.notes}")
+needs_mountns = pytest.mark.skipif(not PLAN.mountns,
+                                   reason=f"no mount namespace here: {PLAN.notes}")
 needs_pidns = pytest.mark.skipif(not PLAN.pidns, reason=f"no PID namespace here: {PLAN.notes}")
 as_root = pytest.mark.skipif(os.geteuid() != 0 or PLAN.userns or not PLAN.mountns,
                              reason="dropping to uid 65534 needs root and a mount namespace")
@@ -53,7 +54,8 @@ def test_plain_run_reports_its_isolation(ws):
     assert result.returncode == 0
     assert result.log_tail == "hello\n"
     assert not result.timed_out and not result.mem_exceeded and not result.cancelled
-    assert {"own-session", "scrubbed-env", "wall-limit", "rlimit-core", "rlimit-nofile"} <= set(result.isolation)
+    always = {"own-session", "scrubbed-env", "wall-limit", "rlimit-core", "rlimit-nofile"}
+    assert always <= set(result.isolation)
     if PLAN.netns:
         assert "netns" in result.isolation
     else:
@@ -250,7 +252,8 @@ def test_environment_is_scrubbed(ws, monkeypatch):
     monkeypatch.setenv("LOOPY_TEST_SECRET", "hunter2")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter3")
     code = "import json, os; print(json.dumps(dict(os.environ)))"
-    env = last_json(run_code(code, ws, env={"OMP_NUM_THREADS": "1", "LOOPY_RUN_CONFIG": "run.json"}))
+    allowed = {"OMP_NUM_THREADS": "1", "LOOPY_RUN_CONFIG": "run.json"}
+    env = last_json(run_code(code, ws, env=allowed))
     assert "LOOPY_TEST_SECRET" not in env and "AWS_SECRET_ACCESS_KEY" not in env
     assert env["HOME"] == str(ws.resolve())
     assert env["OMP_NUM_THREADS"] == "1" and env["LOOPY_RUN_CONFIG"] == "run.json"
@@ -365,3 +368,16 @@ def test_mount_ops_order_and_conflicts(tmp_path):
         mount_ops([home], [home], [])
     with pytest.raises(ValueError):
         mount_ops(["/"], [], [])
+
+
+def test_a_failing_mount_setup_falls_back_and_says_so(monkeypatch):
+    import experiments.sandbox as sandbox
+
+    full = sandbox.IsolationPlan(("/usr/bin/unshare", "--net", "--mount", "--pid", "--fork",
+                                  "--kill-child", "--mount-proc", "--"), True, True, True, False)
+    monkeypatch.setattr(sandbox, "_namespaces_plan", lambda: full)
+    monkeypatch.setattr(sandbox, "_trial", lambda plan: "mount: Operation not permitted")
+    plan = sandbox._detect_plan()
+    assert plan.unshare == ("/usr/bin/unshare", "--net", "--")
+    assert plan.netns and not plan.mountns and not plan.pidns
+    assert "no-mountns (set-up failed: mount: Operation not permitted)" in plan.features()

@@ -9,7 +9,11 @@ from experiments.static_check import (MAX_PATCH_BYTES, MAX_SOURCE_BYTES, check_p
 from genome import base_train_source
 from swarm.patch import apply_patch, make_patch
 
-OK_HEAD = "import torch\nimport torch.nn as nn\n\ndef build_model(run):\n    return nn.Linear(2, 2)\n"
+OK_HEAD = ("import torch\nimport torch.nn as nn\n\n"
+           "def build_model(run):\n    return nn.Linear(2, 2)\n")
+NOT_ALLOWED_IMPORT = "import of '{}' is not allowed"
+NOT_ALLOWED_ATTR = "access to attribute '{}' is not allowed"
+ASSIGNMENT = "assignment to '{}' (an attribute of an imported module or object) is not allowed"
 
 
 def src(body: str) -> str:
@@ -56,7 +60,8 @@ def test_ordinary_model_code_passes():
     ("import urllib.request\n", "import of 'urllib.request' is not allowed"),
     ("import importlib\n", "import of 'importlib' is not allowed"),
     ("import torch.distributed as dist\n", "import of 'torch.distributed' is not allowed"),
-    ("from torch.utils import cpp_extension\n", "import of 'torch.utils.cpp_extension' is not allowed"),
+    ("from torch.utils import cpp_extension\n",
+     NOT_ALLOWED_IMPORT.format("torch.utils.cpp_extension")),
     ("import os\nos.system('curl evil')\n", "line 7: 'os.system' is not allowed"),
     ("from os import system\n", "'os.system' is not allowed"),
     ("import os\nos.fork()\n", "'os.fork' is not allowed"),
@@ -70,8 +75,9 @@ def test_ordinary_model_code_passes():
     # files: the validation data, the node's keys
     ("open('/home/node/data/val.bin')\n", "line 6: use of 'open' is not allowed"),
     ("import numpy as np\nnp.memmap('val.bin')\n", "access to attribute 'memmap' is not allowed"),
-    ("import numpy as np\nnp.fromfile('val.bin')\n", "access to attribute 'fromfile' is not allowed"),
-    ("from pathlib import Path\nPath('val.bin').read_bytes()\n", "access to attribute 'read_bytes' is not allowed"),
+    ("import numpy as np\nnp.fromfile('val.bin')\n", NOT_ALLOWED_ATTR.format("fromfile")),
+    ("from pathlib import Path\nPath('val.bin').read_bytes()\n",
+     NOT_ALLOWED_ATTR.format("read_bytes")),
     ("torch.load('weights.pt')\n", "access to attribute 'load' is not allowed"),
     ("torch.from_file('val.bin')\n", "access to attribute 'from_file' is not allowed"),
     ("import io\n", "import of 'io' is not allowed"),
@@ -86,7 +92,7 @@ def test_ordinary_model_code_passes():
     ("getattr(torch, 'o' + 's')\n", "getattr with a computed attribute name is not allowed"),
     ("g = getattr\n", "getattr may only be called directly"),
     ("getattr(torch, '__dict__')\n", "getattr(..., '__dict__') is not allowed"),
-    ("().__class__.__bases__[0].__subclasses__()\n", "access to attribute '__bases__' is not allowed"),
+    ("().__class__.__bases__[0].__subclasses__()\n", NOT_ALLOWED_ATTR.format("__bases__")),
     ("build_model.__globals__\n", "access to attribute '__globals__' is not allowed"),
     ("build_model.__code__\n", "access to attribute '__code__' is not allowed"),
     ("print.__self__\n", "access to attribute '__self__' is not allowed"),
@@ -95,14 +101,15 @@ def test_ordinary_model_code_passes():
     ("torch._C._set_grad_enabled(True)\n", "private module attribute 'torch._C' is not allowed"),
     # monkeypatching what the evaluator uses
     ("import torch.nn.functional as F\nF.cross_entropy = lambda *a, **k: 0\n",
-     "line 7: assignment to 'F.cross_entropy' (an attribute of an imported module or object) is not allowed"),
+     "line 7: " + ASSIGNMENT.format("F.cross_entropy")),
     ("torch.Tensor.log_softmax = None\n", "assignment to 'torch.Tensor.log_softmax'"),
     ("import prepare\nprepare.evaluate_bpb = None\n", "assignment to 'prepare.evaluate_bpb'"),
     ("from torch import Tensor\nTensor.float = None\n", "assignment to 'Tensor.float'"),
     ("T = torch.Tensor\nT.float = None\n", "assignment to 'T.float'"),
     ("type(torch.zeros(1)).float = None\n", "(an attribute of an imported module or object)"),
     ("setattr(torch.nn.functional, 'cross_entropy', None)\n", "setattr on an imported module"),
-    ("del torch.nn.functional.cross_entropy\n", "assignment to 'torch.nn.functional.cross_entropy'"),
+    ("del torch.nn.functional.cross_entropy\n",
+     ASSIGNMENT.format("torch.nn.functional.cross_entropy")),
     ("torch.nn.functional.cross_entropy += 1\n", "assignment to"),
     ("class X(torch.Tensor):\n    def __torch_function__(cls, *a):\n        pass\n",
      "defining '__torch_function__' (a torch dispatch override) is not allowed"),
@@ -122,7 +129,8 @@ def test_reason_counts_further_problems():
 
 
 def test_source_limits_and_shape():
-    assert check_source("x = 1\n") == (False, "train.py must define build_model(run) at module level")
+    assert check_source("x = 1\n") == (
+        False, "train.py must define build_model(run) at module level")
     ok, message = check_source("def build_model(run):\n    return (\n")
     assert not ok and message.startswith("line 2: syntax error")
     ok, message = check_source(OK_HEAD + "#" * MAX_SOURCE_BYTES)
@@ -130,7 +138,8 @@ def test_source_limits_and_shape():
     assert check_source(OK_HEAD + "x = '\x00'\n")[0] is False
     assert check_source(b"def build_model(run): pass\n") == (False, "train.py must be text")
     assert check_source("\ud800")[0] is False
-    ok, message = check_source("def build_model(run):\n    return " + "(" * 5000 + ")" * 5000 + "\n")
+    deep = "(" * 5000 + ")" * 5000
+    ok, message = check_source(f"def build_model(run):\n    return {deep}\n")
     assert not ok
 
 
@@ -179,7 +188,7 @@ def test_normalize_leaves_hunk_lines_alone():
     ("diff --git a/train.py b/train.py\nnew file mode 100644\n", "creates a new file"),
     ("diff --git a/train.py b/train.py\ndeleted file mode 100644\n", "deletes a file"),
     ("diff --git a/x.py b/train.py\nrename from x.py\n", "only train.py may change"),
-    ("diff --git a/train.py b/train.py\nrename from train.py\nrename to other.py\n", "renames a file"),
+    ("diff --git a/train.py b/train.py\nrename from train.py\nrename to x.py\n", "renames a file"),
     ("diff --git a/train.py b/train.py\nold mode 100644\nnew mode 100755\n", "changes a file mode"),
     ("diff --git a/train.py b/train.py\nBinary files a/train.py and b/train.py differ\n", "binary"),
     ("diff --git a/train.py b/train.py\nGIT binary patch\nliteral 0\n", "binary"),

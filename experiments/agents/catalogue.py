@@ -8,7 +8,9 @@ the literal text of the value, so the comment on the line and everything else st
 The catalogue is built from the source it will edit: rules match setting names (`*_LR`,
 `DEPTH`, `WEIGHT_DECAY`, ...), so a constant train.py lacks simply has no edits, and a renamed
 constant keeps its edits as long as a rule still matches it. An edit of a setting that appears
-in several profiles changes every profile's value the same way (x2, +1, = 0.1).
+in several profiles changes every profile's value the same way (x2, +1, = 0.1); given the
+node's `profile`, only that profile's entries (and module constants) are edited, since a cpu
+node's result says nothing about the cuda profile. Flat dicts are data tables, not knobs.
 
 Keys are stable strings (`MATRIX_LR*2`, `WEIGHT_DECAY=0.1`, `DEPTH+1`, `activation=gelu`): the
 same key means the same change, which is what the history and combinations rely on.
@@ -16,6 +18,7 @@ same key means the same change, which is what the history and combinations rely 
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -715,8 +718,7 @@ def build_catalogue(source: str, settings: list[Setting] | None = None,
            for name in first):
         return edits     # the activation is a setting: the code stays as it is
     for edit in _activation_edits(source):
-        edits[edit.key] = Edit(edit.key, edit.family, edit.target, edit.topics | {"general"},
-                               edit.desc, edit.relative, edit._changes)
+        edits[edit.key] = dataclasses.replace(edit, topics=edit.topics | {"general"})
     return edits
 
 

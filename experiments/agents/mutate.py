@@ -24,13 +24,14 @@ applicable, untried, on-topic edits, with no other use of history.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import statistics
 from collections import defaultdict
 
-from experiments.agents.base import GENOME_DIR, Brief, Proposal, Tried, failed, \
-    validate_proposal
+from experiments.agents.base import GENOME_DIR, Brief, Proposal, Tried, static_screen, \
+    failed, validate_proposal
 from experiments.agents.catalogue import Edit, Setting, build_catalogue, edit_in_topic, \
     family_of_key, key_target, locate_settings
 
@@ -111,12 +112,27 @@ def _exhausted(topic: str) -> Proposal:
     return failed(f"every catalogue edit for topic {topic} was already tried on this parent")
 
 
+_screened: dict[str, bool] = {}
+
+
+def _check(parent_source: str, proposal: Proposal) -> Proposal:
+    """validate_proposal, screening the parent once instead of every child: catalogue edits
+    only rewrite literal values (or swap one activation call), which the static screen does
+    not look at, so a child passes exactly when its parent does."""
+    digest = hashlib.sha256(parent_source.encode("utf-8", "replace")).hexdigest()
+    if digest not in _screened:
+        if len(_screened) > 1024:
+            _screened.clear()
+        _screened[digest] = static_screen(parent_source)[0]
+    return validate_proposal(parent_source, proposal, screen=not _screened[digest])
+
+
 def _propose_edit(parent_source: str, edit: Edit, settings: list[Setting]) -> Proposal:
     new = edit.apply(parent_source, settings)
     desc = describe(edit.key, edit.desc)
     if new is None:
         return failed(f"edit {edit.key} does not apply", desc, edit.key)
-    return validate_proposal(parent_source, Proposal(new, desc, edit.key))
+    return _check(parent_source, Proposal(new, desc, edit.key))
 
 
 def describe(key: str, text: str) -> str:
@@ -216,7 +232,7 @@ class MutateAgent:
             if twice is None:
                 continue
             desc = describe(key, f"{first.desc}; {second.desc}")
-            proposal = validate_proposal(parent_source, Proposal(twice, desc, key))
+            proposal = _check(parent_source, Proposal(twice, desc, key))
             if proposal.ok:
                 return proposal
         return None

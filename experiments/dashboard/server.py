@@ -30,7 +30,6 @@ import argparse
 import errno
 import hashlib
 import ipaddress
-import json
 import logging
 import socket
 import socketserver
@@ -41,9 +40,11 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
+import trio
+
 from experiments.dashboard.source import (STORE_READ_ERRORS, BadRequest, DashboardError,
                                           DashboardSource, NotFound, check_params,
-                                          describe_error)
+                                          describe_error, encode_json)
 from experiments.scoreboard import ScoreRules
 from swarm.trust import TrustRules
 
@@ -154,9 +155,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         is_api = route.startswith("/api/")
         try:
-            query = parse_qs(url.query, keep_blank_values=True, max_num_fields=8)
+            try:
+                query = parse_qs(url.query, keep_blank_values=True, max_num_fields=8)
+            except ValueError as e:  # too many fields
+                raise BadRequest(str(e)) from None
             code, body, ctype, extra = handler(query)
-        except (BadRequest, ValueError) as e:
+        except BadRequest as e:
             code, body, ctype, extra = self._error(400, str(e), is_api)
         except NotFound as e:
             code, body, ctype, extra = self._error(404, str(e), is_api)
@@ -167,31 +171,26 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routes -----------------------------------------------------------------
 
     @staticmethod
-    def _json(obj) -> bytes:
-        return json.dumps(obj, separators=(",", ":"), allow_nan=False,
-                          default=str).encode("utf-8")
-
-    @staticmethod
     def _error(code: int, message: str, is_api: bool) -> tuple[int, bytes, str, dict]:
         if is_api:
-            return code, _Handler._json({"error": message}), JSON_TYPE, {}
+            return code, encode_json({"error": message}), JSON_TYPE, {}
         return code, (message + "\n").encode("utf-8"), TEXT_TYPE, {}
 
     def _status(self, query) -> tuple[int, bytes, str, dict]:
         check_params(query, ())
-        return 200, self._json(self.server.source.status()), JSON_TYPE, {}
+        return 200, self.server.source.status_json(), JSON_TYPE, {}
 
     def _experiments(self, query) -> tuple[int, bytes, str, dict]:
         params = check_params(query, DATA_PARAMS)
-        return 200, self._json(self.server.source.experiments(params)), JSON_TYPE, {}
+        return 200, self.server.source.experiments_json(params), JSON_TYPE, {}
 
     def _lineage(self, query) -> tuple[int, bytes, str, dict]:
         params = check_params(query, DATA_PARAMS)
-        return 200, self._json(self.server.source.lineage_json(params)), JSON_TYPE, {}
+        return 200, self.server.source.lineage_json(params), JSON_TYPE, {}
 
     def _peers(self, query) -> tuple[int, bytes, str, dict]:
         check_params(query, ())
-        return 200, self._json(self.server.source.peers()), JSON_TYPE, {}
+        return 200, self.server.source.peers_json(), JSON_TYPE, {}
 
     def _best_patch(self, query) -> tuple[int, bytes, str, dict]:
         params = check_params(query, DATA_PARAMS)
@@ -308,12 +307,10 @@ def _bind(host: str, port: int) -> _Server:
         raise DashboardError(f"cannot listen on {host!r}: {e}") from None
 
 
-async def serve_dashboard(home: str | Path, *, task_status=None, **options) -> None:
+async def serve_dashboard(home: str | Path, *, task_status=trio.TASK_STATUS_IGNORED,
+                          **options) -> None:
     """`start_dashboard` as a trio service: started(handle) once listening, closed on
-    cancellation."""
-    import trio
-
-    task_status = task_status or trio.TASK_STATUS_IGNORED
+    cancellation. `options` are start_dashboard's."""
     dashboard = start_dashboard(home, **options)
     try:
         task_status.started(dashboard)

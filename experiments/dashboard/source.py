@@ -31,7 +31,7 @@ from genome import base_train_source, genome_root_id
 from swarm.export import export_patch
 from swarm.identity import KEY_FILE, IdentityError, NodeIdentity, peer_id_from_public_key
 from swarm.lineage import Lineage, LineageError
-from swarm.records import ARENA_RE, TOPIC_RE, RecordError
+from swarm.records import ARENA_RE, TOPIC_RE, Record, RecordError, load_stored
 from swarm.store import MIGRATIONS, STORE_FILE, Store
 from swarm.trust import TrustPolicy, TrustRules
 
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 STATUS_FILE = "status.json"
 MAX_STATUS_BYTES = 4 * 1024 * 1024
+MAX_DECODED = 50_000            # decoded records kept between store changes
 STALE_STATUS_S = 15.0           # status.json older than this: the node is not running
 TABLES = {"records", "parents", "attestations", "wanted", "broken", "peers", "meta"}
 # what reading a damaged store can raise (load_stored trusts bytes the store holds)
@@ -58,12 +59,74 @@ class BadRequest(Exception):
     """A query parameter the dashboard does not accept."""
 
 
+_NOBODY: tuple[list[bytes], list[bytes]] = ([], [])  # no verdicts (shared: read only)
+
+
 class ReadOnlyStore(Store):
-    """A Store on a read-only connection: reads as usual, never writes."""
+    """A Store on a read-only connection: reads as usual, never writes.
+
+    Scoring a whole arena asks every record's verifiers and reads the arena's
+    experiments more than once; this store answers those from one query each until
+    `forget()` (called when the store changed). Records are content-addressed, so
+    decoded ones are kept across changes: a new record costs one decode, not a rescan.
+    """
 
     def __init__(self, conn: sqlite3.Connection, path: Path, root_id: bytes):
         super().__init__(conn, path, root_id)
         self.broken_seen: dict[bytes, str] = {}
+        self._decoded: dict[bytes, Record] = {}
+        self._lists: dict[tuple, list[bytes]] = {}
+        self._verdicts: dict[bytes, tuple[list[bytes], list[bytes]]] | None = None
+
+    def forget(self) -> None:
+        """The store changed: drop answers (decoded records stay, they cannot change)."""
+        self._lists, self._verdicts = {}, None
+        if len(self._decoded) > MAX_DECODED:
+            self._decoded = {}
+
+    def experiments(self, arena: str | None = None, topic: str | None = None,
+                    author: bytes | None = None, local: bool | None = None,
+                    limit: int | None = None) -> list[Record]:
+        if author is not None or local is not None or limit is not None:
+            return super().experiments(arena, topic, author, local, limit)
+        key = (arena, topic)
+        if key not in self._lists:
+            sql, args = "SELECT id FROM records WHERE kind = 'experiment'", []
+            for column, value in (("arena", arena), ("topic", topic)):
+                if value is not None:
+                    sql += f" AND {column} = ?"
+                    args.append(value)
+            ids = [row[0] for row in self._conn.execute(sql + " ORDER BY t, id", args)]
+            missing = [i for i in ids if i not in self._decoded]
+            for start in range(0, len(missing), 500):
+                batch = missing[start:start + 500]
+                for record_id, envelope in self._conn.execute(
+                        "SELECT id, envelope FROM records WHERE id IN "
+                        f"({','.join('?' * len(batch))})", batch):
+                    self._decoded[record_id] = load_stored(envelope)
+            self._lists[key] = ids
+        return [self._decoded[i] for i in self._lists[key]]
+
+    def who_reproduced(self, record_id: bytes) -> list[bytes]:
+        return self._newest_verdicts().get(record_id, _NOBODY)[0]
+
+    def who_refuted(self, record_id: bytes) -> list[bytes]:
+        return self._newest_verdicts().get(record_id, _NOBODY)[1]
+
+    def _newest_verdicts(self) -> dict[bytes, tuple[list[bytes], list[bytes]]]:
+        """target -> (verifiers whose newest verdict is reproduced, ... refuted), read
+        with one query (shared lists: read only); each verifier's newest verdict counts, as
+        in Store.who_reproduced."""
+        if self._verdicts is None:
+            latest: dict[bytes, dict[bytes, str]] = {}
+            for target, verifier, v in self._conn.execute(
+                    "SELECT target, verifier, verdict FROM attestations ORDER BY t, id"):
+                latest.setdefault(target, {})[verifier] = v
+            self._verdicts = {
+                target: ([k for k, v in by.items() if v == "reproduced"],
+                         [k for k, v in by.items() if v == "refuted"])
+                for target, by in latest.items()}
+        return self._verdicts
 
     def atomic(self):
         raise DashboardError("the dashboard is read-only: it never writes to the store")
@@ -195,6 +258,7 @@ class DashboardSource:
         version = self.store.data_version()
         if version != self._version:
             self._version, self._cache = version, {}
+            self.store.forget()
 
     def _cached(self, key: tuple, make: Callable[[], object]):
         if key not in self._cache:
@@ -229,6 +293,8 @@ class DashboardSource:
         """The node's live snapshot (what `loopy status --json` prints)."""
         if self.snapshot is not None:
             snap = json.loads(json.dumps(self.snapshot(), default=str))
+            if not isinstance(snap, dict):
+                return {"running": True, "note": "the node's snapshot is not a map"}
             snap.setdefault("running", True)
             return snap
         path = self.home / STATUS_FILE
@@ -245,13 +311,17 @@ class DashboardSource:
         snap["running"] = bool(fresh and not snap.get("stopped"))
         return snap
 
-    def experiments(self, params: dict[str, str]) -> dict:
+    def status_json(self) -> bytes:
+        return encode_json(self.status())
+
+    def experiments_json(self, params: dict[str, str]) -> bytes:
+        """Every experiment of the arena, scored, with the running best."""
         with self.lock:
             self._fresh()
             arena = self._arena(params.get("arena"))
             topic = params.get("topic")
             return self._cached(("experiments", arena, topic),
-                                lambda: self._experiments(arena, topic))
+                                lambda: encode_json(self._experiments(arena, topic)))
 
     def _experiments(self, arena: str | None, topic: str | None) -> dict:
         arenas = [{"arena": a, "experiments": n} for a, n in self.store.arenas()]
@@ -273,7 +343,8 @@ class DashboardSource:
                 "experiments": [row.to_json() for row in view.rows],
                 "running_best": view.running_best()}
 
-    def lineage_json(self, params: dict[str, str]) -> dict:
+    def lineage_json(self, params: dict[str, str]) -> bytes:
+        """The kept edits as a tree from the genome root to the heads."""
         with self.lock:
             self._fresh()
             arena = self._arena(params.get("arena"))
@@ -285,9 +356,10 @@ class DashboardSource:
                             "best": None, "nodes": [], "kept": 0, "truncated": 0,
                             "outside": []}
                 return lineage_tree(self._view(arena, topic))
-            return self._cached(("lineage", arena, topic), make)
+            return self._cached(("lineage", arena, topic), lambda: encode_json(make()))
 
-    def peers(self) -> dict:
+    def peers_json(self) -> bytes:
+        """Every peer this node knows, with reputation; `connected` from the live node."""
         status = self.status()  # outside the lock: reads a file or the node's callable
         with self.lock:
             self._fresh()
@@ -295,11 +367,12 @@ class DashboardSource:
             connected = {p.get("peer_id"): p for p in live if isinstance(p, dict)} \
                 if isinstance(live, list) else {}
             arena = self._arena(None)
-            return self._peers(connected, arena)
+            known = self._cached(("peers", arena), lambda: self._known_peers(arena))
+            return encode_json(self._peers(known, connected, arena))
 
-    def _peers(self, connected: dict, arena: str | None) -> dict:
-        trust = self._trust()
-        reps = {peer_id_from_public_key(k): v for k, v in trust.reputations().items()
+    def _known_peers(self, arena: str | None) -> tuple:
+        """What the store says about peers: reputations, announces, peers table, work."""
+        reps = {peer_id_from_public_key(k): v for k, v in self._trust().reputations().items()
                 if len(k) == 32}
         announces = {a.author_peer_id: a for a in self.store.announces()}
         stored = {p.peer_id: p for p in self.store.peers()}
@@ -309,6 +382,10 @@ class DashboardSource:
                 n = work.setdefault(row.author, {"experiments": 0, "kept": 0})
                 n["experiments"] += 1
                 n["kept"] += row.kept
+        return reps, announces, stored, work
+
+    def _peers(self, known: tuple, connected: dict, arena: str | None) -> dict:
+        reps, announces, stored, work = known
         me = peer_id_from_public_key(self.me) if len(self.me) == 32 else None
         rows = []
         for peer_id in sorted(set(stored) | set(reps) | set(announces) | set(connected)
@@ -351,6 +428,10 @@ class DashboardSource:
             text = self._cached(("patch", record_id), lambda: export_patch(self.lineage,
                                                                            record_id))
             return f"loopy-{record_id.hex()[:12]}.patch", text
+
+
+def encode_json(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=str).encode()
 
 
 def describe_error(error: BaseException) -> str:

@@ -112,7 +112,7 @@ async function refresh(force) {
   if (d.experiments && changed[1]) { renderControls(d.experiments); renderChart(d.experiments, d.status); renderRecent(d.experiments); }
   if (d.lineage && changed[2]) renderLineage(d.lineage);
   if (d.peers && (changed[3] || changed[0])) renderPeers(d.peers);
-  if (d.status && d.peers && changed[3]) renderSummary(d.status, d.experiments, d.peers);
+  if (d.status && d.peers && changed[3] && !changed[0] && !changed[1]) renderSummary(d.status, d.experiments, d.peers);
   const t1 = performance.now();
   showError(failed.length ? failed[0] : null, failed.length === results.length);
   $("updated").textContent = "updated " + new Date().toLocaleTimeString();
@@ -140,7 +140,10 @@ function setLive(text, cls) {
 }
 
 async function poll() {
-  try { await refresh(false); } catch (e) { showError(String(e), true); }
+  // a hidden tab does not poll; it catches up when shown again
+  if (!document.hidden || state.firstRender === null) {
+    try { await refresh(false); } catch (e) { showError(String(e), true); }
+  }
   setTimeout(poll, POLL_MS);
 }
 
@@ -148,7 +151,8 @@ async function poll() {
 
 function renderSummary(status, exp, peers) {
   if (status.running) setLive("live", "live"); else setLive("not running: data from the store", "stopped");
-  $("node").textContent = status.peer_id || "–";
+  const me = peers && peers.peers.find((p) => p.me);
+  $("node").textContent = status.peer_id || (me && me.peer_id) || "–";
   $("node-note").textContent = [status.arena && "arena " + status.arena, status.genome && "genome " + status.genome,
     status.topics && status.topics.length && "topics " + status.topics.join(", ")].filter(Boolean).join(" · ");
   if (exp) {
@@ -200,10 +204,11 @@ function renderControls(exp) {
 // -- the progress chart ----------------------------------------------------------
 
 function colourKeys(rows, by) {
+  // author or topic -> palette index, in order of first appearance
   const keys = new Map();
   for (const r of rows) {
     const k = by === "author" ? r.author : r.topic;
-    if (!keys.has(k)) keys.set(k, PALETTE[keys.size % PALETTE.length]);
+    if (!keys.has(k)) keys.set(k, keys.size % PALETTE.length);
   }
   return keys;
 }
@@ -232,7 +237,7 @@ function renderChart(exp, status) {
     out.appendChild(svg("text", {x: W / 2, y: H / 2, "text-anchor": "middle", class: "empty"},
       exp.arena ? "no experiments in this arena yet" : "no experiments yet: start the node"));
     chart.replaceChildren(out);
-    renderLegend(exp, new Map());
+    renderLegend(exp, status);
     return;
   }
   // y: lower is better; the range follows the useful results, outliers are clipped
@@ -283,32 +288,32 @@ function renderChart(exp, status) {
   });
   if (d) { d += `H${(W - R).toFixed(1)}`; out.appendChild(svg("path", {d, class: "best-line"})); }
 
-  // every experiment as a point
-  const keys = state.colourBy === "status" ? new Map() : colourKeys(rows, state.colourBy);
+  // every experiment as a point. Colours come from classes (app.css): the colour
+  // toggle only changes the chart's class, and thousands of points stay cheap to build.
+  const authors = colourKeys(rows, "author"), topics = colourKeys(rows, "topic");
   const points = svg("g", {class: "points"});
-  rows.forEach((r, i) => {
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i];
     const kind = kindOf(r);
-    const colour = state.colourBy === "status" ? (r.refuted ? STATUS_COLOUR.refuted : STATUS_COLOUR[kind])
-      : keys.get(state.colourBy === "author" ? r.author : r.topic);
     const px = X(xs[i]);
-    let node;
+    let node, cls = "pt " + kind + " a" + authors.get(r.author) + " t" + topics.get(r.topic);
     if (kind === "crash") {
-      const s = 3.5;
-      node = svg("path", {d: `M${px - s},${crashY - s}L${px + s},${crashY + s}M${px - s},${crashY + s}L${px + s},${crashY - s}`,
-        class: "pt crash", stroke: colour});
+      node = document.createElementNS(SVG_NS, "path");
+      node.setAttribute("d", `M${(px - 3.5).toFixed(1)},${crashY - 3.5}l7,7m-7,0l7,-7`);
     } else {
-      const clipped = r.val_bpb > hi;
-      const radius = kind === "discarded" ? 2.6 : 4.6;
-      const hollow = (kind === "kept" && !r.verified) || r.refuted;
-      node = svg("circle", {cx: px.toFixed(1), cy: Y(Math.min(r.val_bpb, hi)).toFixed(1), r: radius,
-        class: `pt ${kind}${r.verified ? " verified" : " unverified"}${r.refuted ? " refuted" : ""}${clipped ? " clipped" : ""}`,
-        fill: hollow ? "#ffffff" : colour, stroke: kind === "discarded" ? "none" : (hollow ? colour : "#24292f"),
-        "stroke-width": hollow ? 1.8 : 0.8});
+      node = document.createElementNS(SVG_NS, "circle");
+      node.setAttribute("cx", px.toFixed(1));
+      node.setAttribute("cy", Y(Math.min(r.val_bpb, hi)).toFixed(1));
+      cls += r.verified ? " verified" : " unverified";
+      if ((kind === "kept" && !r.verified) || r.refuted) cls += " hollow";
+      if (r.refuted) cls += " refuted";
+      if (r.val_bpb > hi) cls += " clipped";
     }
+    node.setAttribute("class", cls);
     node.setAttribute("data-id", r.id);
-    node.appendChild(svg("title", {}, tooltip(r, i + 1)));
+    node.setAttribute("data-i", i);  // the tooltip is built on hover
     points.appendChild(node);
-  });
+  }
   out.appendChild(points);
 
   // label the edits that moved the running best (the biggest moves if there are many)
@@ -328,7 +333,8 @@ function renderChart(exp, status) {
   }
   out.appendChild(labels);
   chart.replaceChildren(out);
-  renderLegend(exp, keys, status);
+  chart.setAttribute("class", "by-" + state.colourBy);
+  renderLegend(exp, status);
 }
 
 function swatch(shape, fill, stroke) {
@@ -346,7 +352,7 @@ function legendItem(sw, text) {
   return span;
 }
 
-function renderLegend(exp, keys, status) {
+function renderLegend(exp, status) {
   const legend = $("legend");
   const items = [legendItem(swatch("line", STATUS_COLOUR.kept), "running best (verified)")];
   if (state.colourBy === "status") {
@@ -358,9 +364,14 @@ function renderLegend(exp, keys, status) {
       legendItem(swatch("x", STATUS_COLOUR.crash), "crashed / timed out / rejected"));
   } else {
     const me = status && status.peer_id;
-    for (const [k, colour] of keys) {
+    const keys = [...colourKeys(exp.experiments || [], state.colourBy)];
+    for (const [k, index] of keys.slice(0, 2 * PALETTE.length)) {
       const name = state.colourBy === "author" ? shortPeer(k) + (k === me ? " (this node)" : "") : k;
-      items.push(legendItem(swatch("dot", colour, "#24292f"), name));
+      items.push(legendItem(swatch("dot", PALETTE[index], "#24292f"), name));
+    }
+    if (keys.length > PALETTE.length) {
+      items.push(legendItem(swatch("small", "#ffffff"), `${keys.length} ${state.colourBy}s: colours repeat` +
+        (keys.length > 2 * PALETTE.length ? `, ${keys.length - 2 * PALETTE.length} more not listed` : "")));
     }
     items.push(legendItem(swatch("small", "#9aa3ab"), "small: discarded · hollow: not verified or refuted · ×: crashed"));
   }
@@ -522,7 +533,21 @@ function renderRecent(exp) {
 
 // -- controls ------------------------------------------------------------------
 
+function showTip(event) {
+  const tip = $("tip");
+  const i = event.target.getAttribute && event.target.getAttribute("data-i");
+  const rows = state.data.experiments ? state.data.experiments.experiments : [];
+  if (i === null || i === undefined || !rows[+i]) { tip.hidden = true; return; }
+  tip.textContent = tooltip(rows[+i], +i + 1);
+  tip.hidden = false;
+  const x = Math.min(event.pageX + 14, window.scrollX + document.documentElement.clientWidth - tip.offsetWidth - 8);
+  tip.style.left = x + "px";
+  tip.style.top = (event.pageY + 14) + "px";
+}
+
 function wire() {
+  $("chart").addEventListener("mousemove", showTip);
+  $("chart").addEventListener("mouseleave", () => { $("tip").hidden = true; });
   $("arena").addEventListener("change", (e) => { state.arena = e.target.value; state.topic = ""; refresh(true); });
   $("topic").addEventListener("change", (e) => { state.topic = e.target.value; refresh(true); });
   for (const b of document.querySelectorAll("[data-x]")) {
@@ -536,7 +561,8 @@ function wire() {
     b.addEventListener("click", () => {
       state.colourBy = b.dataset.colour;
       for (const o of document.querySelectorAll("[data-colour]")) o.classList.toggle("on", o === b);
-      if (state.data.experiments) renderChart(state.data.experiments, state.data.status);
+      $("chart").setAttribute("class", "by-" + state.colourBy);
+      if (state.data.experiments) renderLegend(state.data.experiments, state.data.status);
     });
   }
 }
