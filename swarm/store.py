@@ -76,6 +76,19 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         "CREATE INDEX records_by_kind_arena ON records (kind, arena, t)",
         "CREATE INDEX records_by_kind_author ON records (kind, author, t)",
     ]),
+    # Development snapshots shipped an earlier "query indexes" (more random-key indexes,
+    # and heads kept through a `children` column that is no longer maintained). Bring
+    # either version to the same indexes; on a new store this only rebuilds records_best.
+    ("query indexes for bulk sync", [
+        "DROP INDEX IF EXISTS records_best_topic",
+        "DROP INDEX IF EXISTS records_heads",
+        "DROP INDEX IF EXISTS records_heads_arena",
+        "DROP INDEX IF EXISTS records_by_t",
+        "DROP INDEX IF EXISTS records_best",
+        """CREATE INDEX records_best ON records (arena, val_bpb, t, id)
+            WHERE kind = 'experiment' AND status = 'ok'""",
+        "CREATE INDEX IF NOT EXISTS records_by_kind_t ON records (kind, t)",
+    ]),
 ]
 
 

@@ -293,6 +293,27 @@ def test_mutate_combines_near_misses_once_singles_are_exhausted():
     assert p.failure and "already tried" in p.failure
 
 
+def test_children_of_a_parent_that_fails_the_screen_fail_too():
+    """The agents screen the parent once, not each child; a bad parent still fails them."""
+    parent = "import socket\n" + FIXTURE
+    for agent in (MutateAgent(base_source=FIXTURE), RandomAgent()):
+        p = agent.propose(parent, brief(), [], parent_id="bad", rng=random.Random(0))
+        assert p.failure and "static check" in p.failure
+    new = FIXTURE.replace("MATRIX_LR = 0.02", "MATRIX_LR = 0.03")
+    assert validate_proposal(parent, Proposal("import socket\n" + new, "x"),
+                             screen=False).ok
+
+
+def test_near_misses_need_a_real_gain():
+    """Deltas at noise level are not near misses: nothing to combine, singles exhausted."""
+    cat = build_catalogue(FIXTURE)
+    history = [Tried(k, "", PID, "discarded", 0.01 if i % 2 else -0.0005)
+               for i, k in enumerate(cat)]
+    p = MutateAgent(base_source=FIXTURE).propose(FIXTURE, brief(), history, parent_id=PID,
+                                                 rng=random.Random(0))
+    assert p.failure and "already tried" in p.failure
+
+
 def test_agents_fail_softly_on_a_broken_parent():
     for agent in (MutateAgent(base_source=FIXTURE), RandomAgent()):
         for parent in ("def (", None, ""):

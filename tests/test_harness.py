@@ -299,8 +299,9 @@ def test_real_genome_end_to_end(tmp_path):
     from genome import base_train_source
 
     result = run_experiment(base_train_source(), home=tmp_path / "home", device="cpu",
-                            budget="8ktok", seed=1, wall_limit_s=900)
+                            budget="8192tok", seed=1, wall_limit_s=900)
     assert result.status == "ok", result.summary() + "\n" + result.log_tail
     assert 1.0 < result.val_bpb < 20.0
-    assert result.tokens == 8 * 1024 and result.params > 1_000_000
+    assert result.tokens == 8192 and result.steps == 8  # the cpu profile's batch: 4 x 256
+    assert result.params > 1_000_000
     check_record(result)

@@ -100,6 +100,59 @@ def test_failed_migration_rolls_back(tmp_path, monkeypatch):
     s.close()
 
 
+# the schema of the first development snapshot (commit cea9c3a), at version 2
+SNAPSHOT_SCHEMA = [
+    """CREATE TABLE records (id BLOB PRIMARY KEY, kind TEXT NOT NULL, author BLOB NOT NULL,
+        t INTEGER NOT NULL, arena TEXT, topic TEXT, val_bpb REAL, status TEXT,
+        body BLOB NOT NULL, envelope BLOB NOT NULL, received_at INTEGER NOT NULL,
+        local INTEGER NOT NULL DEFAULT 0, children INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE parents (child BLOB NOT NULL, position INTEGER NOT NULL,
+        parent BLOB NOT NULL, PRIMARY KEY (child, position)) WITHOUT ROWID""",
+    """CREATE TABLE attestations (id BLOB PRIMARY KEY, target BLOB NOT NULL,
+        verifier BLOB NOT NULL, verdict TEXT NOT NULL, val_bpb REAL, t INTEGER NOT NULL)
+        WITHOUT ROWID""",
+    "CREATE TABLE wanted (id BLOB PRIMARY KEY, since INTEGER NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE broken (id BLOB PRIMARY KEY, reason TEXT NOT NULL, at INTEGER NOT NULL)
+        WITHOUT ROWID""",
+    """CREATE TABLE peers (peer_id TEXT PRIMARY KEY, addrs TEXT NOT NULL DEFAULT '[]',
+        last_seen INTEGER, reputation REAL NOT NULL DEFAULT 0)""",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE INDEX parents_by_parent ON parents (parent)",
+    "CREATE INDEX attestations_by_target ON attestations (target, verifier, t)",
+    """CREATE INDEX records_best ON records (arena, val_bpb)
+        WHERE kind = 'experiment' AND status = 'ok'""",
+    """CREATE INDEX records_best_topic ON records (arena, topic, val_bpb)
+        WHERE kind = 'experiment' AND status = 'ok'""",
+    "CREATE INDEX records_heads ON records (t) WHERE kind = 'experiment' AND children = 0",
+    "CREATE INDEX records_by_t ON records (t)",
+    "CREATE INDEX records_by_kind_author ON records (kind, author, t)",
+    "CREATE INDEX records_by_kind_arena ON records (kind, arena, t)",
+    """CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+        applied_at INTEGER NOT NULL)""",
+    "INSERT INTO schema_version VALUES (1, 'initial schema', 0), (2, 'query indexes', 0)",
+]
+
+
+def test_development_snapshot_store_is_migrated(tmp_path):
+    conn = sqlite3.connect(tmp_path / "store.sqlite")
+    for statement in SNAPSHOT_SCHEMA:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    a = exp()
+    b = exp(parents=[a.id], bpb=0.5)
+    with Store.open(tmp_path, root_id=ROOT) as s:
+        assert s.schema_version() == len(MIGRATIONS)
+        s.insert_many([a, b])
+        assert s.heads() == [b] and s.best(ARENA) == b and s.since(0) == [a, b]
+        assert s.integrity_check() == "ok"
+        indexes = {row[0] for row in s._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+    with Store.open(tmp_path / "fresh.sqlite", root_id=ROOT) as fresh:
+        assert indexes == {row[0] for row in fresh._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL")}
+
+
 # ---------------------------------------------------------------------------
 # inserting
 
@@ -274,6 +327,18 @@ def test_attestations_latest_verdict_per_verifier(store):
     assert store.who_reproduced(target.id) == [BOB.public_key]
     assert store.who_refuted(target.id) == [CAROL.public_key]
     assert store.who_reproduced(b"\0" * 32) == []
+
+
+def test_attestation_count_and_verdict_counts(store):
+    bobs, carols = exp(who=BOB), exp(who=CAROL)
+    store.insert_many([bobs, carols, attest(bobs, "reproduced", who=ALICE),
+                       attest(carols, "refuted", who=ALICE),
+                       attest(carols, "refuted", who=ALICE),
+                       attest(bobs, "reproduced", who=BOB)])  # self-attestation
+    assert store.attestation_count(ALICE.public_key) == 3
+    assert sorted(store.verdict_counts(ALICE.public_key)) == sorted(
+        [(BOB.public_key, "reproduced", 1), (CAROL.public_key, "refuted", 2)])
+    assert store.verdict_counts(BOB.public_key) == []
 
 
 def test_since_and_experiments_filters(store):

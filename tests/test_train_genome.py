@@ -249,6 +249,7 @@ def test_token_budget_run_saves_weights_and_prints_the_summary(token_run):
         assert model(torch.zeros(1, 8, dtype=torch.long)).shape == (1, 8, VOCAB)
 
 
+@pytest.mark.slow  # two more training children
 def test_same_seed_and_token_budget_give_bit_identical_weights(tmp_path, train_bin, token_run):
     first = torch.load(token_run[1] / "model.pt", weights_only=True)
     again_proc, again = train_child(tmp_path, train_bin, seed=0)
