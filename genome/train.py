@@ -22,9 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 try:  # the harness runs us with genome/ on sys.path, as autoresearch does
-    from prepare import BudgetExhausted, make_dataloader, run_config, tokens_served
+    from prepare import make_dataloader, run_config, tokens_served
 except ImportError:  # imported as part of the `genome` package
-    from genome.prepare import BudgetExhausted, make_dataloader, run_config, tokens_served
+    from genome.prepare import make_dataloader, run_config, tokens_served
 
 # ---------------------------------------------------------------------------------------------
 # Settings: the knobs an edit is most likely to turn. Shared by all hardware profiles.
