@@ -48,14 +48,16 @@ class _Stats:
     Every tried edit with a key is one observation: its delta, or for a crash, timeout or
     rejection a penalty of +3 typical deltas. The typical delta (median |delta|) sets the
     noise scale, so nothing depends on the arena's units. Each level's mean is shrunk
-    towards the level above with `prior_strength` pseudo-observations; a key is scored by a
-    draw from N(its mean, scale^2 / (n + prior_strength)) and the lowest draw wins: untried
-    keys are uncertain, so they get explored, and kinds of edits that helped come first."""
+    towards the level above by pseudo-observations: a family (all learning rates) needs
+    several results before it moves away from the overall mean, while one result of a
+    setting or key counts as much as its prior. A key is scored by a draw from
+    N(its mean, scale^2 / (n + 1)) and the lowest draw wins: untried keys are uncertain, so
+    they get explored, and edits that helped on earlier parents come first."""
 
-    def __init__(self, history: list[Tried], prior_strength: float,
-                 family_strength: float = 0.3):
+    FAMILY_PSEUDO = 5.0
+
+    def __init__(self, history: list[Tried], prior_strength: float = 1.0):
         self.k = prior_strength
-        self.k_family = family_strength
         deltas = [t.delta for t in history if isinstance(t, Tried) and t.edit_key
                   and isinstance(t.delta, (int, float)) and math.isfinite(t.delta)]
         self.scale = max(statistics.median(abs(d) for d in deltas), 1e-6) if deltas else 0.01
@@ -89,9 +91,8 @@ class _Stats:
 
     def sample(self, edit: Edit, rng: random.Random) -> float:
         """A draw of the edit's delta (lower is better)."""
-        family, _ = self._shrunk("f:" + edit.family, self.prior, self.k)
-        # settings of one family differ (each lr has its own optimum): a weak family pull
-        target, _ = self._shrunk("t:" + edit.target, family, self.k_family)
+        family, _ = self._shrunk("f:" + edit.family, self.prior, self.FAMILY_PSEUDO)
+        target, _ = self._shrunk("t:" + edit.target, family, self.k)
         mean, n = self._shrunk("k:" + edit.key, target, self.k)
         return rng.gauss(mean, self.scale / math.sqrt(n + self.k))
 
