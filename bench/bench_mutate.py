@@ -12,7 +12,7 @@ Goal: mutate reaches random's final score (mean over seeds, after N experiments)
 N/2 experiments. The result, met or not, goes to docs/BENCHMARKS.md between
 `<!-- bench_mutate -->` and `<!-- /bench_mutate -->`.
 
-    python bench/bench_mutate.py                     # 16 seeds x 200 experiments, 2 processes
+    python bench/bench_mutate.py                     # 40 seeds x 200 experiments, 2 processes
     python bench/bench_mutate.py --seeds 4 --experiments 100 --no-write
 """
 from __future__ import annotations
@@ -140,8 +140,15 @@ def summarise(results: list[dict], n: int, sigma: float, seeds: int, wall_s: flo
     rows = ["| experiments | " + " | ".join(str(c) for c in checkpoints) + " |",
             "|---|" + "---|" * len(checkpoints)]
     for a in AGENTS:
-        rows.append(f"| {a} (mean gain) | " + " | ".join(
+        rows.append(f"| {a}: mean gain | " + " | ".join(
             f"{base - mean[a][c - 1]:.4f}" for c in checkpoints) + " |")
+    by_seed = {a: {r["seed"]: r["curve"] for r in results if r["agent"] == a} for a in AGENTS}
+    paired = []
+    for c in checkpoints:
+        d = [by_seed["random"][s][c - 1] - by_seed["mutate"][s][c - 1] for s in by_seed["mutate"]]
+        se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else 0.0
+        paired.append(f"{statistics.fmean(d):+.4f} ± {se:.4f}")
+    rows.append("| mutate - random (paired, ± s.e.) | " + " | ".join(paired) + " |")
     stats = {a: [r for r in results if r["agent"] == a] for a in AGENTS}
 
     def avg(a, key):
@@ -155,7 +162,8 @@ def summarise(results: list[dict], n: int, sigma: float, seeds: int, wall_s: flo
         f"from the real base genome (cpu profile), synthetic trainer with sigma = {sigma}; an "
         f"edit is kept when it beats the parent's measured score by > 2 sigma, and the parent "
         f"is the best so far. Scores are the parent's true (noise-free) val_bpb; the table "
-        f"shows the mean gain over the base genome (val_bpb 1.9, higher is better). "
+        f"shows the mean gain over the base genome (val_bpb 1.9, higher is better) and the "
+        f"paired difference per seed (positive: mutate ahead). "
         f"Run on {time.strftime('%Y-%m-%d')}, {wall_s:.0f} s wall on this machine's CPUs.",
         "",
         *rows,
@@ -204,7 +212,7 @@ def write_section(text: str, path: Path = BENCHMARKS) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seeds", type=int, default=16, help="landscape seeds (default 16)")
+    ap.add_argument("--seeds", type=int, default=40, help="landscape seeds (default 40)")
     ap.add_argument("--experiments", type=int, default=200, help="experiments per run")
     ap.add_argument("--sigma", type=float, default=0.003, help="synthetic noise sigma")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")

@@ -139,6 +139,10 @@ class ResearchLoop:
         and it would become our best (or our best in its topic); we skip what we already
         checked, what k trusted peers already vouch for, and authors known to lie.
         Reputable authors come first, then the lowest claimed score."""
+        with self.scores.consistent():
+            return self._pending_claim()
+
+    def _pending_claim(self) -> Record | None:
         sigma = self.scores.sigma()
         best = self.scores.best()
         if sigma is None or best is None:
@@ -196,6 +200,10 @@ class ResearchLoop:
     # -- history digest for the agent -----------------------------------------
 
     def history(self, limit: int = 500) -> list[Tried]:
+        with self.scores.consistent():
+            return self._history(limit)
+
+    def _history(self, limit: int) -> list[Tried]:
         sigma = self.scores.sigma()
         tried = []
         for r in self.store.experiments(arena=self.arena, limit=limit):

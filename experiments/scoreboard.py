@@ -8,11 +8,17 @@ node's or any peer's). An edit is *kept* when it beats its parent by more than
 
 No training and no network here: the research loop, `loopy status` and the
 dashboard all read the same numbers through this class.
+
+Reading the baselines means decoding every child of the genome root, and every
+delta of a root edit needs them: inside `consistent()` (which `candidates()`
+uses, and the loop wraps around its scans) they are read once. The store cannot
+change inside such a block as long as it holds no `await`.
 """
 from __future__ import annotations
 
 import re
 import statistics
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
@@ -52,9 +58,31 @@ class Scoreboard:
         self.store, self.lineage, self.root_id, self.arena = store, lineage, root_id, arena
         self.rules = rules or ScoreRules()
         self.trusted = trusted or (lambda r: store.is_local(r.id))
+        self._memo: dict | None = None    # set inside consistent()
+        self._depth = 0
+
+    @contextmanager
+    def consistent(self):
+        """Read the baselines once for the block (nestable); the block must not await."""
+        self._depth += 1
+        if self._depth == 1:
+            self._memo = {}
+        try:
+            yield self
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                self._memo = None
 
     def baselines(self) -> dict[int, list[float]]:
         """val_bpb of baseline runs in the arena, by seed (every author's)."""
+        if self._memo is not None:
+            if "baselines" not in self._memo:
+                self._memo["baselines"] = self._read_baselines()
+            return {seed: list(runs) for seed, runs in self._memo["baselines"].items()}
+        return self._read_baselines()
+
+    def _read_baselines(self) -> dict[int, list[float]]:
         by_seed: dict[int, list[float]] = {}
         for r in self.store.children(self.root_id):
             seed = is_baseline(r)
@@ -104,12 +132,14 @@ class Scoreboard:
 
     def candidates(self, topic: str | None = None) -> list[Candidate]:
         """The root and every trusted, buildable, kept record in the arena, best first."""
-        sigma = self.sigma()
-        root = self.root_score()
-        out = [Candidate(self.root_id, root)] if root is not None else []
-        for r in self.store.experiments(arena=self.arena, topic=topic):
-            if self.is_kept(r, sigma) and self.trusted(r) and self.lineage.is_buildable(r.id):
-                out.append(Candidate(r.id, r.val_bpb, r))
+        with self.consistent():
+            sigma = self.sigma()
+            root = self.root_score()
+            out = [Candidate(self.root_id, root)] if root is not None else []
+            for r in self.store.experiments(arena=self.arena, topic=topic):
+                if self.is_kept(r, sigma) and self.trusted(r) and \
+                        self.lineage.is_buildable(r.id):
+                    out.append(Candidate(r.id, r.val_bpb, r))
         out.sort(key=lambda c: (c.val_bpb, c.id))
         return out
 

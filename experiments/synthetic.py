@@ -37,7 +37,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from experiments.agents.catalogue import Setting, format_value, locate_settings
+from experiments.agents.catalogue import format_value, locate_settings
 
 LABEL = "synthetic"
 _BUDGET_RE = re.compile(r"^(time|tokens):[1-9][0-9]{0,12}$")

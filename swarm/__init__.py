@@ -10,6 +10,9 @@ Wire format (pure functions, no I/O):
 - `records.py`: `Record`, `decode_envelope`, `make_experiment`, `make_attestation`,
   `make_announce`, `RecordError` - PROTOCOL.md's signed envelopes and bodies.
 
+Policy (no network):
+- `trust.py`: `TrustPolicy`, `TrustRules` - what counts as verified, per-peer reputation.
+
 State (SQLite and text, no network):
 - `store.py`: `Store` (WAL, migrations, queries), `Peer`, `StoreError`.
 - `lineage.py`: `Lineage` (train.py of any record, cached), `LineageError`,
@@ -22,4 +25,6 @@ Plumbing (libp2p, trio):
 - `gossip.py`: `Gossip`, `RecordValidator`, `PeerGuard` - gossipsub topics and validation.
 - `sync.py`: `SyncServer`, `SyncSession`, `catch_up` - `/loopy/sync/1.0.0`.
 - `discovery.py`: `Discovery`, `PeerBook` - bootstrap, peer book (the store), mDNS.
+- `network.py`: `SwarmNode`, `open_swarm_node`, `serve_swarm` - all of the above composed
+  for `node.py`.
 """

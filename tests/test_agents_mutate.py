@@ -307,7 +307,7 @@ def test_children_of_a_parent_that_fails_the_screen_fail_too():
 def test_near_misses_need_a_real_gain():
     """Deltas at noise level are not near misses: nothing to combine, singles exhausted."""
     cat = build_catalogue(FIXTURE)
-    history = [Tried(k, "", PID, "discarded", 0.01 if i % 2 else -0.0005)
+    history = [Tried(k, "", PID, "discarded", 0.01 if i % 3 else -0.0005)
                for i, k in enumerate(cat)]
     p = MutateAgent(base_source=FIXTURE).propose(FIXTURE, brief(), history, parent_id=PID,
                                                  rng=random.Random(0))
