@@ -164,7 +164,10 @@ class ResearchLoop:
                 continue
             if self.lineage.is_buildable(r.id):
                 claims.append(r)
-        claims.sort(key=lambda r: (-reps.get(r.author, 0.0), r.val_bpb, r.id))
+        # Authors we checked before, then claims trusted peers already vouch for, then the
+        # lowest claimed score: fresh keys (Sybils among them) wait behind known peers.
+        claims.sort(key=lambda r: (-reps.get(r.author, 0.0),
+                                   -len(self.trust.trusted_attesters(r, reps)), r.val_bpb, r.id))
         return claims[0] if claims else None
 
     async def verify(self, claim: Record) -> StepOutcome:

@@ -16,8 +16,9 @@ The landscape scores a source by how it differs from the base genome:
   diverged run (a crash).
 - Gains add with mild diminishing returns (`cap * (1 - exp(-gain / cap))`), harms add
   linearly. Then noise: `sigma * (sqrt(rho) * z(run_seed) + sqrt(1 - rho) * z(run_seed,
-  source))`, so the same (source, run_seed) always gives the same score, and two sources run
-  with the same seed share part of their noise (paired comparisons), as real seeded runs do.
+  change))`, so the same change and run_seed always give the same score (comments and layout
+  do not count, as with real seeded runs), and two sources run with the same seed share part
+  of their noise (paired comparisons).
 
 `true_bpb(source)` is the noise-free score, for benchmarks and tests.
 """
@@ -245,17 +246,20 @@ class SyntheticTrainer:
             return _Landscape(r.gauss(0.0, 0.0005), None)             # neutral
         return _Landscape(abs(r.gauss(0.0, 0.01)), None)             # harms
 
-    def _features(self, source: str) -> list[_Landscape] | None:
+    def _features(self, source: str) -> tuple[list[_Landscape], str] | None:
+        """The landscape features of a source, and a digest naming what changed (so that
+        the noise of a run depends on the change, not on comments or layout)."""
         parsed = self._parse(source)
         if parsed is None:
             return None
         values, base = parsed.values, self._base
-        out = []
+        out, names = [], []
         for key in sorted(set(values) | set(self._base_values), key=repr):
             old, new = self._base_values.get(key), values.get(key)
             if key in values and key in self._base_values and _same_value(old, new):
                 continue
             name = key[1]
+            names.append(repr((key, new if key in values else "<removed>")))
             if key not in values:
                 out.append(self._line_effect(f"removed setting {name}", added=False))
             elif key not in self._base_values:
@@ -264,27 +268,31 @@ class SyntheticTrainer:
                 out.append(self._setting_effect(name, old, new))
         added = parsed.code_lines(parsed.raw - base.raw)
         removed = base.code_lines(base.raw - parsed.raw)
-        for line, n in (added - removed).items():
+        for line, n in sorted((added - removed).items()):
             out += [self._line_effect(line, added=True)] * n
-        for line, n in (removed - added).items():
+            names.append(repr(("+", line, n)))
+        for line, n in sorted((removed - added).items()):
             out += [self._line_effect(line, added=False)] * n
-        return out
+            names.append(repr(("-", line, n)))
+        digest = hashlib.sha256("\n".join(names).encode("utf-8", "replace")).hexdigest()
+        return out, digest
 
-    def _score(self, source: str) -> tuple[float | None, str]:
-        """(noise-free val_bpb, '') or (None, why it crashes)."""
+    def _score(self, source: str) -> tuple[float | None, str, str]:
+        """(noise-free val_bpb, '', change digest) or (None, why it crashes, '')."""
         if not isinstance(source, str):
-            return None, "synthetic crash: not a train.py source"
-        features = self._features(source)
-        if features is None:
-            return None, "synthetic crash: train.py does not parse"
+            return None, "synthetic crash: not a train.py source", ""
+        found = self._features(source)
+        if found is None:
+            return None, "synthetic crash: train.py does not parse", ""
+        features, digest = found
         crashes = [f.crash for f in features if f.crash]
         if crashes:
-            return None, f"synthetic crash: {crashes[0]}"
+            return None, f"synthetic crash: {crashes[0]}", ""
         gain = sum(-f.effect for f in features if f.effect < 0)
         harm = sum(f.effect for f in features if f.effect > 0)
         if harm > _DIVERGED:
-            return None, "synthetic crash: loss diverged"
-        return self.base_bpb - _GAIN_CAP * (1 - math.exp(-gain / _GAIN_CAP)) + harm, ""
+            return None, "synthetic crash: loss diverged", ""
+        return self.base_bpb - _GAIN_CAP * (1 - math.exp(-gain / _GAIN_CAP)) + harm, "", digest
 
     def _times(self) -> tuple[int, float]:
         if self.budget_kind == "tokens":
@@ -304,10 +312,9 @@ class SyntheticTrainer:
 
     # -- running -------------------------------------------------------------------------
 
-    def _noise(self, source: str, run_seed: int) -> float:
+    def _noise(self, change: str, run_seed: int) -> float:
         shared = _unit(self.seed, "noise", run_seed).gauss(0.0, 1.0)
-        digest = hashlib.sha256(source.encode("utf-8", "replace")).hexdigest()
-        own = _unit(self.seed, "noise", run_seed, digest).gauss(0.0, 1.0)
+        own = _unit(self.seed, "noise", run_seed, change).gauss(0.0, 1.0)
         return self.sigma * (math.sqrt(self.pair_corr) * shared
                              + math.sqrt(1 - self.pair_corr) * own)
 
@@ -340,14 +347,14 @@ class SyntheticTrainer:
                 time.sleep(self.delay_s / steps)
             if progress is not None:
                 progress((i + 1) / steps, None)
-        true, why = self._score(source)
+        true, why, change = self._score(source)
         if true is None:
             return self._crashed(why, source)
         params, per_step = self._size(source)
         tokens, train_s = self._times()
         common = dict(train_s=round(train_s, 1), total_s=round(train_s + 5.0, 1),
                       arena=self.arena)
-        val = true + self._noise(source, run_seed)
+        val = true + self._noise(change, run_seed)
         steps = max(1, tokens // per_step)
         return SyntheticResult(
             "ok", round(val, 6), tokens=tokens, steps=steps, params=params,

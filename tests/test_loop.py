@@ -17,7 +17,7 @@ from swarm.records import decode_envelope
 from swarm.store import Store
 
 
-def make_loop(home, *, agent=None, trainer=None, max_experiments=0, seed=1):
+def make_loop(home, *, agent=None, trainer=None, max_experiments=0, seed=0):
     root = genome_root_id()
     store = Store.open(home, root_id=root)
     lineage = Lineage(store, base_train_source(), root)

@@ -56,6 +56,10 @@ def test_comments_docstrings_and_layout_do_not_matter():
                     FIXTURE.replace("MATRIX_LR = 0.02", "MATRIX_LR   =   0.02"),
                     FIXTURE + "\n\n# a trailing comment\n"):
         assert variant != FIXTURE and t.true_bpb(variant) == 1.9
+        # a seeded run of semantically identical code gives the identical score
+        assert t.run(variant, run_seed=7).val_bpb == t.run(FIXTURE, run_seed=7).val_bpb
+    edit = build_catalogue(FIXTURE)["MATRIX_LR*2"].apply(FIXTURE)
+    assert t.run(edit, run_seed=7) == t.run(edit.replace("# Muon", "# the Muon"), run_seed=7)
 
 
 def test_only_the_nodes_profile_counts():

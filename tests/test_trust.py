@@ -118,7 +118,7 @@ def test_liars_cannot_poison_an_honest_swarm(tmp_path, liars):
     """Liars publish improvements that do not reproduce, attest to each other's lies from
     many keys, and replay old records; honest nodes still progress, and none of their best
     verified records (what they announce as head and export) holds a false step."""
-    result = run(tmp_path, honest=3, liars=liars, experiments=20, landscape=0)
+    result = run(tmp_path, honest=3, liars=liars, experiments=25, landscape=0)
     assert sum(len(l.claims) for l in result.liars) >= 10
     for loop in result.loops:
         best = loop.scores.best()
