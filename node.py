@@ -585,12 +585,15 @@ def cmd_log(settings: Settings, args) -> int:
         print(f"arena {arena}  sigma {board.sigma() or float('nan'):.4f}  "
               f"genome baseline {fmt_bpb(board.root_score())}")
         if best is not None and best.record is not None:
-            print("best lineage:")
-            for line in export.log_lines(local.lineage, best.id):
-                print("  " + line)
+            trust = local.trust(settings)
+            for line in export.log_lines(
+                    local.lineage, best.id, recent=0,
+                    verified_by=lambda rid: trust.verified_by(local.store.get(rid))):
+                print(line)
         print("latest results:")
         for r in local.store.experiments(arena=arena, topic=args.only_topic, limit=args.limit):
-            verdict = "kept" if board.is_kept(r) else r.status
+            verdict = "kept" if board.is_kept(r) else (
+                "discarded" if r.status == "ok" and r.patch else r.status)
             print(f"  {r.id_hex[:8]} {r.author_peer_id[-8:]} {verdict:9s} "
                   f"{fmt_bpb(r.val_bpb)} {fmt_delta(board.delta(r)):>8s}  {r.desc}")
     finally:
@@ -861,7 +864,11 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(vars(args))
     except ConfigError as e:
         return fail(str(e))
-    return args.func(settings, args)
+    try:
+        return args.func(settings, args)
+    except BrokenPipeError:  # `loopy log | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
