@@ -157,6 +157,8 @@ class ResearchLoop:
                 continue
             if reps.get(r.author, 0.0) < self.config.trust.liar_threshold:
                 continue
+            if self.trust.trusted_refuters(r, reps):
+                continue  # a peer we trust already re-ran it and it failed: no need to pay
             if r.topic not in topic_best:
                 found = self.scores.best(r.topic)
                 topic_best[r.topic] = found.val_bpb if found else float("inf")

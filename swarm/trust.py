@@ -2,7 +2,8 @@
 
 A record counts as *verified* for this node when
   - this node made it, or reproduced it itself (its own attestation says so), or
-  - at least `k` distinct *trusted* peers (not the author) attest it reproduced,
+  - at least `k` distinct *trusted* peers (not the author) attest it reproduced and
+    no trusted peer refuted it,
 and this node has not refuted it, and its author is not a known liar.
 
 Reputation is derived from this node's own attestations, never from what peers
@@ -86,12 +87,24 @@ class TrustPolicy:
                 if v not in (record.author, self.me)
                 and reps.get(v, 0.0) >= self.rules.trust_threshold]
 
+    def trusted_refuters(self, record: Record, reps: dict[bytes, float] | None = None
+                         ) -> list[bytes]:
+        """Trusted peers whose newest verdict says the record did not reproduce."""
+        reps = self.reputations() if reps is None else reps
+        return [v for v in self.store.who_refuted(record.id)
+                if v not in (record.author, self.me)
+                and reps.get(v, 0.0) >= self.rules.trust_threshold]
+
     def is_verified(self, record: Record, reps: dict[bytes, float] | None = None) -> bool:
+        """Ours or reproduced by us; else k trusted reproductions and no trusted refutation
+        (a veto only ever removes a record, so a trusted peer cannot add a lie with it)."""
         mine = self.my_verdict(record)
         if mine is not None:
             return mine == "reproduced"
         reps = self.reputations() if reps is None else reps
         if reps.get(record.author, 0.0) < self.rules.liar_threshold:
+            return False
+        if self.trusted_refuters(record, reps):
             return False
         return len(self.trusted_attesters(record, reps)) >= self.rules.k
 

@@ -99,6 +99,27 @@ def test_our_refutation_beats_any_number_of_attestations(world):
     assert trust.verified_by(target) == []
 
 
+def test_a_trusted_refutation_vetoes_but_an_untrusted_one_does_not(world):
+    store, trust, me, alice, bob, mallory, sybils = world
+    for peer in (alice, bob):
+        c = claim(peer, desc=f"good {peer.peer_id}")
+        store.insert(c)
+        store.insert(attest(me, c))
+    honest = claim(bob, val=1.3, desc="honest")
+    store.insert(honest)
+    store.insert(attest(alice, honest))
+    store.insert(attest(sybils[0], honest))
+    for s in sybils[1:]:  # untrusted keys cannot veto a record
+        store.insert(attest(s, honest, "refuted"))
+    assert trust.trusted_refuters(honest) == []
+    lie = claim(mallory, val=1.2, desc="lie")
+    store.insert(lie)
+    store.insert(attest(sybils[0], lie))
+    store.insert(attest(alice, lie, "refuted"))
+    assert trust.trusted_refuters(lie) == [alice.public_key]
+    assert not trust.is_verified(lie)
+
+
 def test_reputation_falls_much_faster_than_it_rises(world):
     store, trust, me, alice, *_ = world
     for i in range(3):
