@@ -16,6 +16,7 @@ trainer and the agent, which block, run in worker threads.
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import threading
@@ -35,6 +36,7 @@ from swarm.store import Store
 from swarm.trust import TrustPolicy, TrustRules
 
 INFLIGHT_KEY = "loop.inflight"
+BASELINE_RE = re.compile(r"^baseline seed=(\d+)$")
 
 
 class Trainer(Protocol):
@@ -116,9 +118,15 @@ class ResearchLoop:
     # -- parent choice --------------------------------------------------------
 
     def choose_parent(self) -> Candidate | None:
-        """The best kept record, or (a share of the time) one of the top few."""
+        """The best kept record, or (a share of the time) one of the top few.
+
+        Before the root has a score, the root itself (score NaN) when another live node
+        announced the arena's baseline seed: exploring the root meanwhile beats running
+        the same baseline twice, and the edit is judged once the baseline arrives."""
         found = self.scores.candidates()
         if not found:
+            if self.config.rules.seed in self._seeds_run_elsewhere():
+                return Candidate(self.root_id, math.nan)
             return None
         if len(found) > 1 and self.rng.random() < self.config.explore_share:
             return self.rng.choice(found[:self.config.explore_top])
@@ -294,13 +302,25 @@ class ResearchLoop:
             return StepOutcome("no-proposal", parent=parent, reason="no usable proposal")
         return await self._run_edit(parent, parent_source, proposal)
 
+    def _seeds_run_elsewhere(self) -> set[int]:
+        """Baseline seeds other live nodes announce they are running now."""
+        seeds = set()
+        for parent_id, desc in self.busy():
+            m = BASELINE_RE.match(desc)
+            if parent_id == self.root_id and m:
+                seeds.add(int(m.group(1)))
+        return seeds
+
     def _missing_baseline_seed(self) -> int | None:
+        """A baseline seed the arena still needs and nobody runs: in a swarm that starts
+        together, each node takes a different seed instead of all running the same ones."""
         by_seed = self.scores.baselines()
         c, rules = self.config, self.config.rules
-        free = next(s for s in range(rules.seed, rules.seed + 10_000) if s not in by_seed)
-        if rules.seed not in by_seed:
+        taken = set(by_seed) | self._seeds_run_elsewhere()
+        free = next(s for s in range(rules.seed, rules.seed + 10_000) if s not in taken)
+        if rules.seed not in taken:
             return rules.seed
-        if len(by_seed) < rules.baseline_repeats:
+        if len(taken) < rules.baseline_repeats:
             return free
         local = len(self.store.experiments(arena=self.arena, local=True))
         if c.sigma_refresh and local and local % c.sigma_refresh == 0 and \
@@ -361,7 +381,8 @@ class ResearchLoop:
         record = await self._record([parent.id], patch, proposal.desc, self.agent.name,
                                     result)
         kept = self.scores.is_kept(record)
-        delta = record.val_bpb - parent.val_bpb if record.val_bpb is not None else None
+        delta = record.val_bpb - parent.val_bpb if record.val_bpb is not None and \
+            math.isfinite(parent.val_bpb) else None  # NaN: the root, not scored yet
         outcome = StepOutcome("experiment", record=record, parent=parent, kept=kept,
                               delta=delta, reason=result.reason)
         self._remember(outcome)

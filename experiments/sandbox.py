@@ -87,6 +87,7 @@ DEFAULT_HIDDEN = ("/root", "/home", "/run", "/mnt", "/media")
 # Variables callers may set; everything else from the caller is a programming error.
 ALLOWED_ENV = frozenset({
     "PATH", "HOME", "LANG", "LC_ALL", "PYTHONPATH", "PYTHONHASHSEED", "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
     "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LOOPY_RUN_CONFIG", "CUDA_VISIBLE_DEVICES",
     "CUBLAS_WORKSPACE_CONFIG", "PYTORCH_ENABLE_MPS_FALLBACK", "TMPDIR",
 })

@@ -255,6 +255,26 @@ def test_mutate_favours_families_that_worked():
     assert lr_share["mutate"] > 0.5 > lr_share["random"] + 0.2
 
 
+def test_mutate_line_search_turns_around_and_follows_a_direction():
+    """x2 and x1.4 hurt on this parent: the smaller steps of that setting come first; on the
+    next parent, after a kept x0.7, another x0.7 is a likely pick."""
+    agent = MutateAgent(base_source=FIXTURE, combine_p=0.0)
+    cat = build_catalogue(FIXTURE)
+    others = [Tried(k, "", PID, "discarded", 0.004) for k in cat
+              if not k.startswith("MATRIX_LR") and not k.startswith("EMBED_LR")][:20]
+    history = others + [Tried("MATRIX_LR*2", "", PID, "discarded", 0.03),
+                        Tried("MATRIX_LR*1.4", "", PID, "discarded", 0.012)]
+    picks = [agent.propose(FIXTURE, brief("optimizer"), history, parent_id=PID,
+                           rng=random.Random(s)).edit_key for s in range(20)]
+    down = sum(k in ("MATRIX_LR*0.5", "MATRIX_LR*0.7") for k in picks)
+    assert down >= 12, picks
+    child = cat["MATRIX_LR*0.7"].apply(FIXTURE)
+    history += [Tried("MATRIX_LR*0.7", "", PID, "kept", -0.02)]
+    picks = [agent.propose(child, brief("optimizer"), history, parent_id=source_id(child),
+                           rng=random.Random(s)).edit_key for s in range(20)]
+    assert sum(k in ("MATRIX_LR*0.7", "MATRIX_LR*0.5") for k in picks) >= 8, picks
+
+
 def test_mutate_combines_kept_edits_the_parent_lacks():
     history = [Tried("WEIGHT_DECAY=0.1", "", "p1", "kept", -0.02),
                Tried('ACTIVATION="gelu"', "", "p2", "kept", -0.01)]

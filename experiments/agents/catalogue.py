@@ -254,6 +254,7 @@ class Edit:
     relative: bool            # a change relative to the current value (x2, +1)
     _changes: Callable[[str, list[Setting] | None], str | None] = field(repr=False,
                                                                        compare=False)
+    step: float | None = None  # log(new / old) of a relative numeric edit, where it was built
 
     def apply(self, source: str, settings: list[Setting] | None = None) -> str | None:
         """The edited source, or None where this edit does not apply to `source`."""
@@ -284,7 +285,10 @@ def _setting_edit(key: str, family: str, target: str, topics: frozenset[str], re
         return None
     first = here[0][0]
     scopes = {s.scope for s, _ in here}
-    desc = describe(first.value, transform(first, settings))
+    new_first = transform(first, settings)
+    step = (math.log(new_first / first.value) if relative and _num(first.value)
+            and _num(new_first) and first.value > 0 and new_first > 0 else None)
+    desc = describe(first.value, new_first)
     if len(scopes) > 1:
         desc += f" (in {len(scopes)} profiles)"
 
@@ -295,7 +299,7 @@ def _setting_edit(key: str, family: str, target: str, topics: frozenset[str], re
         todo = changes(for_profile(ss, profile))
         return splice(source, todo) if todo else None
 
-    return Edit(key, family, target, topics, desc, relative, apply)
+    return Edit(key, family, target, topics, desc, relative, apply, step)
 
 
 def _num(v: object) -> bool:
