@@ -398,7 +398,9 @@ def build_loop(local: Local, settings: Settings, until: float | None):
 
     trainer = make_trainer(settings.trainer, local.home, dataset=settings.dataset or None,
                            budget=settings.budget or None, device=settings.device)
-    agent = make_agent(settings.agent, base_source=local.lineage.base_source)
+    # The catalogue edits only this node's hardware profile in train.py's PROFILES table.
+    profile = getattr(trainer, "device", None) or getattr(trainer, "profile", "cpu")
+    agent = make_agent(settings.agent, base_source=local.lineage.base_source, profile=profile)
     topic = settings.topic[0]
     config = LoopConfig(topic=topic, rules=ScoreRules(seed=settings.seed),
                         max_experiments=settings.max_experiments, until=until,

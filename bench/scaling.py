@@ -84,6 +84,7 @@ TOPIC = "general"
 SIGMA = 0.003            # the synthetic trainer's default noise
 JITTER = 0.2             # each run takes delay * U(0.8, 1.2)
 DEGREE = 3               # each node bootstraps to this many earlier nodes
+TARGET_PEERS = 4         # and discovery keeps it at about this many (the default is 8)
 BASE = base_train_source()
 CATEGORIES = ("fresh", "unheard", "unverified", "explore")
 
@@ -450,7 +451,7 @@ async def worker_main(spec: dict) -> None:
             net = await stack.enter_async_context(open_swarm_node(
                 loop.identity, loop.store, genome=loop.genome, topics=[TOPIC],
                 listen=f"/ip4/127.0.0.1/tcp/{spec['ports'][i]}",
-                bootstrap=spec["bootstrap"][i]))
+                bootstrap=spec["bootstrap"][i], target_peers=TARGET_PEERS))
             nets[i] = net
             _join(loop, net, i, latencies, published)
         deadline = time.time() + 120
@@ -465,10 +466,13 @@ async def worker_main(spec: dict) -> None:
         cpu0 = time.process_time()
         latencies.clear()
         async with trio.open_nursery() as nursery:
+            stagger = random.Random(f"stagger/{landscape}")
             for i, loop in loops.items():
                 _report(loop, i, truth)
-                nursery.start_soon(loop.serve)
-            nursery.start_soon(_poll_best, loops, truth, max(1.0, delay / 2))
+                # nodes never start in the same instant: this lets each hear the first
+                # announces of those before it (which baseline seed they run)
+                nursery.start_soon(_serve_after, loop, stagger.uniform(0, min(2.0, delay / 2)))
+            nursery.start_soon(_poll_best, loops, truth, max(2.0, delay))
             await lines.readline()      # "stop", or EOF when the parent died
             nursery.cancel_scope.cancel()
         emit(ev="final", keys=[k for loop in loops.values() for k in run_keys(loop)],
@@ -527,6 +531,11 @@ def _report(loop: ResearchLoop, index: int, truth: Truth) -> None:
     def note(cat, known):
         emit(ev="start", node=index, t=time.time(), cat=cat, known=known)
     _watch_parents(loop, note)
+
+
+async def _serve_after(loop: ResearchLoop, wait_s: float) -> None:
+    await trio.sleep(wait_s)
+    await loop.serve()
 
 
 async def _poll_best(loops: dict, truth: Truth, every: float) -> None:
@@ -680,13 +689,19 @@ def main() -> int:
                     help="seconds per run for every N (default: max(4, 1.5 N))")
     ap.add_argument("--reference-runs", type=int, default=40)
     ap.add_argument("--reference-reps", type=int, default=3)
-    ap.add_argument("--reference-cap", type=int, default=80)
+    ap.add_argument("--reference-cap", type=int, default=60)
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--json", help="also dump raw results to this file")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        trio.run(worker_main, json.loads(sys.stdin.readline()))
+        spec = json.loads(sys.stdin.readline())
+        if os.environ.get("LOOPY_PROFILE_WORKER"):   # where a worker's CPU goes
+            import cProfile
+            cProfile.runctx("trio.run(worker_main, spec)", globals(), {"spec": spec},
+                            f"{os.environ['LOOPY_PROFILE_WORKER']}.{os.getpid()}")
+        else:
+            trio.run(worker_main, spec)
         return 0
     args.landscapes = parse_list(args.landscapes)
     sizes = parse_list(args.sizes)

@@ -135,10 +135,14 @@ class ResearchLoop:
     # -- verification ---------------------------------------------------------
 
     def verify_budget_left(self) -> bool:
-        """Would one more re-run keep verification within `verify_share` of our runs?"""
+        """Would one more re-run keep verification within `verify_share` of our runs?
+
+        The first re-run is always allowed: until a node has reproduced someone it trusts
+        no one, and in a swarm that starts together the share would otherwise hold back
+        everyone's first adoption of a peer's improvement for several runs."""
         mine = self.store.experiments(arena=self.arena, local=True)
         done = self.store.attestation_count(self.identity.public_key)
-        return (done + 1) <= self.config.verify_share * (done + len(mine) + 1)
+        return done == 0 or (done + 1) <= self.config.verify_share * (done + len(mine) + 1)
 
     def pending_claim(self) -> Record | None:
         """The peer claim that would most change our decisions, if it holds.
