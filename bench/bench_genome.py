@@ -19,11 +19,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchdoc import write_section  # noqa: E402
 from experiments.harness import run_experiment  # noqa: E402
 from genome import base_train_source  # noqa: E402
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 EDITS = {
     "learning rates x3": [(r"^(MATRIX_LR|EMBED_LR|HEAD_LR|SCALAR_LR) = ([0-9.e-]+)",
                            lambda m: f"{m.group(1)} = {float(m.group(2)) * 3!r}")],
@@ -94,11 +95,7 @@ def main() -> None:
     section = "\n".join(lines)
     print(section)
     if not args.no_write:
-        text = DOC.read_text()
-        pattern = re.compile(r"<!-- bench_genome -->.*?<!-- /bench_genome -->", re.S)
-        text = pattern.sub(section, text) if pattern.search(text) else \
-            text.rstrip() + "\n\n" + section + "\n"
-        DOC.write_text(text)
+        write_section("bench_genome", section)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ improvement against the no-liar case after the same number of experiments.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
 import sys
 import tempfile
@@ -19,10 +18,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchdoc import write_section  # noqa: E402
 from experiments.simulate import false_steps, run  # noqa: E402
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
 HONEST = 8
 
 
@@ -84,11 +84,7 @@ def main() -> None:
     section = "\n".join(lines)
     print(section)
     if not args.no_write:
-        text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-        pattern = re.compile(r"<!-- bench_liars -->.*?<!-- /bench_liars -->", re.S)
-        text = pattern.sub(section, text) if pattern.search(text) else \
-            text.rstrip() + "\n\n" + section + "\n"
-        DOC.write_text(text)
+        write_section("bench_liars", section)
 
 
 if __name__ == "__main__":

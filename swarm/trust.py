@@ -82,17 +82,18 @@ class TrustPolicy:
     def trusted_attesters(self, record: Record, reps: dict[bytes, float] | None = None
                           ) -> list[bytes]:
         """Trusted peers (not the author, not us) whose newest verdict says reproduced."""
-        reps = self.reputations() if reps is None else reps
-        return [v for v in self.store.who_reproduced(record.id)
-                if v not in (record.author, self.me)
-                and reps.get(v, 0.0) >= self.rules.trust_threshold]
+        return self._trusted(record, self.store.who_reproduced(record.id), reps)
 
     def trusted_refuters(self, record: Record, reps: dict[bytes, float] | None = None
                          ) -> list[bytes]:
         """Trusted peers whose newest verdict says the record did not reproduce."""
+        return self._trusted(record, self.store.who_refuted(record.id), reps)
+
+    def _trusted(self, record: Record, verifiers: list[bytes],
+                 reps: dict[bytes, float] | None) -> list[bytes]:
+        """The verifiers that count: trusted, and neither the author nor us."""
         reps = self.reputations() if reps is None else reps
-        return [v for v in self.store.who_refuted(record.id)
-                if v not in (record.author, self.me)
+        return [v for v in verifiers if v not in (record.author, self.me)
                 and reps.get(v, 0.0) >= self.rules.trust_threshold]
 
     def is_verified(self, record: Record, reps: dict[bytes, float] | None = None) -> bool:

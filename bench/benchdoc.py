@@ -1,0 +1,18 @@
+"""Write one benchmark's section of docs/BENCHMARKS.md, between its own markers."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "BENCHMARKS.md"
+
+
+def write_section(name: str, section: str, doc: Path = DOC) -> None:
+    """Replace `<!-- name -->...<!-- /name -->` (which `section` must include) or append it."""
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: section, text)
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    doc.write_text(text)
