@@ -295,9 +295,11 @@ def snapshot(local: Local, arena: str, settings: Settings, loop=None, net=None) 
                      "arena": arena, "genome_root": True}
     recent = []
     for r in local.store.experiments(arena=arena, limit=10)[::-1]:
+        kept = board.is_kept(r)
+        status = "discarded" if r.status == "ok" and r.patch and not kept else r.status
         recent.append({"id": r.id_hex, "author": r.author_peer_id, "desc": r.desc,
-                       "status": r.status, "val_bpb": r.val_bpb, "delta": board.delta(r),
-                       "kept": board.is_kept(r), "verified": bool(board.trusted(r))})
+                       "status": status, "val_bpb": r.val_bpb, "delta": board.delta(r),
+                       "kept": kept, "verified": bool(board.trusted(r))})
     snap = {
         "peer_id": local.identity.peer_id, "genome": local.genome, "arena": arena,
         "topics": settings.topic, "records": local.store.count(),
@@ -310,10 +312,13 @@ def snapshot(local: Local, arena: str, settings: Settings, loop=None, net=None) 
         snap["verifying"] = loop.state.verifying
     if net is not None:
         snap["listen"] = net.listen_addrs()
-        snap["peers"] = [{"peer_id": p.peer_id, "addrs": p.addrs, "topics": p.topics,
-                          "last_seen": p.last_seen, "score": p.score}
-                         for p in net.connected_peers()]
+        snap["peers"] = peer_list(net)
     return snap
+
+
+def peer_list(net) -> list[dict]:
+    return [{"peer_id": p.peer_id, "addrs": p.addrs, "topics": p.topics,
+             "last_seen": p.last_seen, "score": p.score} for p in net.connected_peers()]
 
 
 def connect_loop_to_swarm(loop, net, local: Local) -> None:
@@ -437,8 +442,19 @@ async def run_node(local: Local, settings: Settings, until: float | None) -> int
                 return
 
     async def keep_status(view):
+        # Scoring the arena reads the whole store (seconds with thousands of records, on the
+        # thread that also serves the network): do it when the store changed, at most every
+        # 5 s; the experiment in flight and the peers are refreshed every second.
+        snap, seen, last = None, None, 0.0
         while True:
-            snap = snapshot(local, loop.arena, settings, loop, net)
+            count = local.store.count()
+            if snap is None or (count != seen and time.monotonic() - last >= 5.0):
+                snap = snapshot(local, loop.arena, settings, loop, net)
+                seen, last = count, time.monotonic()
+            else:
+                snap.update(current=loop.state.current, verifying=loop.state.verifying)
+                if net is not None:
+                    snap["peers"] = peer_list(net)
             write_status_file(local.home, snap)
             if view is not None:
                 view.update(render(snap))

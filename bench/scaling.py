@@ -691,6 +691,7 @@ def main() -> int:
     ap.add_argument("--reference-reps", type=int, default=3)
     ap.add_argument("--reference-cap", type=int, default=60)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the nodes' homes (debugging)")
     ap.add_argument("--json", help="also dump raw results to this file")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -768,7 +769,10 @@ def main() -> int:
             plot(results, ideal, PLOT)
             write_section(text)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            print(f"kept the nodes' homes in {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     return 0
 
 

@@ -71,7 +71,9 @@ def render(snap: dict):
         status = r.get("status", "")
         if r.get("kept"):
             status = "kept" + (" ✓" if r.get("verified") else "")
-        recent.add_row(short(r.get("author"), 10), r.get("desc", ""), fmt_bpb(r.get("val_bpb")),
+        author = r.get("author") or ""
+        author = "self" if author in ("self", snap.get("peer_id")) else "…" + author[-6:]
+        recent.add_row(author, r.get("desc", ""), fmt_bpb(r.get("val_bpb")),
                        fmt_delta(r.get("delta")), status)
     parts.append(recent)
     return Group(*parts)
