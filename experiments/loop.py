@@ -37,6 +37,7 @@ from swarm.trust import TrustPolicy, TrustRules
 
 INFLIGHT_KEY = "loop.inflight"
 BASELINE_RE = re.compile(r"^baseline seed=(\d+)$")
+YIELDED = "yielded: another node announced the same run on the same parent first"
 
 
 class Trainer(Protocol):
@@ -69,6 +70,7 @@ class LoopConfig:
     proposal_attempts: int = 5    # failed/duplicate proposals before giving up on a step
     verify_share: float = 0.25    # at most this share of the node's runs re-run others' claims
     trust: TrustRules = field(default_factory=TrustRules)
+    claim_check_s: float = 3.0    # into a run, yield it if another node announced it first
 
 
 @dataclass
@@ -366,7 +368,9 @@ class ResearchLoop:
     async def _run_baseline(self, seed: int) -> StepOutcome:
         root = Candidate(self.root_id, self.scores.root_score() or float("nan"))
         source = self.lineage.base_source
-        result = await self._train(source, seed, f"baseline seed={seed}", root)
+        result = await self._train_claimed(source, seed, f"baseline seed={seed}", root)
+        if result is None:
+            return StepOutcome("no-proposal", parent=root, reason=YIELDED)
         record = await self._record([self.root_id], "", f"baseline seed={seed}", "baseline",
                                     result)
         outcome = StepOutcome("baseline", record=record, parent=root, reason=result.reason)
@@ -380,8 +384,13 @@ class ResearchLoop:
                   "arena": self.arena, "patch": patch, "desc": proposal.desc,
                   "agent": self.agent.name}
         self.store.set_meta(INFLIGHT_KEY, json.dumps(marker))
-        result = await self._train(proposal.source, self.config.rules.seed, proposal.desc,
-                                   parent)
+        result = await self._train_claimed(proposal.source, self.config.rules.seed,
+                                           proposal.desc, parent)
+        if result is None:
+            self.store.set_meta(INFLIGHT_KEY, "")
+            self._log_failed(parent, Proposal(proposal.source, proposal.desc,
+                                              proposal.edit_key, YIELDED))
+            return StepOutcome("no-proposal", parent=parent, reason=YIELDED)
         record = await self._record([parent.id], patch, proposal.desc, self.agent.name,
                                     result)
         kept = self.scores.is_kept(record)
@@ -391,6 +400,26 @@ class ResearchLoop:
                               delta=delta, reason=result.reason)
         self._remember(outcome)
         return outcome
+
+    async def _train_claimed(self, source: str, seed: int, desc: str, parent: Candidate):
+        """`_train`, but None when, `claim_check_s` into the run, another live node turns out
+        to run the same work on the same parent and wins the tie (see yield_to_peer):
+        two nodes that chose in the same moment, before either heard the other's announce,
+        would otherwise both run it to the end."""
+        if not self.config.claim_check_s:
+            return await self._train(source, seed, desc, parent)
+        result = None
+        with trio.CancelScope() as yielded:
+            async with trio.open_nursery() as nursery:
+                async def watch():
+                    await trio.sleep(self.config.claim_check_s)
+                    if yield_to_peer(self.store, self.identity.public_key,
+                                                 parent.id, desc):
+                        yielded.cancel()
+                nursery.start_soon(watch)
+                result = await self._train(source, seed, desc, parent)
+                nursery.cancel_scope.cancel()
+        return None if yielded.cancelled_caught else result
 
     async def _train(self, source: str, seed: int, desc: str, parent: Candidate):
         self.state.current = {"desc": desc, "parent": parent.id.hex(), "started": time.time(),
@@ -444,6 +473,24 @@ def working_on(parent_id: bytes, desc: str) -> str:
 def parse_working_on(text: str) -> tuple[bytes, str] | None:
     m = re.match(r"^([0-9a-f]{64}) (.*)$", text or "", re.S)
     return (bytes.fromhex(m.group(1)), m.group(2)) if m else None
+
+
+def yield_to_peer(store: Store, me: bytes, parent_id: bytes, desc: str,
+                              max_age_s: float = 900.0) -> bool:
+    """Whether another live node announces `desc` on `parent_id` too, and it has the lower
+    key: of two nodes that see each other run the same thing, exactly the higher key yields.
+    (Keys, not announce times: a periodic re-announce renews the time, and clocks differ.)"""
+    now_ms = time.time() * 1000
+    mine, theirs = False, []
+    for a in store.announces():
+        if now_ms - a.t > max_age_s * 1000 or \
+                parse_working_on(a.working_on or "") != (parent_id, desc):
+            continue
+        if a.author == me:
+            mine = True
+        else:
+            theirs.append(a.author)
+    return mine and any(other < me for other in theirs)
 
 
 def busy_from_announces(store: Store, me: bytes, max_age_s: float = 900.0
