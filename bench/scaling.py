@@ -99,7 +99,7 @@ def default_delay(n: int) -> float:
     """Seconds of simulated training per run: long enough that N nodes' gossip and loop
     work (measured: tens of ms of CPU per record per node in py-libp2p) stay a small part
     of what 2 shared cores give."""
-    return max(4.0, 1.5 * n)
+    return max(4.0, 2.0 * n)
 
 
 class PacedTrainer:
@@ -345,6 +345,7 @@ def libp2p_swarm(n: int, landscape: int, delay: float, procs: int, cap_rounds: f
             proc.stdin.flush()
         best: dict[int, float] = {}
         starts, runs, reached, stop_at = [], [], None, t0 + cap_rounds * delay
+        yields = 0
         kept_claims: list[tuple[float, float]] = []     # (time, measured score) of kept edits
         while time.time() < stop_at:
             try:
@@ -365,6 +366,8 @@ def libp2p_swarm(n: int, landscape: int, delay: float, procs: int, cap_rounds: f
                     kept_claims.append((ev["t"], ev["val"]))
             elif kind == "start":
                 starts.append(ev)
+            elif kind == "yield":
+                yields += 1
         for proc in workers:
             proc.stdin.write("stop\n")
             proc.stdin.flush()
@@ -404,7 +407,7 @@ def libp2p_swarm(n: int, landscape: int, delay: float, procs: int, cap_rounds: f
                categories=dict(categories), wall_s=time.time() - t0,
                latency_p50_s=percentile(latencies, 50),
                latency_p99_s=percentile(latencies, 99),
-               cpu_s=sum(f["cpu_s"] for f in finals), delay=delay,
+               cpu_s=sum(f["cpu_s"] for f in finals), delay=delay, yields=yields,
                records_sent=sum(f["published"] for f in finals),
                peers=statistics.mean(p for f in finals for p in f["peers"]))
     return out
@@ -432,7 +435,6 @@ async def worker_main(spec: dict) -> None:
     import logging
     from contextlib import AsyncExitStack
 
-    from experiments.loop import busy_from_announces
     from swarm.network import open_swarm_node
 
     logging.getLogger("libp2p").setLevel(logging.ERROR)
@@ -518,6 +520,8 @@ def _report(loop: ResearchLoop, index: int, truth: Truth) -> None:
     loop.check_best = check_best
 
     def on_event(kind, data):
+        if kind == "proposal-failed" and str(data.get("reason", "")).startswith("yielded"):
+            emit(ev="yield", node=index, t=time.time())
         if kind in ("finished", "verified"):
             status = data.get("status")
             emit(ev="run", node=index, t=time.time(),
@@ -576,7 +580,10 @@ def aggregate(rows: list[dict], refs: dict) -> dict:
             "duplicates": sum(r["duplicates"] for r in rows) / max(1, total),
             "verification": sum(r["attestations"] for r in rows) / max(1, total),
             "categories": {c: cats.get(c, 0) / edits for c in CATEGORIES},
-            "latency_p50_s": statistics.median(lat) if lat else None}
+            "latency_p50_s": statistics.median(lat) if lat else None,
+            "landscapes": len(rows),
+            "cpu_cores": (statistics.mean(r["cpu_s"] / r["wall_s"] for r in rows)
+                          if all("cpu_s" in r for r in rows) else None)}
 
 
 def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: dict) -> str:
@@ -593,22 +600,25 @@ def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: d
              "seconds / the run's delay), so the speedup T1 / T_N is wall-clock at equal "
              "per-node experiment time. Each run waits `delay` seconds (+-20 %); the delay "
              "grows with N so that gossip stays a small share of the shared CPU.", ""]
-    lines += ["| N | delay (s) | time to target (runs of one node) | speedup | goal | runs "
-              "to target (all nodes) | duplicated runs | re-runs (verification) | edits: "
-              "fresh / unheard / unverified / explore | gossip latency p50 |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| N | landscapes | delay (s) | time to target (runs of one node) | speedup | "
+              "goal | runs to target (all nodes) | duplicated runs | re-runs (verification) "
+              "| edits: fresh / unheard / unverified / explore | gossip latency p50 | CPU "
+              "used (cores) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     mean_t1 = statistics.mean(r["t1"] for r in refs.values())
-    lines.append(f"| 1 | - | {mean_t1:.1f} | 1.00 | | {mean_t1:.1f} | 0 % | 0 % | | |")
+    lines.append(f"| 1 | {len(refs)} | - | {mean_t1:.1f} | 1.00 | | {mean_t1:.1f} | 0 % | "
+                 "0 % | | | |")
     for n, agg in results.items():
         cats = agg["categories"]
         goal = f">= {0.7 * n:.1f}: {'met' if agg['speedup'] >= 0.7 * n else 'MISSED'}"
         cens = f" ({agg['censored']} not reached)" if agg["censored"] else ""
         lat = f"{agg['latency_p50_s']:.2f} s" if agg["latency_p50_s"] is not None else "-"
+        cores = f"{agg['cpu_cores']:.2f}" if agg.get("cpu_cores") is not None else "-"
         lines.append(
-            f"| {n} | {agg['delay']:.0f} | {agg['tn']:.1f}{cens} | {agg['speedup']:.2f} | "
+            f"| {n} | {agg['landscapes']} | {agg['delay']:.0f} | {agg['tn']:.1f}{cens} | "
+            f"{agg['speedup']:.2f} | "
             f"{goal if n == 16 else ''} | {agg['runs_at_target']:.0f} | "
             f"{100 * agg['duplicates']:.1f} % | {100 * agg['verification']:.0f} % | "
-            f"{' / '.join(f'{100 * cats[c]:.0f}' for c in CATEGORIES)} % | {lat} |")
+            f"{' / '.join(f'{100 * cats[c]:.0f}' for c in CATEGORIES)} % | {lat} | {cores} |")
     lines += ["", "Per landscape (target, T1, lone-node times; then T_N for each N, "
               "'>' where the swarm had not reached the target by the cap):", "",
               "| landscape | target (base) | T1 (lone nodes) | " +
@@ -633,7 +643,7 @@ def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: d
             lines.append(f"| {n} | {agg['landscapes']} | {agg['speedup']:.2f} | "
                          f"{agg['runs_at_target']:.0f} | {100 * agg['duplicates']:.1f} % | "
                          f"{100 * agg['verification']:.0f} % |")
-    lines += ["", f"![speedup against N](bench_scaling.png)", "", END]
+    lines += ["", "![speedup against N](bench_scaling.png)", "", END]
     return "\n".join(lines)
 
 
@@ -686,7 +696,9 @@ def main() -> int:
                     help="also run the perfect-bus swarm on these landscapes (libp2p mode)")
     ap.add_argument("--procs", type=int, default=2, help="worker processes for the nodes")
     ap.add_argument("--delay", type=float, default=0.0,
-                    help="seconds per run for every N (default: max(4, 1.5 N))")
+                    help="seconds per run for every N (default: max(4, 2 N))")
+    ap.add_argument("--big-landscapes", type=int, default=1,
+                    help="N >= 32 runs on only this many of the landscapes (time)")
     ap.add_argument("--reference-runs", type=int, default=40)
     ap.add_argument("--reference-reps", type=int, default=3)
     ap.add_argument("--reference-cap", type=int, default=60)
@@ -723,7 +735,8 @@ def main() -> int:
         ideal: dict[int, dict] = {}
         for n in sizes:
             rows = []
-            for land in args.landscapes:
+            lands = args.landscapes[:args.big_landscapes] if n >= 32 else args.landscapes
+            for land in lands:
                 ref = refs[land]
                 cap = cap_rounds(ref["t1"], n)
                 t0 = time.time()
@@ -741,7 +754,8 @@ def main() -> int:
                 print(f"N={n} landscape {land}: target after {shown} runs-of-one-node "
                       f"(T1 {ref['t1']}), {row['runs']} runs, {row['duplicates']} duplicated, "
                       f"{row['attestations']} re-runs, parents {row['categories']}, "
-                      + (f"gossip p50 {row['latency_p50_s']}, cpu {row['cpu_s']:.0f} s, "
+                      + (f"gossip p50 {row['latency_p50_s']}, cpu {row['cpu_s']:.0f} s "
+                         f"of {row['wall_s']:.0f} s, {row['yields']} yielded, "
                          if args.network == "libp2p" else "")
                       + f"[{time.time() - t0:.0f} s]", flush=True)
             results[n] = dict(aggregate(rows, refs), rows=rows,
@@ -756,7 +770,7 @@ def main() -> int:
                                    int(math.ceil(cap)), refs[land]["target"])
                     row.update(landscape=land, cap=cap, n=n)
                     irows.append(row)
-                ideal[n] = dict(aggregate(irows, refs), landscapes=len(irows))
+                ideal[n] = aggregate(irows, refs)
                 print(f"N={n} perfect bus: speedup {ideal[n]['speedup']:.2f}", flush=True)
         wall = time.time() - t_start
         if args.json:
