@@ -324,8 +324,10 @@ def libp2p_swarm(n: int, landscape: int, delay: float, procs: int, cap_rounds: f
     for g, nodes in enumerate(groups):
         spec = {"nodes": nodes, "landscape": landscape, "delay": delay, "ports": ports,
                 "bootstrap": bootstrap, "work": str(work), "rep": 0}
+        log = open(work.parent / f"worker-{n}-{landscape}-{g}.log", "w")
         proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, text=True, bufsize=1)
+                                stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
+        log.close()   # the child has its own handle
         proc.stdin.write(json.dumps(spec) + "\n")
         proc.stdin.flush()
         threading.Thread(target=_pump, args=(proc, g, events), daemon=True).start()
@@ -437,7 +439,7 @@ async def worker_main(spec: dict) -> None:
 
     from swarm.network import open_swarm_node
 
-    logging.getLogger("libp2p").setLevel(logging.ERROR)
+    logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     landscape, delay = spec["landscape"], spec["delay"]
     work = Path(spec["work"])
     truth = Truth(landscape)
