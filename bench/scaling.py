@@ -116,6 +116,9 @@ class PacedTrainer:
         return self.inner.run(source, seed=seed, progress=progress, cancel=cancel)
 
 
+VERIFY_SHARE = [LoopConfig().verify_share]   # --verify-share changes it for every node
+
+
 def build_loop(home: Path, landscape: int, index: int, rep: int, delay: float) -> ResearchLoop:
     home.mkdir(parents=True, exist_ok=True)
     root = genome_root_id()
@@ -126,7 +129,8 @@ def build_loop(home: Path, landscape: int, index: int, rep: int, delay: float) -
         identity=node_identity(landscape, index), genome=genome_id(), root_id=root,
         trainer=PacedTrainer(landscape, delay, random.Random(rng.random())),
         agent=make_agent("mutate", base_source=BASE), brief=load_brief(TOPIC),
-        config=LoopConfig(topic=TOPIC, rules=ScoreRules()), home=home, rng=rng)
+        config=LoopConfig(topic=TOPIC, rules=ScoreRules(), verify_share=VERIFY_SHARE[0]),
+        home=home, rng=rng)
 
 
 # --------------------------------------------------------------------------- measuring
@@ -206,11 +210,16 @@ def summarise_runs(keys: list[list], attestations: int, kinds: Counter) -> dict:
 # --------------------------------------------------------------------------- ideal network
 
 async def ideal_swarm(base: Path, n: int, landscape: int, rep: int, max_rounds: int,
-                      target: float | None) -> dict:
+                      target: float | None, trust_all: bool = False) -> dict:
     """N loops over a perfect bus in lockstep rounds: each round every node runs once (in
     a shuffled order); announces reach the others at once, records at the end of the round.
-    Returns the curve of the swarm's best true score per round and the run statistics."""
+    `trust_all`: every node builds on every claim at once, re-running nothing (what
+    verification costs, as an upper bound). Returns the curve of the swarm's best true
+    score per round and the run statistics."""
     loops = [build_loop(base / f"n{i}", landscape, i, rep, 0.0) for i in range(n)]
+    for loop in loops if trust_all else ():
+        loop.scores.trusted = lambda record: True
+        loop.pending_claim = lambda: None
     truth = Truth(landscape)
     working: dict[int, tuple[bytes, str] | None] = {}
     pending = []
@@ -460,9 +469,10 @@ async def worker_main(spec: dict) -> None:
             _join(loop, net, i, latencies, published)
         deadline = time.time() + 120
         while time.time() < deadline and not all(
-                nets[i].connected_peers() or not spec["bootstrap"][i] for i in loops):
+                any("heads" in p.topics for p in nets[i].connected_peers())
+                or not spec["bootstrap"][i] for i in loops):
             await trio.sleep(0.5)
-        await trio.sleep(2)    # a few heartbeats: gossip meshes form
+        await trio.sleep(5)    # a few heartbeats: gossip meshes form, first syncs end
         emit(ev="ready")
         line = await lines.readline()
         if not line.startswith("go"):
@@ -645,7 +655,10 @@ def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: d
             lines.append(f"| {n} | {agg['landscapes']} | {agg['speedup']:.2f} | "
                          f"{agg['runs_at_target']:.0f} | {100 * agg['duplicates']:.1f} % | "
                          f"{100 * agg['verification']:.0f} % |")
-    lines += ["", "![speedup against N](bench_scaling.png)", "", END]
+    lines += ["", "![speedup against N](bench_scaling.png)", ""]
+    if args.notes:
+        lines += [Path(args.notes).read_text().strip(), ""]
+    lines.append(END)
     return "\n".join(lines)
 
 
@@ -704,6 +717,11 @@ def main() -> int:
     ap.add_argument("--reference-runs", type=int, default=40)
     ap.add_argument("--reference-reps", type=int, default=3)
     ap.add_argument("--reference-cap", type=int, default=60)
+    ap.add_argument("--verify-share", type=float, default=LoopConfig().verify_share,
+                    help="the loop's verify_share for every node (ideal network only)")
+    ap.add_argument("--trust-all", action="store_true",
+                    help="ideal network only: no verification, every claim trusted")
+    ap.add_argument("--notes", help="a markdown file appended to the written section")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the nodes' homes (debugging)")
     ap.add_argument("--json", help="also dump raw results to this file")
@@ -719,6 +737,7 @@ def main() -> int:
             trio.run(worker_main, spec)
         return 0
     args.landscapes = parse_list(args.landscapes)
+    VERIFY_SHARE[0] = args.verify_share
     sizes = parse_list(args.sizes)
     load0 = os.getloadavg()
     t_start = time.time()
@@ -744,7 +763,7 @@ def main() -> int:
                 t0 = time.time()
                 if args.network == "ideal":
                     row = trio.run(ideal_swarm, work / f"ideal-{land}-{n}", n, land, 0,
-                                   int(math.ceil(cap)), ref["target"])
+                                   int(math.ceil(cap)), ref["target"], args.trust_all)
                     delay = 0.0
                 else:
                     delay = args.delay or default_delay(n)

@@ -70,7 +70,7 @@ class LoopConfig:
     proposal_attempts: int = 5    # failed/duplicate proposals before giving up on a step
     verify_share: float = 0.25    # at most this share of the node's runs re-run others' claims
     trust: TrustRules = field(default_factory=TrustRules)
-    claim_check_s: float = 3.0    # into a run, yield it if another node announced it first
+    claim_check_s: float = 3.0    # this far (and 4x) into a run, yield it to a peer running it
 
 
 @dataclass
@@ -402,20 +402,23 @@ class ResearchLoop:
         return outcome
 
     async def _train_claimed(self, source: str, seed: int, desc: str, parent: Candidate):
-        """`_train`, but None when, `claim_check_s` into the run, another live node turns out
-        to run the same work on the same parent and wins the tie (see yield_to_peer):
-        two nodes that chose in the same moment, before either heard the other's announce,
-        would otherwise both run it to the end."""
+        """`_train`, but None when, `claim_check_s` (or 4x that) into the run, another live
+        node turns out to run the same work on the same parent and wins the tie (see
+        yield_to_peer): two nodes that chose in the same moment, before either heard the
+        other's announce, would otherwise both run it to the end."""
         if not self.config.claim_check_s:
             return await self._train(source, seed, desc, parent)
         result = None
         with trio.CancelScope() as yielded:
             async with trio.open_nursery() as nursery:
                 async def watch():
-                    await trio.sleep(self.config.claim_check_s)
-                    if yield_to_peer(self.store, self.identity.public_key,
-                                                 parent.id, desc):
-                        yielded.cancel()
+                    # again later: an announce can take seconds on a loaded network
+                    for wait in (1, 3):
+                        await trio.sleep(wait * self.config.claim_check_s)
+                        if yield_to_peer(self.store, self.identity.public_key, parent.id,
+                                         desc):
+                            yielded.cancel()
+                            return
                 nursery.start_soon(watch)
                 result = await self._train(source, seed, desc, parent)
                 nursery.cancel_scope.cancel()
