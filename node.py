@@ -313,17 +313,20 @@ def snapshot(local: Local, arena: str, settings: Settings, loop=None, net=None) 
     if net is not None:
         snap["listen"] = net.listen_addrs()
         snap["peers"] = peer_list(net)
+        snap["records_dropped"] = net.rate_limit.dropped
     return snap
 
 
 def peer_list(net) -> list[dict]:
     return [{"peer_id": p.peer_id, "addrs": p.addrs, "topics": p.topics,
-             "last_seen": p.last_seen, "score": p.score} for p in net.connected_peers()]
+             "last_seen": p.last_seen, "score": p.score,
+             "dropped_forwarded": p.dropped_forwarded, "dropped_authored": p.dropped_authored}
+            for p in net.connected_peers()]
 
 
 def connect_loop_to_swarm(loop, net, local: Local) -> None:
     """The loop publishes what it records, announces what it runs, avoids others' work."""
-    from experiments.loop import busy_from_announces
+    from experiments.loop import busy_from_announces, verifiers_from_announces
 
     async def announce(working_on: str) -> None:
         best = loop.scores.best()
@@ -333,6 +336,7 @@ def connect_loop_to_swarm(loop, net, local: Local) -> None:
     loop.publish = net.publish
     loop.announce = announce
     loop.busy = lambda: busy_from_announces(local.store, local.identity.public_key)
+    loop.verifiers = lambda: verifiers_from_announces(local.store, local.identity.public_key)
 
 
 def write_status_file(home: Path, snap: dict) -> None:

@@ -69,7 +69,7 @@ if str(REPO) not in sys.path:
 import trio  # noqa: E402
 
 from experiments.agents import load_brief, make_agent  # noqa: E402
-from experiments.loop import LoopConfig, ResearchLoop, parse_working_on  # noqa: E402
+from experiments.loop import VERIFY_RE, LoopConfig, ResearchLoop, parse_working_on  # noqa: E402
 from experiments.scoreboard import ScoreRules, is_baseline  # noqa: E402
 from experiments.synthetic import SyntheticTrainer  # noqa: E402
 from genome import base_train_source, genome_id, genome_root_id  # noqa: E402
@@ -233,6 +233,8 @@ async def ideal_swarm(base: Path, n: int, landscape: int, rep: int, max_rounds: 
             pending.append(record)
         loop.announce, loop.publish = announce, publish
         loop.busy = lambda i=i: {w for j, w in working.items() if j != i and w}
+        loop.verifiers = lambda i=i: _verifying(
+            {loops[j].identity.public_key: w for j, w in working.items() if j != i and w})
         _watch_parents(loop, lambda cat, known: categories.update(
             ["unheard" if cat == "fresh" and known is not None and
              global_best[0] < known - 1e-12 else cat]))
@@ -269,6 +271,16 @@ async def ideal_swarm(base: Path, n: int, landscape: int, rep: int, max_rounds: 
     out = summarise_runs(keys, attestations, kinds)
     out.update(curve=curve, rounds=reached, runs_at_target=runs_at,
                categories=dict(categories))
+    return out
+
+
+def _verifying(working: dict[bytes, tuple[bytes, str]]) -> dict[str, set[bytes]]:
+    """verifiers_from_announces for the ideal bus: claim id prefix -> re-running nodes."""
+    out: dict[str, set[bytes]] = {}
+    for author, (_parent, desc) in working.items():
+        m = VERIFY_RE.match(desc)
+        if m:
+            out.setdefault(m.group(1), set()).add(author)
     return out
 
 
@@ -499,7 +511,7 @@ async def worker_main(spec: dict) -> None:
 
 def _join(loop: ResearchLoop, net, index: int, latencies: list, published: list) -> None:
     """node.py's connect_loop_to_swarm, plus counters for the benchmark."""
-    from experiments.loop import busy_from_announces
+    from experiments.loop import busy_from_announces, verifiers_from_announces
 
     async def announce(working_on: str) -> None:
         best = loop.scores.best()
@@ -511,6 +523,7 @@ def _join(loop: ResearchLoop, net, index: int, latencies: list, published: list)
         await net.publish(record)
     loop.publish, loop.announce = publish, announce
     loop.busy = lambda: busy_from_announces(loop.store, loop.identity.public_key)
+    loop.verifiers = lambda: verifiers_from_announces(loop.store, loop.identity.public_key)
     original = net.gossip.on_record
 
     def on_record(record, origin):

@@ -28,6 +28,7 @@ from typing import Awaitable, Callable, Protocol
 import trio
 
 from experiments.agents.base import Agent, Brief, Proposal, Tried, validate_proposal
+from experiments.crossover import Crossover, CrossoverFinder
 from experiments.scoreboard import Candidate, Scoreboard, ScoreRules
 from swarm.lineage import Lineage, LineageError
 from swarm.patch import make_patch
@@ -37,6 +38,7 @@ from swarm.trust import TrustPolicy, TrustRules
 
 INFLIGHT_KEY = "loop.inflight"
 BASELINE_RE = re.compile(r"^baseline seed=(\d+)$")
+VERIFY_RE = re.compile(r"^verify ([0-9a-f]{16}): ")
 YIELDED = "yielded: another node announced the same run on the same parent first"
 
 
@@ -71,6 +73,8 @@ class LoopConfig:
     verify_share: float = 0.25    # at most this share of the node's runs re-run others' claims
     trust: TrustRules = field(default_factory=TrustRules)
     claim_check_s: float = 3.0    # this far (and 4x) into a run, yield it to a peer running it
+    merge_share: float = 0.5      # share of steps that try a merge with a verified sibling
+    port_share: float = 0.1       # share of steps that try an edit kept in another arena
 
 
 @dataclass
@@ -97,6 +101,7 @@ class ResearchLoop:
                  root_id: bytes, trainer: Trainer, agent: Agent, brief: Brief,
                  config: LoopConfig, home: Path,
                  busy: Callable[[], set[tuple[bytes, str]]] | None = None,
+                 verifiers: Callable[[], dict[str, set[bytes]]] | None = None,
                  publish: Callable[[Record], Awaitable[None]] | None = None,
                  announce: Callable[[str], Awaitable[None]] | None = None,
                  on_event: Callable[[str, dict], None] | None = None,
@@ -110,10 +115,14 @@ class ResearchLoop:
         self.scores = Scoreboard(store, lineage, root_id, self.arena, config.rules,
                                  self.trust.is_verified)
         self.busy = busy or (lambda: set())
+        self.verifiers = verifiers or (lambda: {})
         self.publish = publish or _nothing
         self.announce = announce or _nothing
         self.on_event = on_event or (lambda kind, data: None)
         self.rng = rng or random.Random()
+        self.crossovers = CrossoverFinder(store=store, lineage=lineage, scores=self.scores,
+                                          trust=self.trust, root_id=root_id,
+                                          rules=config.rules)
         self.state = LoopState()
         self._cancel = threading.Event()
 
@@ -162,6 +171,7 @@ class ResearchLoop:
         if sigma is None or best is None:
             return None
         reps = self.trust.reputations()
+        running = self.verifiers()
         topic_best: dict[str, float] = {}
         claims = []
         for r in self.store.experiments(arena=self.arena):
@@ -169,6 +179,9 @@ class ResearchLoop:
                 continue
             if self.trust.my_verdict(r) is not None or self.trust.is_verified(r, reps):
                 continue
+            if len(set(self.trust.trusted_attesters(r, reps)) | set(self.trust.trusted_among(
+                    r, list(running.get(r.id_hex[:16], ())), reps))) >= self.config.trust.k:
+                continue  # peers we trust are re-running it now: their verdicts will do
             if reps.get(r.author, 0.0) < self.config.trust.liar_threshold:
                 continue
             if self.trust.trusted_refuters(r, reps):
@@ -195,7 +208,7 @@ class ResearchLoop:
         try:
             parent = Candidate(claim.parents[0], self.scores.parent_score(claim) or 0.0)
             result = await self._train(source, self.config.rules.seed,
-                                       f"verify {claim.id_hex[:8]}: {claim.desc}", parent)
+                                       verify_desc(claim), parent)
         finally:
             self.state.verifying = []
         holds = result.status == "ok" and \
@@ -303,10 +316,34 @@ class ResearchLoop:
             return await self._run_baseline(self.config.rules.seed)
         parent_source = self.lineage.source_of(parent.id) if parent.record else \
             self.lineage.base_source
+        crossover = self.find_crossover(parent)
+        if crossover is not None:
+            # a merge of two checked sources can still break (a name used twice, say)
+            checked = validate_proposal(parent_source, Proposal(crossover.source,
+                                                                crossover.desc))
+            if checked.failure is None:
+                return await self._run_edit(parent, parent_source, checked, crossover.kind,
+                                            crossover.parents)
+            self.crossovers.failed.add((parent.id, crossover.donor.id))
+            self._log_failed(parent, checked)
         proposal = await self._propose(parent, parent_source)
         if proposal is None:
             return StepOutcome("no-proposal", parent=parent, reason="no usable proposal")
         return await self._run_edit(parent, parent_source, proposal)
+
+    def find_crossover(self, parent: Candidate) -> Crossover | None:
+        """A merge (`merge_share` of the steps) or a port (`port_share`) worth running on
+        `parent` now, if there is one; otherwise the agent proposes as usual."""
+        c = self.config
+        roll = self.rng.random()
+        if roll >= c.merge_share + c.port_share:
+            return None
+        tried = self.child_sources(parent.id)
+        busy = {desc for pid, desc in self.busy() if pid == parent.id}
+        with self.scores.consistent():
+            if roll < c.merge_share:
+                return self.crossovers.merge(parent, tried, busy)
+            return self.crossovers.port(parent, self.arena, tried, busy)
 
     def _seeds_run_elsewhere(self) -> set[int]:
         """Baseline seeds other live nodes announce they are running now."""
@@ -335,9 +372,13 @@ class ResearchLoop:
         return None
 
     async def _propose(self, parent: Candidate, parent_source: str) -> Proposal | None:
-        history = self.history()
         seen = self.child_sources(parent.id)
         busy = {desc for pid, desc in self.busy() if pid == parent.id}
+        # What others run on this parent now, so the agent picks something else: many
+        # nodes on one parent would otherwise all reach for the same favourite edits.
+        history = self.history() + [
+            Tried(edit_key=edit_key_of(desc), desc=desc, parent_id=parent.id.hex(),
+                  status="running", delta=None) for desc in sorted(busy)]
         for _ in range(self.config.proposal_attempts):
             rng = random.Random(self.rng.random())
             proposal = await trio.to_thread.run_sync(
@@ -377,12 +418,16 @@ class ResearchLoop:
         self._remember(outcome)
         return outcome
 
-    async def _run_edit(self, parent: Candidate, parent_source: str,
-                        proposal: Proposal) -> StepOutcome:
+    async def _run_edit(self, parent: Candidate, parent_source: str, proposal: Proposal,
+                        agent: str | None = None,
+                        parents: list[bytes] | None = None) -> StepOutcome:
+        """Run a proposal (or a merge, with two parents) on `parent` and record it."""
+        agent = agent or self.agent.name
+        parents = parents or [parent.id]
         patch = make_patch(parent_source, proposal.source)
-        marker = {"parents": [parent.id.hex()], "topic": self.config.topic,
+        marker = {"parents": [p.hex() for p in parents], "topic": self.config.topic,
                   "arena": self.arena, "patch": patch, "desc": proposal.desc,
-                  "agent": self.agent.name}
+                  "agent": agent}
         self.store.set_meta(INFLIGHT_KEY, json.dumps(marker))
         result = await self._train_claimed(proposal.source, self.config.rules.seed,
                                            proposal.desc, parent)
@@ -391,8 +436,7 @@ class ResearchLoop:
             self._log_failed(parent, Proposal(proposal.source, proposal.desc,
                                               proposal.edit_key, YIELDED))
             return StepOutcome("no-proposal", parent=parent, reason=YIELDED)
-        record = await self._record([parent.id], patch, proposal.desc, self.agent.name,
-                                    result)
+        record = await self._record(parents, patch, proposal.desc, agent, result)
         kept = self.scores.is_kept(record)
         delta = record.val_bpb - parent.val_bpb if record.val_bpb is not None and \
             math.isfinite(parent.val_bpb) else None  # NaN: the root, not scored yet
@@ -494,6 +538,26 @@ def yield_to_peer(store: Store, me: bytes, parent_id: bytes, desc: str,
         else:
             theirs.append(a.author)
     return mine and any(other < me for other in theirs)
+
+
+def verify_desc(claim: Record) -> str:
+    """What a re-run is announced as: `verify <id prefix>: <claim's description>`."""
+    return f"verify {claim.id_hex[:16]}: {claim.desc}"
+
+
+def verifiers_from_announces(store: Store, me: bytes, max_age_s: float = 900.0
+                             ) -> dict[str, set[bytes]]:
+    """Claim id prefix -> keys of the other live nodes that announce re-running it now."""
+    now_ms = time.time() * 1000
+    out: dict[str, set[bytes]] = {}
+    for a in store.announces():
+        if a.author == me or now_ms - a.t > max_age_s * 1000:
+            continue
+        parsed = parse_working_on(a.working_on or "")
+        m = VERIFY_RE.match(parsed[1]) if parsed else None
+        if m:
+            out.setdefault(m.group(1), set()).add(a.author)
+    return out
 
 
 def busy_from_announces(store: Store, me: bytes, max_age_s: float = 900.0

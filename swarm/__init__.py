@@ -12,6 +12,8 @@ Wire format (pure functions, no I/O):
 
 Policy (no network):
 - `trust.py`: `TrustPolicy`, `TrustRules` - what counts as verified, per-peer reputation.
+- `ratelimit.py`: `RateLimiter`, `RecordLimits`, `RecordRateLimit` - token buckets per
+  peer: sync requests, and valid records accepted per minute per forwarder and author.
 
 State (SQLite and text, no network):
 - `store.py`: `Store` (WAL, migrations, queries), `Peer`, `StoreError`.
@@ -22,7 +24,8 @@ State (SQLite and text, no network):
 
 Plumbing (libp2p, trio):
 - `host.py`: `open_host`, `build_host` - TCP + noise + yamux host keyed by the node seed.
-- `gossip.py`: `Gossip`, `RecordValidator`, `PeerGuard` - gossipsub topics and validation.
+- `gossip.py`: `Gossip`, `RecordValidator`, `PeerGuard`, `forgive_ignored` - gossipsub
+  topics, validation, IGNORE for records over a rate limit.
 - `sync.py`: `SyncServer`, `SyncSession`, `catch_up` - `/loopy/sync/1.0.0`.
 - `discovery.py`: `Discovery`, `PeerBook` - bootstrap, peer book (the store), mDNS.
 - `network.py`: `SwarmNode`, `open_swarm_node`, `serve_swarm` - all of the above composed

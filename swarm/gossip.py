@@ -8,10 +8,17 @@ What this module adds on top of py-libp2p's gossipsub, and why:
 
 - `RecordValidator`: decode + verify (an injected `validate(data, topic)`),
   then check that the record's genome and kind/topic belong on the gossip
-  topic it came on. It never raises: an exception escaping a py-libp2p topic
-  validator takes the whole node down, and any peer can send garbage.
-- `PeerGuard`: counts rejected records per forwarding peer (gossip and sync),
-  reads gossipsub's own score, and bans a peer that keeps misbehaving: pubsub
+  topic it came on, then admit it under the per-forwarder and per-author
+  record limits (`swarm.ratelimit`). It never raises: an exception escaping a
+  py-libp2p topic validator takes the whole node down, and any peer can send
+  garbage.
+- `forgive_ignored`: py-libp2p 0.8.1 knows only accept and reject, and a
+  rejected message costs its forwarder score and is remembered as invalid. A
+  valid record over a rate limit is neither: this gives it gossipsub's IGNORE
+  (dropped, not forwarded, not scored, free to arrive again later).
+- `PeerGuard`: counts rejected records per forwarding peer (gossip and sync)
+  and strikes for floods that go on over the record limits, reads
+  gossipsub's own score, and bans a peer that keeps misbehaving: pubsub
   blacklist, peerstore addresses dropped, and the connection closed (py-libp2p's
   blacklist alone only resets the pubsub stream).
 - `Gossip`: gossipsub v1.1/v1.2 with strict signing, a 1 s heartbeat, spam
@@ -44,6 +51,8 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 from libp2p.tools.anyio_service import background_trio_service
+
+from swarm.ratelimit import RecordRateLimit
 
 log = logging.getLogger("loopy.swarm.gossip")
 
@@ -177,9 +186,11 @@ class PeerGuard:
     """Decides which peers are misbehaving and bans them for a while.
 
     `report(peer, reason)` is called for every invalid record a peer sent us
-    (over gossip or sync); once the decayed count reaches `max_rejects` the
-    peer is banned for `ban_s`. Plain functions: the actual disconnect happens
-    in `Gossip`'s enforcement task, which drains `pending_bans()`.
+    (over gossip or sync), and once per `RecordLimits.drops_per_strike` valid
+    records dropped for a flood it is to blame for; once the decayed count
+    reaches `max_rejects` the peer is banned for `ban_s`. Plain functions: the
+    actual disconnect happens in `Gossip`'s enforcement task, which drains
+    `pending_bans()`.
     """
 
     def __init__(self, *, max_rejects: float = 5.0, half_life_s: float = 300.0,
@@ -241,24 +252,38 @@ ValidateFn = Callable[[bytes, str], "tuple[Any | None, str]"]
 class RecordValidator:
     """The synchronous gossipsub topic validator for one node. Never raises.
 
+    Invalid records are rejected and reported to the `guard`. Valid records
+    over a rate limit (`limit`; `is_known(record id)` says which records our
+    store already has, so that replays do not use up their author's allowance)
+    are dropped as IGNORE: `ignored` then names the message for
+    `forgive_ignored`. Our own publishes are never limited.
     Accepted records are remembered (bounded) by message id so the reader
     does not decode and verify them a second time.
     """
 
-    def __init__(self, validate: ValidateFn, genome: str, guard: PeerGuard, my_id: ID) -> None:
+    def __init__(self, validate: ValidateFn, genome: str, guard: PeerGuard, my_id: ID, *,
+                 limit: RecordRateLimit | None = None,
+                 is_known: Callable[[bytes], bool] = lambda _id: False) -> None:
         self.validate = validate
         self.genome = genome
         self.guard = guard
         self.my_id = my_id
+        self.limit = limit or RecordRateLimit()
+        self.is_known = is_known
         self.accepted: OrderedDict[bytes, Any] = OrderedDict()
         self.rejected = 0
+        self.rate_limited = 0
+        self.ignored: tuple[bytes, ID, str] | None = None  # (message id, forwarder, topic)
 
     def __call__(self, forwarder: ID, msg: Any) -> bool:
+        self.ignored = None
         try:
             reason, record = self._check(msg)
         except Exception as error:  # never into py-libp2p: it would crash the node
             reason, record = f"validator error: {type(error).__name__}", None
         if record is not None:
+            if forwarder != self.my_id and not self._admit(forwarder, record, msg):
+                return False
             self.accepted[message_id(msg)] = record
             while len(self.accepted) > 4096:
                 self.accepted.popitem(last=False)
@@ -270,6 +295,30 @@ class RecordValidator:
         except Exception:  # a broken peer id must not escape either
             log.debug("could not report peer %r", forwarder, exc_info=True)
         return False
+
+    def _admit(self, forwarder: ID, record: Any, msg: Any) -> bool:
+        """Whether a valid record is within the limits; if not, mark it IGNORE."""
+        try:
+            peer = forwarder.to_base58()
+            drop = self.limit.admit_gossip(peer, record.author_peer_id,
+                                           new=not self.is_known(record.id))
+            if drop is None:
+                return True
+            if drop.strike:
+                self.guard.report(peer, f"sustained flood: {drop.reason}")
+        except Exception:  # a limiter bug is ours, not the peer's: drop, blame no one
+            log.debug("rate limit check failed", exc_info=True)
+        self.rate_limited += 1
+        self.ignored = (message_id(msg), forwarder, list(msg.topicIDs)[0])
+        return False
+
+    def take_ignored(self, forwarder: ID, topic: str) -> bytes | None:
+        """The message id of the validation just done if it was an IGNORE of a message
+        from `forwarder` on `topic` (and forget it), else None."""
+        ignored, self.ignored = self.ignored, None
+        if ignored is not None and ignored[1] == forwarder and ignored[2] == topic:
+            return ignored[0]
+        return None
 
     def _check(self, msg: Any) -> tuple[str, Any]:
         topics = list(msg.topicIDs)
@@ -321,6 +370,38 @@ def score_params() -> ScoreParams:
         graylist_threshold=-80.0,
         accept_px_threshold=0.0,
     )
+
+
+def forgive_ignored(pubsub: Pubsub, router: GossipSub, validator: RecordValidator) -> None:
+    """Give the validator's rate-limit drops gossipsub's IGNORE semantics.
+
+    py-libp2p 0.8.1 turns a False validator result into a ValidationError: the
+    message is remembered as invalid (its validation cache, 300 s), and
+    `push_msg` then calls `scorer.on_invalid_message(forwarder, topic)`, which
+    costs the forwarder 5 points (8 such drops would get an honest but bursty
+    relay banned). Both happen synchronously right after our validator
+    returns, with no checkpoint between, so the scorer hook knows that the
+    failure it hears about is the IGNORE the validator just recorded: it skips
+    the penalty and drops the cached verdict, so the same record may still
+    arrive (from anyone) once the limit allows it. Real rejections are scored
+    as before.
+    """
+    scorer = router.scorer
+    if scorer is None:  # no scoring: nothing penalises a drop
+        return
+    penalise = scorer.on_invalid_message
+
+    def on_invalid_message(peer: ID, topic: str) -> None:
+        ignored = validator.take_ignored(peer, topic)
+        if ignored is None:
+            penalise(peer, topic)
+            return
+        cache = pubsub.validation_cache
+        cache.cache.pop(ignored, None)
+        if ignored in cache.access_order:
+            cache.access_order.remove(ignored)
+
+    scorer.on_invalid_message = on_invalid_message  # type: ignore[method-assign]
 
 
 def build_router() -> GossipSub:
@@ -482,12 +563,16 @@ class Gossip:
 @asynccontextmanager
 async def open_gossip(host: IHost, *, genome: str, topics: Iterable[str], validate: ValidateFn,
                       on_record: Callable[[Any, str], None],
-                      guard: PeerGuard | None = None) -> AsyncIterator[Gossip]:
+                      guard: PeerGuard | None = None, limit: RecordRateLimit | None = None,
+                      is_known: Callable[[bytes], bool] = lambda _id: False
+                      ) -> AsyncIterator[Gossip]:
     """Run gossipsub on a running `host`, subscribed to `topics` plus `heads`.
 
     `validate(data, gossip_topic)` decodes and verifies an envelope and
     returns `(record, "")` or `(None, reason)`; `on_record(record, author
-    peer id)` receives every valid record heard from others.
+    peer id)` receives every valid record heard from others within the
+    `limit` (default limits if None); `is_known(record id)`: whether the store
+    already has a record.
     """
     if not valid_genome(genome):
         raise ValueError(f"genome id must be 16 hex chars, got {genome!r}")
@@ -501,7 +586,9 @@ async def open_gossip(host: IHost, *, genome: str, topics: Iterable[str], valida
     router = build_router()
     pubsub = Pubsub(host, router, strict_signing=True, msg_id_constructor=message_id,
                     seen_ttl=300)
-    validator = RecordValidator(validate, genome, guard, host.get_id())
+    validator = RecordValidator(validate, genome, guard, host.get_id(), limit=limit,
+                                is_known=is_known)
+    forgive_ignored(pubsub, router, validator)
     gossip = Gossip(host, pubsub, router, genome=genome, validator=validator, guard=guard,
                     on_record=on_record)
     async with background_trio_service(pubsub), background_trio_service(router):

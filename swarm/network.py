@@ -25,9 +25,15 @@ What happens underneath:
   connected peers, the node asks for heads in its topics, fetches the ones it
   lacks and then their missing ancestors (the store's wanted list) in batches
   of at most 256;
-- a peer whose records keep failing verification (gossip or sync) or whose
-  gossipsub score falls under the publish threshold is banned for an hour:
-  blacklisted, disconnected, never redialled;
+- valid records beyond the per-minute limits (`swarm.ratelimit`: per
+  forwarding peer and per author over gossip, per author over sync) are
+  dropped without blame and counted per peer (`connected_peers()`,
+  `rate_limit.counts()`); pass `rate_limit=RecordRateLimit(RecordLimits(...))`
+  to change the limits;
+- a peer whose records keep failing verification (gossip or sync), that
+  keeps flooding over the record limits, or whose gossipsub score falls
+  under the publish threshold is banned for an hour: blacklisted,
+  disconnected, never redialled;
 - discovery keeps bootstrap peers connected, redials peers that went away
   with exponential backoff, and remembers every peer in the store's peers
   table, so a restarted node rejoins without bootstrap addresses.
@@ -54,6 +60,7 @@ from swarm.discovery import Discovery, dialable, parse_peer_addr, strip_p2p
 from swarm.gossip import (HEADS, Gossip, PeerGuard, gossip_topic_for, jittered, open_gossip,
                           placement_error, valid_topic)
 from swarm.host import DEFAULT_LISTEN, host_addrs, open_host
+from swarm.ratelimit import RecordRateLimit
 from swarm.sync import PROTOCOL_ID, SyncServer, catch_up, open_session
 
 log = logging.getLogger("loopy.swarm.network")
@@ -73,6 +80,8 @@ class PeerStatus:
     topics: list[str]      # loopy topics it subscribes to ("heads" included)
     last_seen: float       # unix seconds: connection or last record authored
     score: float           # its gossipsub score as we see it
+    dropped_forwarded: int = 0  # valid records it relayed to us over its forwarder limit
+    dropped_authored: int = 0   # valid records it signed over its author limits (any relay)
 
 
 def record_validator(genome: str) -> Callable[[bytes, str], tuple[Any, str]]:
@@ -132,13 +141,15 @@ class SwarmNode:
     def __init__(self, identity: Any, store: Any, host: Any, *, genome: str,
                  topics: Sequence[str], guard: PeerGuard, discovery: Discovery,
                  validate: Callable[[bytes, str], tuple[Any, str]],
-                 sync_interval: float, announce_interval: float) -> None:
+                 sync_interval: float, announce_interval: float,
+                 rate_limit: RecordRateLimit | None = None) -> None:
         self.identity = identity
         self.store = store
         self.host = host
         self.genome = genome
         self.topics = list(topics)
         self.guard = guard
+        self.rate_limit = rate_limit or RecordRateLimit()
         self.discovery = discovery
         self.validate = validate
         self.sync_interval = sync_interval
@@ -173,10 +184,12 @@ class SwarmNode:
                 addrs = [str(a) for a in self.host.get_peerstore().addrs(peer_id)]
             except Exception:
                 addrs = []
+            forwarded, authored = self.rate_limit.dropped_from(key)
             out.append(PeerStatus(
                 peer_id=key, addrs=addrs, topics=sorted(peer_topics.get(key, ())),
                 last_seen=self._last_seen.get(key, 0.0),
-                score=self.gossip.score(key) if self.gossip else 0.0))
+                score=self.gossip.score(key) if self.gossip else 0.0,
+                dropped_forwarded=forwarded, dropped_authored=authored))
         return sorted(out, key=lambda p: p.peer_id)
 
     async def publish(self, record: Any) -> None:
@@ -228,7 +241,10 @@ class SwarmNode:
             self.discovery.note_addrs(author, list(record.addrs))
 
     def _store_synced(self, records: list[Any]) -> None:
-        self.records_from_sync += self.store.insert_many(records)
+        """Store a verified sync batch, less what its authors' sync limits drop (they
+        are not the serving peer's fault, so not reported: a later sync asks again)."""
+        admitted = [r for r in records if self.rate_limit.admit_synced(r.author_peer_id) is None]
+        self.records_from_sync += self.store.insert_many(admitted)
 
     # ------------------------------------------------------------------ serving sync
 
@@ -348,13 +364,17 @@ async def open_swarm_node(identity: Any, store: Any, *, genome: str, topics: Seq
                           sync_interval: float = SYNC_INTERVAL_S,
                           announce_interval: float = ANNOUNCE_INTERVAL_S,
                           target_peers: int = 8,
-                          guard: PeerGuard | None = None) -> AsyncIterator[SwarmNode]:
+                          guard: PeerGuard | None = None,
+                          rate_limit: RecordRateLimit | None = None
+                          ) -> AsyncIterator[SwarmNode]:
     """Run a swarm node for the duration of the block (see the module docstring).
 
     `identity`: a `NodeIdentity` (its seed keys the host); `store`: a `Store`;
     `genome`: the 16-hex genome id; `topics`: research topics to join (`heads`
     is always joined); `validate(data, topic)` defaults to
-    `records.decode_envelope` with our genome id.
+    `records.decode_envelope` with our genome id; `rate_limit` to
+    `RecordRateLimit()` with the default `RecordLimits` (see swarm.ratelimit for
+    why they never cut honest traffic).
     """
     topics = sorted({t for t in topics if t != HEADS})
     for topic in topics:
@@ -369,11 +389,12 @@ async def open_swarm_node(identity: Any, store: Any, *, genome: str, topics: Seq
                               is_banned=guard.is_banned, target_peers=target_peers)
         node = SwarmNode(identity, store, host, genome=genome, topics=topics, guard=guard,
                          discovery=discovery, validate=validate, sync_interval=sync_interval,
-                         announce_interval=announce_interval)
+                         announce_interval=announce_interval, rate_limit=rate_limit)
         host.set_stream_handler(PROTOCOL_ID, node.sync_server.handle_stream)
         notifee = _Notifee(node)
         async with open_gossip(host, genome=genome, topics=topics, validate=validate,
-                               on_record=node._on_gossip, guard=guard) as gossip:
+                               on_record=node._on_gossip, guard=guard,
+                               limit=node.rate_limit, is_known=store.has) as gossip:
             node.gossip = gossip
             host.get_network().register_notifee(notifee)
             try:

@@ -431,6 +431,22 @@ def _stable_regions(base: list[str], ours: list[str], theirs: list[str]):
     return regions
 
 
+def _merge_line_by_line(b: list[str], o: list[str], t: list[str]) -> list[str] | None:
+    """Both sides replaced the same lines one for one (settings on adjacent lines, say):
+    merge per line when no line was changed differently on both sides, else None."""
+    if not len(b) == len(o) == len(t):
+        return None
+    out = []
+    for line_b, line_o, line_t in zip(b, o, t):
+        if line_o == line_t or line_t == line_b:
+            out.append(line_o)
+        elif line_o == line_b:
+            out.append(line_t)
+        else:
+            return None
+    return out
+
+
 def merge3(base: str, ours: str, theirs: str) -> str:
     """Line-based three-way merge of two edits of `base`; raise MergeConflict on overlap."""
     b, o, t = split_lines(base), split_lines(ours), split_lines(theirs)
@@ -445,6 +461,8 @@ def merge3(base: str, ours: str, theirs: str) -> str:
             out.extend(chunk_t)
         elif chunk_t == chunk_b:
             out.extend(chunk_o)
+        elif (merged := _merge_line_by_line(chunk_b, chunk_o, chunk_t)) is not None:
+            out.extend(merged)
         else:
             conflicts.append((ib, b0))
         out.extend(b[b0:b1])

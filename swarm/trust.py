@@ -82,14 +82,14 @@ class TrustPolicy:
     def trusted_attesters(self, record: Record, reps: dict[bytes, float] | None = None
                           ) -> list[bytes]:
         """Trusted peers (not the author, not us) whose newest verdict says reproduced."""
-        return self._trusted(record, self.store.who_reproduced(record.id), reps)
+        return self.trusted_among(record, self.store.who_reproduced(record.id), reps)
 
     def trusted_refuters(self, record: Record, reps: dict[bytes, float] | None = None
                          ) -> list[bytes]:
         """Trusted peers whose newest verdict says the record did not reproduce."""
-        return self._trusted(record, self.store.who_refuted(record.id), reps)
+        return self.trusted_among(record, self.store.who_refuted(record.id), reps)
 
-    def _trusted(self, record: Record, verifiers: list[bytes],
+    def trusted_among(self, record: Record, verifiers: list[bytes],
                  reps: dict[bytes, float] | None) -> list[bytes]:
         """The verifiers that count: trusted, and neither the author nor us."""
         reps = self.reputations() if reps is None else reps

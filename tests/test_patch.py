@@ -259,6 +259,22 @@ def test_merge3_adjacent_insertions_at_end():
         merge3("a\n", "a\nb\n", "a\nc\n")
 
 
+def test_merge3_adjacent_line_edits_merge_line_by_line():
+    ours = edit(BASE, l10="ours ten\n")
+    theirs = edit(BASE, l11="theirs eleven\n")
+    assert merge3(BASE, ours, theirs) == edit(BASE, l10="ours ten\n", l11="theirs eleven\n")
+    assert merge3(BASE, theirs, ours) == merge3(BASE, ours, theirs)
+
+
+def test_merge3_adjacent_edits_touching_one_line_twice_conflict():
+    ours = edit(BASE, l10="ours ten\n", l11="ours eleven\n")
+    theirs = edit(BASE, l11="theirs eleven\n")
+    with pytest.raises(MergeConflict):
+        merge3(BASE, ours, theirs)
+    with pytest.raises(MergeConflict):   # one side also deletes a line: not one for one
+        merge3(BASE, edit(BASE, l10="ours ten\n", l12=None), theirs)
+
+
 def test_merge3_conflict_names_region():
     with pytest.raises(MergeConflict) as info:
         merge3(BASE, edit(BASE, l10="ours\n"), edit(BASE, l10="theirs\n"))

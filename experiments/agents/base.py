@@ -35,7 +35,7 @@ class Tried:
     edit_key: str | None        # catalogue key when a catalogue agent made it, else None
     desc: str
     parent_id: str
-    status: str                 # kept | discarded | crash | rejected | timeout
+    status: str                 # kept | discarded | crash | rejected | timeout | running
     delta: float | None         # child val_bpb - parent val_bpb (negative is better)
 
 
@@ -180,11 +180,11 @@ def history_digest(history: list[Tried], limit: int = 40) -> str:
     peers, so each is cut to one short line."""
     if not history:
         return "Nothing has been tried yet in this topic: you are first.\n"
-    groups = {"kept": [], "discarded": [], "failed": []}
+    groups = {"kept": [], "discarded": [], "failed": [], "running": []}
     for t in history:
         if not isinstance(t, Tried):
             continue
-        group = t.status if t.status in ("kept", "discarded") else "failed"
+        group = t.status if t.status in ("kept", "discarded", "running") else "failed"
         groups[group].append(t)
     for g in ("kept", "discarded"):
         groups[g].sort(key=lambda t: (t.delta is None, t.delta if t.delta is not None else 0))
@@ -193,15 +193,16 @@ def history_digest(history: list[Tried], limit: int = 40) -> str:
              "better):"]
     titles = {"kept": "Kept (improved on the parent)",
               "discarded": "Discarded (no clear gain)",
-              "failed": "Failed (crash / timeout / rejected)"}
-    for g in ("kept", "discarded", "failed"):
+              "failed": "Failed (crash / timeout / rejected)",
+              "running": "Being tried right now by other nodes (pick something else)"}
+    for g in ("kept", "discarded", "failed", "running"):
         items = groups[g]
         if not items:
             continue
         lines.append(f"\n{titles[g]}: {len(items)}")
         shown = items[:per] if g != "failed" else items[-per:]
         for t in shown:
-            tag = t.status if g == "failed" else _fmt_delta(t.delta)
+            tag = t.status if g in ("failed", "running") else _fmt_delta(t.delta)
             key = f" [{clean_line(t.edit_key, 60)}]" if t.edit_key else ""
             lines.append(f"  {tag:>8}{key} {clean_line(t.desc, 120)}")
         if len(items) > len(shown):
