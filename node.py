@@ -50,7 +50,9 @@ class Settings:
     mdns: bool = False
     dashboard: int = 0          # 0: no dashboard
     dashboard_host: str = "127.0.0.1"
-    verify_share: float = 0.25
+    verify_share: float = 0.25  # at most this share of runs re-run peers' claims
+    merge_share: float = 0.5    # share of steps that try merging a sibling improvement
+    port_share: float = 0.1     # share of steps that try an edit kept in another arena
     trust_k: int = 2
 
 
@@ -122,7 +124,21 @@ def load_settings(flags: dict, environ=os.environ) -> Settings:
     for name, value in flags.items():
         if name in SETTING_TYPES and value is not None:
             merged[name] = value
-    return Settings(**merged)
+    return check_settings(Settings(**merged))
+
+
+def check_settings(settings: Settings) -> Settings:
+    """Ranges the types cannot say; the error names the key."""
+    for name in ("verify_share", "merge_share", "port_share"):
+        value = getattr(settings, name)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} must be between 0 and 1, got {value}")
+    if settings.merge_share + settings.port_share > 1.0:
+        raise ConfigError("merge_share + port_share must be at most 1, got "
+                          f"{settings.merge_share + settings.port_share}")
+    if settings.trust_k < 1:
+        raise ConfigError(f"trust_k must be at least 1, got {settings.trust_k}")
+    return settings
 
 
 def home_dir(settings: Settings) -> Path:
@@ -414,6 +430,7 @@ def build_loop(local: Local, settings: Settings, until: float | None):
     config = LoopConfig(topic=topic, rules=ScoreRules(seed=settings.seed),
                         max_experiments=settings.max_experiments, until=until,
                         verify_share=settings.verify_share,
+                        merge_share=settings.merge_share, port_share=settings.port_share,
                         trust=TrustRules(k=settings.trust_k))
     local.store.set_meta("node.arena", trainer.arena)
     return ResearchLoop(store=local.store, lineage=local.lineage, identity=local.identity,

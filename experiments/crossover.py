@@ -91,8 +91,10 @@ class CrossoverFinder:
         by anyone we trust, gives a single-parent experiment that names it in its
         description: we try the idea on our own parent and judge it by our own run, without
         building on the claim. Strangers' claims wait for verification, or a liar with
-        many fresh keys could spend every node's runs on his inventions. `tried`: sources already run on this parent (by anyone); `busy`:
-        descriptions that other live nodes announce on this parent now."""
+        many fresh keys could spend every node's runs on his inventions.
+
+        `tried`: sources already run on this parent (by anyone); `busy`: descriptions
+        that other live nodes announce on this parent now."""
         if parent.record is None:
             return None       # on the root a "merge" would only re-run the donor
         sigma = self.scores.sigma()
@@ -108,10 +110,14 @@ class CrossoverFinder:
             if self.trust.my_verdict(r) == "refuted" or self.trust.is_liar(r.author) or \
                     self.trust.trusted_refuters(r, reps):
                 continue
-            claims.append(r)
-        claims.sort(key=lambda r: (r.val_bpb, r.id))
+            verified = self.trust.is_verified(r, reps)
+            if not verified and r.author != self.trust.me and \
+                    reps.get(r.author, 0.0) < self.trust.rules.trust_threshold:
+                continue      # a stranger's claim is re-run first: fresh keys cost runs
+            claims.append((r, verified))
+        claims.sort(key=lambda c: (c[0].val_bpb, c[0].id))
         donors = []
-        for r in claims[:3 * MAX_DONORS]:
+        for r, verified in claims[:3 * MAX_DONORS]:
             if parent.id in self.store.ancestors(r.id) or not self.lineage.is_buildable(r.id):
                 continue      # a descendant of our parent already contains it
             base = self._common_ancestor(r, mine)
@@ -119,13 +125,9 @@ class CrossoverFinder:
                 continue
             base_score = self.scores.score_of(base)
             gain = r.val_bpb - base_score if base_score is not None else 0.0
-            donors.append((gain, r.id, r, base))
+            donors.append((gain, r.id, r, base, verified))
         donors.sort(key=lambda d: (d[0], d[1]))
-        for gain, donor_id, donor, base in donors[:MAX_DONORS]:
-            verified = self.trust.is_verified(donor, reps)
-            if not verified and donor.author != self.trust.me and \
-                    reps.get(donor.author, 0.0) < self.trust.rules.trust_threshold:
-                continue      # a stranger's claim is re-run first: fresh keys cost runs
+        for gain, donor_id, donor, base, verified in donors[:MAX_DONORS]:
             desc = merge_desc(parent.id, donor, verified)
             if desc in busy:
                 continue

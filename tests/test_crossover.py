@@ -584,3 +584,13 @@ def test_verifiers_are_read_from_fresh_verify_announces_of_others(claim_world):
     assert world.loop.pending_claim().id == claim.id            # bob's is stale
     store.insert(announce(world.key("bob"), on_claim))
     assert world.loop.pending_claim() is None
+
+
+def test_strangers_flooding_claims_do_not_crowd_out_a_good_donor(world):
+    ours = world.ours()
+    good = sibling(world, world.trusted("carol"), val=1.87)
+    for i in range(30):       # fresh keys claiming far better scores, each its own edit
+        source = setting(BASE, "HEAD_LR", "0.004", f"0.{i + 10}")
+        world.experiment(world.key(f"liar{i}"), ROOT, source, 1.5, desc=f"lie {i}")
+    found = world.merge(world.parent(ours))
+    assert found is not None and found.donor.id == good.id

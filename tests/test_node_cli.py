@@ -101,6 +101,9 @@ def test_config_precedence_flag_env_file_default(tmp_path):
     ("bogus = 1\n", "unknown key 'bogus'"),
     ("seed = 'x'\n", "seed must be int"),
     ("seed = [\n", "not valid TOML"),
+    ("verify_share = 1.5\n", "verify_share must be between 0 and 1"),
+    ("merge_share = 0.8\nport_share = 0.3\n", "port_share must be at most 1"),
+    ("trust_k = 0\n", "trust_k must be at least 1"),
 ])
 def test_bad_config_file_names_the_problem(tmp_path, content, message):
     (tmp_path / "config.toml").write_text(content)
