@@ -86,6 +86,16 @@ def start_node(home: Path, core: int, minutes: float, budget: str, *, listen: st
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 
 
+def wait_listening(home: Path, timeout_s: float = 120.0) -> None:
+    """Until the node's log says it listens (importing torch takes a while on a busy core)."""
+    deadline = time.time() + timeout_s
+    log = home / "node.log"
+    while time.time() < deadline:
+        if log.exists() and "listening on" in log.read_text(errors="replace"):
+            return
+        time.sleep(0.5)
+
+
 def sample_load(stop: threading.Event, out: list) -> None:
     while not stop.is_set():
         out.append(os.getloadavg()[0])
@@ -103,7 +113,8 @@ def run_setup(name: str, nodes: list[dict], minutes: float) -> dict:
     try:
         for spec in nodes:
             procs.append(start_node(**spec, minutes=minutes))
-            time.sleep(2)   # the first node listens before the second dials it
+            if spec["listen"] is not None:
+                wait_listening(spec["home"])   # listening before the next node dials it
         for proc in procs:
             try:
                 proc.wait(timeout=minutes * 60 + 300)   # a run in flight finishes or is cut

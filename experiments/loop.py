@@ -193,9 +193,11 @@ class ResearchLoop:
                 continue
             if self.lineage.is_buildable(r.id):
                 claims.append(r)
-        # Authors we checked before, then claims trusted peers already vouch for, then the
-        # lowest claimed score: fresh keys (Sybils among them) wait behind known peers.
-        claims.sort(key=lambda r: (-reps.get(r.author, 0.0),
+        # Authors we checked before; then authors no trusted peer caught lying; then claims
+        # trusted peers already vouch for; then the lowest claimed score: fresh keys
+        # (Sybils among them) wait behind known peers, and known liars' keys behind those.
+        doubted = self.trust.doubted_authors(reps)
+        claims.sort(key=lambda r: (-reps.get(r.author, 0.0), doubted.get(r.author, 0),
                                    -len(self.trust.trusted_attesters(r, reps)), r.val_bpb, r.id))
         return claims[0] if claims else None
 

@@ -96,6 +96,20 @@ class TrustPolicy:
         return [v for v in verifiers if v not in (record.author, self.me)
                 and reps.get(v, 0.0) >= self.rules.trust_threshold]
 
+    def doubted_authors(self, reps: dict[bytes, float] | None = None) -> dict[bytes, int]:
+        """Author -> how many of their claims peers we trust refuted. Only ever used to
+        put claims later in the re-run queue, never to accept one: a trusted peer who lies
+        here can slow us down, not mislead us (as with its veto)."""
+        reps = self.reputations() if reps is None else reps
+        out: dict[bytes, int] = {}
+        for peer, rep in reps.items():
+            if rep < self.rules.trust_threshold or peer == self.me:
+                continue
+            for author, verdict, n in self.store.verdict_counts(peer):
+                if verdict == "refuted" and author != self.me:
+                    out[author] = out.get(author, 0) + n
+        return out
+
     def is_verified(self, record: Record, reps: dict[bytes, float] | None = None) -> bool:
         """Ours or reproduced by us; else k trusted reproductions and no trusted refutation
         (a veto only ever removes a record, so a trusted peer cannot add a lie with it)."""

@@ -594,3 +594,18 @@ def test_strangers_flooding_claims_do_not_crowd_out_a_good_donor(world):
         world.experiment(world.key(f"liar{i}"), ROOT, source, 1.5, desc=f"lie {i}")
     found = world.merge(world.parent(ours))
     assert found is not None and found.donor.id == good.id
+
+
+def test_claims_by_an_author_a_trusted_peer_caught_lying_wait_their_turn(world):
+    world.ours()
+    alice = world.trusted("alice")
+    mallory = world.key("mallory")
+    earlier_lie = world.experiment(mallory, ROOT, setting(BASE, *WARMDOWN_DOWN), 1.5,
+                                   arena=ELSEWHERE, desc="an earlier lie")
+    world.attest(alice, earlier_lie, "refuted")
+    lie = sibling(world, mallory, val=1.80)                      # claims the most
+    fresh = world.experiment(world.key("fresh"), ROOT, setting(BASE, *WARMDOWN_DOWN), 1.82,
+                             desc="a stranger's honest claim")
+    assert world.loop.pending_claim().id == fresh.id
+    world.attest(world.me, fresh)                                # checked: mallory's turn
+    assert world.loop.pending_claim().id == lie.id

@@ -120,6 +120,21 @@ def test_a_trusted_refutation_vetoes_but_an_untrusted_one_does_not(world):
     assert not trust.is_verified(lie)
 
 
+def test_authors_trusted_peers_refuted_are_doubted_but_sybils_cannot_smear(world):
+    store, trust, me, alice, bob, mallory, sybils = world
+    good = claim(alice, desc="alice, reproduced by me")
+    store.insert(good)
+    store.insert(attest(me, good))                       # alice is trusted now
+    lie = claim(mallory, val=1.2, desc="mallory's lie")
+    store.insert(lie)
+    store.insert(attest(alice, lie, "refuted"))
+    honest = claim(bob, val=1.3, desc="bob")
+    store.insert(honest)
+    for s in sybils:                                     # untrusted keys smear bob
+        store.insert(attest(s, honest, "refuted"))
+    assert trust.doubted_authors() == {mallory.public_key: 1}
+
+
 def test_reputation_falls_much_faster_than_it_rises(world):
     store, trust, me, alice, *_ = world
     for i in range(3):
