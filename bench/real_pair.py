@@ -7,7 +7,8 @@ Both setups run `node.py start` (the real node: harness, sandbox, mutate agent,
 verification, libp2p on 127.0.0.1) on the real genome on CPU, for the same wall time:
 
 - pair: node A pinned to core 0, node B pinned to core 1 (B bootstraps to A);
-- lone: node C pinned to core 0, offline.
+- lone: node C pinned to core 1, offline (core 1: where other jobs of this machine, pinned
+  to core 0, do not reach; if they load core 0, the pair is the one handicapped).
 
 Each node process is pinned with `taskset`; the harness sizes training threads from the
 process's CPU affinity (`experiments.hardware.cpu_threads`), so every training child runs
@@ -238,7 +239,7 @@ def main() -> int:
             dict(home=a, core=0, listen=f"/ip4/127.0.0.1/tcp/{port}", bootstrap=None, **common),
             dict(home=b, core=1, listen="/ip4/127.0.0.1/tcp/0", bootstrap=addr_a, **common)])
         lone = ("lone (1 node x 1 core)", [
-            dict(home=c, core=0, listen=None, bootstrap=None, **common)])
+            dict(home=c, core=1, listen=None, bootstrap=None, **common)])
         setups = [pair, lone] if args.order == "pair-first" else [lone, pair]
         results = []
         for name, nodes in setups:

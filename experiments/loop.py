@@ -196,10 +196,24 @@ class ResearchLoop:
         # Authors we checked before; then authors no trusted peer caught lying; then claims
         # trusted peers already vouch for; then the lowest claimed score: fresh keys
         # (Sybils among them) wait behind known peers, and known liars' keys behind those.
+        # A claim built on a record we (or peers we trust) refuted continues a lie, most
+        # likely: honest nodes build only on what they verified.
         doubted = self.trust.doubted_authors(reps)
         claims.sort(key=lambda r: (-reps.get(r.author, 0.0), doubted.get(r.author, 0),
+                                   self._shaky_parent(r, reps),
                                    -len(self.trust.trusted_attesters(r, reps)), r.val_bpb, r.id))
         return claims[0] if claims else None
+
+    def _shaky_parent(self, claim: Record, reps: dict[bytes, float]) -> bool:
+        """Whether a parent of the claim was refuted by us or a peer we trust."""
+        for parent_id in claim.parents:
+            parent = self.store.get(parent_id) if parent_id != self.root_id else None
+            if parent is not None and parent.kind == "experiment" and (
+                    self.trust.my_verdict(parent) == "refuted"
+                    or self.trust.trusted_refuters(parent, reps)
+                    or self.trust.is_liar(parent.author)):
+                return True
+        return False
 
     async def verify(self, claim: Record) -> StepOutcome:
         """Re-run a claim in our arena with the arena's seed; attest what we measured."""

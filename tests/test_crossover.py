@@ -609,3 +609,17 @@ def test_claims_by_an_author_a_trusted_peer_caught_lying_wait_their_turn(world):
     assert world.loop.pending_claim().id == fresh.id
     world.attest(world.me, fresh)                                # checked: mallory's turn
     assert world.loop.pending_claim().id == lie.id
+
+
+def test_a_claim_built_on_a_refuted_record_waits_behind_fresh_claims(world):
+    world.ours()
+    first_lie = sibling(world, world.key("mallory"), val=1.80)
+    world.attest(world.me, first_lie, "refuted")
+    chained = world.experiment(world.key("mallory2"), first_lie.id,
+                               setting(world.lineage.source_of(first_lie.id), *WARMDOWN_DOWN),
+                               1.70, desc="a lie on a lie")
+    fresh = world.experiment(world.key("fresh"), ROOT, setting(BASE, *WARMDOWN_DOWN), 1.82,
+                             desc="a stranger's honest claim")
+    assert world.loop.pending_claim().id == fresh.id
+    world.attest(world.me, fresh)
+    assert world.loop.pending_claim().id == chained.id     # still checked, only later
