@@ -117,6 +117,7 @@ class PacedTrainer:
 
 
 VERIFY_SHARE = [LoopConfig().verify_share]   # --verify-share changes it for every node
+MERGE_SHARE = [LoopConfig().merge_share]     # --merge-share changes it for every node
 
 
 def build_loop(home: Path, landscape: int, index: int, rep: int, delay: float) -> ResearchLoop:
@@ -129,7 +130,8 @@ def build_loop(home: Path, landscape: int, index: int, rep: int, delay: float) -
         identity=node_identity(landscape, index), genome=genome_id(), root_id=root,
         trainer=PacedTrainer(landscape, delay, random.Random(rng.random())),
         agent=make_agent("mutate", base_source=BASE), brief=load_brief(TOPIC),
-        config=LoopConfig(topic=TOPIC, rules=ScoreRules(), verify_share=VERIFY_SHARE[0]),
+        config=LoopConfig(topic=TOPIC, rules=ScoreRules(), verify_share=VERIFY_SHARE[0],
+                          merge_share=MERGE_SHARE[0]),
         home=home, rng=rng)
 
 
@@ -732,6 +734,8 @@ def main() -> int:
     ap.add_argument("--reference-cap", type=int, default=60)
     ap.add_argument("--verify-share", type=float, default=LoopConfig().verify_share,
                     help="the loop's verify_share for every node (ideal network only)")
+    ap.add_argument("--merge-share", type=float, default=LoopConfig().merge_share,
+                    help="ideal network only: the loop's merge_share for every node and lone reference")
     ap.add_argument("--trust-all", action="store_true",
                     help="ideal network only: no verification, every claim trusted")
     ap.add_argument("--notes", help="a markdown file appended to the written section")
@@ -751,6 +755,7 @@ def main() -> int:
         return 0
     args.landscapes = parse_list(args.landscapes)
     VERIFY_SHARE[0] = args.verify_share
+    MERGE_SHARE[0] = args.merge_share
     sizes = parse_list(args.sizes)
     load0 = os.getloadavg()
     t_start = time.time()
