@@ -51,7 +51,7 @@ class Settings:
     dashboard: int = 0          # 0: no dashboard
     dashboard_host: str = "127.0.0.1"
     verify_share: float = 0.25  # at most this share of runs re-run peers' claims
-    merge_share: float = 0.5    # share of steps that try merging a sibling improvement
+    merge_share: float = 0.15   # share of steps that try merging a sibling improvement
     port_share: float = 0.1     # share of steps that try an edit kept in another arena
     trust_k: int = 2
 

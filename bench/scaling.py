@@ -735,7 +735,7 @@ def main() -> int:
     ap.add_argument("--verify-share", type=float, default=LoopConfig().verify_share,
                     help="the loop's verify_share for every node (ideal network only)")
     ap.add_argument("--merge-share", type=float, default=LoopConfig().merge_share,
-                    help="ideal network only: the loop's merge_share for every node and lone reference")
+                    help="ideal network only: merge_share for every node and lone reference")
     ap.add_argument("--trust-all", action="store_true",
                     help="ideal network only: no verification, every claim trusted")
     ap.add_argument("--notes", help="a markdown file appended to the written section")

@@ -73,7 +73,7 @@ class LoopConfig:
     verify_share: float = 0.25    # at most this share of the node's runs re-run others' claims
     trust: TrustRules = field(default_factory=TrustRules)
     claim_check_s: float = 3.0    # this far (and 4x) into a run, yield it to a peer running it
-    merge_share: float = 0.5      # share of steps that try a merge with a verified sibling
+    merge_share: float = 0.15     # share of steps that try a merge with a kept sibling
     port_share: float = 0.1       # share of steps that try an edit kept in another arena
 
 
