@@ -4,9 +4,14 @@ trainer (experiments/synthetic.py), from the real base genome.
 For each landscape seed, each agent runs a single-lineage research loop of N experiments:
 propose an edit of the current parent, run it (one synthetic run, noise sigma), keep it only if
 it beats the parent's measured score by more than 2 sigma, and then it becomes the parent (the
-best so far). The curve is the parent's *true* (noise-free) val_bpb after each experiment.
+best so far). As in ResearchLoop, every run uses the same seed (the arena's), so a child and
+its parent share part of their noise (paired seeds); `--fresh-seeds` gives each run its own
+seed instead. The curve is the parent's *true* (noise-free) val_bpb after each experiment.
 A proposal the agent cannot make (catalogue exhausted on this parent) is not an experiment; an
 agent that cannot propose any more keeps its score for the rest of the run.
+
+`--keep-rule` measures prototypes of loop-level rules (see `run_one`); only the default rule
+(ResearchLoop's) writes to the docs.
 
 Goal: mutate reaches random's final score (mean over seeds, after N experiments) in at most
 N/2 experiments. The result, met or not, goes to docs/BENCHMARKS.md between
@@ -14,6 +19,7 @@ N/2 experiments. The result, met or not, goes to docs/BENCHMARKS.md between
 
     python bench/bench_mutate.py                     # 40 seeds x 200 experiments, 2 processes
     python bench/bench_mutate.py --seeds 4 --experiments 100 --no-write
+    python bench/bench_mutate.py --seeds 8 --keep-rule remeasure:2 --no-write
 """
 from __future__ import annotations
 
@@ -44,18 +50,39 @@ def sid(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
-def run_one(job: tuple[str, int, int, float]) -> dict:
-    """One agent on one landscape: the running-best curve and some counts."""
-    agent_name, seed, n, sigma = job
+def run_one(job: tuple) -> dict:
+    """One agent on one landscape: the running-best curve and some counts.
+
+    `job` = (agent, landscape seed, experiments, sigma, paired, keep rule). The keep rule
+    "single" is ResearchLoop's; the others are prototypes of loop-level rules, measured here
+    only (every extra run counts as an experiment):
+    - "remeasure:K": a kept child is run K more times with fresh seeds and its score as a
+      parent becomes the mean of its K + 1 measurements;
+    - "confirm": a child that clears the bar is run once more with a fresh seed, and it is
+      kept only if the mean of its two measurements still clears the bar (that mean is then
+      its score as a parent)."""
+    agent_name, seed, n, sigma, paired = job[:5]
+    rule = job[5] if len(job) > 5 else "single"
+    repeats = int(rule.split(":")[1]) if rule.startswith("remeasure:") else 0
     base = base_train_source()
     trainer = SyntheticTrainer(seed, sigma=sigma, base_source=base)
     agent = make_agent(agent_name, base_source=base, profile="cpu")
     brief = load_brief("general")
     rng = random.Random(f"{agent_name}/{seed}")
     parent, pid = base, sid(base)
-    parent_score = trainer.run(base, run_seed=0).val_bpb
+
+    def run_seed(i: int) -> int:
+        """paired: every run uses the same seed, as ResearchLoop runs every experiment with
+        the arena's seed; otherwise each run gets a fresh seed."""
+        return 0 if paired else i
+
+    def fresh_seed() -> int:
+        return 100_000 + len(curve)
+
     history: list[Tried] = []
-    curve, kept, crashes, combos = [], 0, 0, 0
+    curve: list[float] = []
+    kept, crashes, combos = 0, 0, 0
+    parent_score = trainer.run(base, run_seed=run_seed(0)).val_bpb
     true_deltas: list[float | None] = []      # child true bpb - parent true bpb, per proposal
     failures_in_a_row, propose_s = 0, 0.0
     while len(curve) < n:
@@ -72,19 +99,30 @@ def run_one(job: tuple[str, int, int, float]) -> dict:
         combos += "&" in (proposal.edit_key or "")
         child_true = trainer.true_bpb(proposal.source)
         true_deltas.append(None if child_true is None else child_true - trainer.true_bpb(parent))
-        result = trainer.run(proposal.source, run_seed=len(curve) + 1)
+        result = trainer.run(proposal.source, run_seed=run_seed(len(curve) + 1))
         if result.status != "ok":
             crashes += 1
             history.append(Tried(proposal.edit_key, proposal.desc, pid, "crash", None))
-        else:
-            delta = result.val_bpb - parent_score
-            keep = delta < -2 * sigma
-            history.append(Tried(proposal.edit_key, proposal.desc, pid,
-                                 "kept" if keep else "discarded", delta))
-            if keep:
-                kept += 1
-                parent, pid, parent_score = proposal.source, sid(proposal.source), result.val_bpb
+            curve.append(trainer.true_bpb(parent))
+            continue
+        score = result.val_bpb
+        keep = score - parent_score < -2 * sigma
+        if keep and rule == "confirm" and len(curve) + 1 < n:
+            curve.append(trainer.true_bpb(parent))          # the confirming run
+            score = (score + trainer.run(proposal.source, run_seed=fresh_seed()).val_bpb) / 2
+            keep = score - parent_score < -2 * sigma
+        history.append(Tried(proposal.edit_key, proposal.desc, pid,
+                             "kept" if keep else "discarded", score - parent_score))
+        if keep:
+            kept += 1
+            parent, pid, parent_score = proposal.source, sid(proposal.source), score
         curve.append(trainer.true_bpb(parent))
+        if keep and repeats:
+            runs = [score]
+            for _ in range(min(repeats, n - len(curve))):
+                runs.append(trainer.run(parent, run_seed=fresh_seed()).val_bpb)
+                curve.append(trainer.true_bpb(parent))
+            parent_score = statistics.fmean(runs)
     proposals = len(history) or 1
     return {"agent": agent_name, "seed": seed, "curve": curve, "kept": kept,
             "crashes": crashes, "combos": combos, "propose_ms": 1000 * propose_s / proposals,
@@ -136,7 +174,8 @@ def ascii_plot(series: dict[str, list[float]], width: int = 64, height: int = 16
     return "\n".join(lines)
 
 
-def summarise(results: list[dict], n: int, sigma: float, seeds: int, wall_s: float) -> str:
+def summarise(results: list[dict], n: int, sigma: float, seeds: int, wall_s: float,
+              paired: bool = True, rule: str = "single") -> str:
     curves = {a: [r["curve"] for r in results if r["agent"] == a] for a in AGENTS}
     mean = {a: [statistics.fmean(c[i] for c in curves[a]) for i in range(n)] for a in AGENTS}
     base = 1.9
@@ -184,7 +223,12 @@ def summarise(results: list[dict], n: int, sigma: float, seeds: int, wall_s: flo
         f"`python bench/bench_mutate.py` - {seeds} landscape seeds x {n} experiments per agent "
         f"from the real base genome (cpu profile), synthetic trainer with sigma = {sigma}; an "
         f"edit is kept when it beats the parent's measured score by > 2 sigma, and the parent "
-        f"is the best so far. Scores are the parent's true (noise-free) val_bpb; the table "
+        f"is the best so far; "
+        + ("every run uses the arena's seed, as in ResearchLoop (paired seeds). " if paired
+           else "every run has its own seed (`--fresh-seeds`). ")
+        + (f"Keep rule: `{rule}` (a prototype, not ResearchLoop's). " if rule != "single"
+           else "")
+        + f"Scores are the parent's true (noise-free) val_bpb; the table "
         f"shows the mean gain over the base genome (val_bpb 1.9, higher is better) and the "
         f"paired difference per seed (positive: mutate ahead). "
         f"Run on {time.strftime('%Y-%m-%d')}, {wall_s:.0f} s wall on this machine's CPUs.",
@@ -201,8 +245,8 @@ def summarise(results: list[dict], n: int, sigma: float, seeds: int, wall_s: flo
            if reached else "") + ".",
         f"- Kept edits per run: mutate {avg('mutate', 'kept'):.1f}, random "
         f"{avg('random', 'kept'):.1f}; crashes: mutate {avg('mutate', 'crashes'):.1f}, "
-        f"random {avg('random', 'crashes'):.1f}; two-edit combinations tried by mutate: "
-        f"{avg('mutate', 'combos'):.1f} per run.",
+        f"random {avg('random', 'crashes'):.1f}; stacks (several edits in one run) tried by "
+        f"mutate: {avg('mutate', 'combos'):.1f} per run.",
         "",
         "What the proposals were worth, measured on the noise-free landscape against their "
         "parent (the keep rule only sees one noisy measurement of each):",
@@ -215,10 +259,11 @@ def summarise(results: list[dict], n: int, sigma: float, seeds: int, wall_s: flo
         "- How to read it: the curves show what the keep rule made of the proposals; the "
         "second table shows how good the proposals were. Each child is compared with one "
         "noisy measurement of a parent that was itself kept on a (often lucky) noisy "
-        "measurement, against a 2 sigma bar, so modestly better proposals need not "
-        "turn into kept improvements, and both agents end in the same neighbourhood where no "
-        "single catalogue edit clears the bar. Re-measuring parents (the loop's job) may let "
-        "better proposals show; that is not measured here.",
+        "measurement, against a 2 sigma bar: once the single edits left are each worth less "
+        "than the bar, a lineage stalls unless several of them are run together. mutate "
+        "models each setting's effect from every result (with an offset per parent for the "
+        "luck of its measurement) and stacks edits whose gains it has measured; random tries "
+        "single edits, each at most once per parent.",
         "- Caveat: the landscape is synthetic. Knobs have smooth optima and some knobs "
         "matter while most do not (see experiments/synthetic.py), the structure the "
         "history-aware strategy exploits; on real training its advantage is unmeasured.",
@@ -252,17 +297,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sigma", type=float, default=0.003, help="synthetic noise sigma")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes")
     ap.add_argument("--no-write", action="store_true", help="print only, leave the docs alone")
+    ap.add_argument("--fresh-seeds", action="store_true",
+                    help="give every run its own seed (ResearchLoop uses one seed for all)")
+    ap.add_argument("--keep-rule", default="single",
+                    help="single (ResearchLoop's), remeasure:K or confirm (prototypes)")
     args = ap.parse_args(argv)
-    jobs = [(a, s, args.experiments, args.sigma) for s in range(args.seeds) for a in AGENTS]
+    if args.keep_rule != "single" and not (args.keep_rule == "confirm" or (
+            args.keep_rule.startswith("remeasure:") and args.keep_rule[10:].isdigit())):
+        ap.error("--keep-rule is single, confirm or remeasure:<K>")
+    paired = not args.fresh_seeds
+    jobs = [(a, s, args.experiments, args.sigma, paired, args.keep_rule)
+            for s in range(args.seeds) for a in AGENTS]
     t0 = time.time()
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
             results = list(pool.map(run_one, jobs))
     else:
         results = [run_one(j) for j in jobs]
-    text = summarise(results, args.experiments, args.sigma, args.seeds, time.time() - t0)
+    text = summarise(results, args.experiments, args.sigma, args.seeds, time.time() - t0,
+                     paired, args.keep_rule)
     print(text)
-    if not args.no_write:
+    if not args.no_write and (args.keep_rule != "single" or not paired):
+        print("\nnot written: only ResearchLoop's setting (paired seeds, keep rule single) "
+              "goes to the docs")
+    elif not args.no_write:
         write_section(text)
         print(f"\nwritten to {BENCHMARKS}")
     return 0

@@ -254,7 +254,8 @@ class Edit:
     relative: bool            # a change relative to the current value (x2, +1)
     _changes: Callable[[str, list[Setting] | None], str | None] = field(repr=False,
                                                                        compare=False)
-    step: float | None = None  # log(new / old) of a relative numeric edit, where it was built
+    old_value: object = None   # the target's value (first occurrence) before and after the
+    new_value: object = None   # edit, where it was built: what a model of settings reads
 
     def apply(self, source: str, settings: list[Setting] | None = None) -> str | None:
         """The edited source, or None where this edit does not apply to `source`."""
@@ -286,8 +287,6 @@ def _setting_edit(key: str, family: str, target: str, topics: frozenset[str], re
     first = here[0][0]
     scopes = {s.scope for s, _ in here}
     new_first = transform(first, settings)
-    step = (math.log(new_first / first.value) if relative and _num(first.value)
-            and _num(new_first) and first.value > 0 and new_first > 0 else None)
     desc = describe(first.value, new_first)
     if len(scopes) > 1:
         desc += f" (in {len(scopes)} profiles)"
@@ -299,7 +298,7 @@ def _setting_edit(key: str, family: str, target: str, topics: frozenset[str], re
         todo = changes(for_profile(ss, profile))
         return splice(source, todo) if todo else None
 
-    return Edit(key, family, target, topics, desc, relative, apply, step)
+    return Edit(key, family, target, topics, desc, relative, apply, first.value, new_first)
 
 
 def _num(v: object) -> bool:
@@ -659,7 +658,8 @@ def _activation_edits(source: str) -> list[Edit]:
 
         edits.append(Edit(f"activation={kind}", "activation", "activation",
                           frozenset({"architecture"}),
-                          f"MLP activation {current} -> {kind}", False, apply))
+                          f"MLP activation {current} -> {kind}", False, apply,
+                          old_value=current, new_value=kind))
     return edits
 
 

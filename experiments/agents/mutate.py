@@ -1,42 +1,64 @@
-"""The default proposer: catalogue edits steered by history (no model, no key, no network).
+"""The default proposer: catalogue edits chosen by a model of the history (no LLM, no key,
+no network).
 
-`MutateAgent` picks one catalogue edit (experiments/agents/catalogue.py) for the parent by
-Thompson sampling on the val_bpb deltas the history reports:
+`MutateAgent` proposes one catalogue edit (experiments/agents/catalogue.py) of the parent,
+or a stack of several, whichever a Bayesian model of the history's val_bpb deltas expects
+to gain the most:
 
-- relative steps of a numeric setting (`MATRIX_LR*0.7`, `DEPTH+1`) are scored by a line
-  search: a Bayesian quadratic of val_bpb in the setting's log value, fitted to every result
-  whose parent's value is known. A x2 that hurt makes x0.5 likely to help; a kept x0.7 makes
-  another x0.7 worth trying until the curve turns up;
-- other edits (`WEIGHT_DECAY=0.1`, `QK_NORM=False`) are scored along family -> setting ->
-  key: each level's mean is shrunk towards the level above, so a kind of edit that keeps
-  helping (or crashing) moves its untried members, and untried keys stay uncertain, so
-  they get explored. A crash, timeout or rejection counts as a large positive delta;
-- an edit key already tried on this parent is never proposed again for it, and keys that
-  crashed before come last;
-- edits tagged with the brief's topic come first (`general` takes every edit);
-- with probability `combine_p`, or once single edits are exhausted on this parent, it
-  proposes two promising edits together: edits kept elsewhere that the parent lacks, and
-  near misses on this parent (they lowered val_bpb, but not past the noise bar). A relative
-  edit such as `x2` kept elsewhere counts as present once its setting differs from the base
-  genome, so lineages do not compound it by accident.
+- *The model* is additive over settings: each contributes f(value), zero at the base
+  genome's value. A positive number moves along a quadratic in log(value / base value), a
+  curvature all settings share plus its own (the base is tuned: moving far tends to hurt; a
+  x2 that hurt makes x0.5 likely to help; a kept x1.4 makes another x1.4 worth a try until
+  the bowl turns up). Any other value (a bool, a string, a zero) has its own effect around
+  its setting's mean and the mean of all such changes. A result counts on every parent once
+  its parent's values are known (a parent this agent has proposed on, else the base's).
+- *Lucky parents.* Every delta on a parent is measured against the same single measurement
+  of that parent, so each parent gets an offset, and a kept child's measured delta sets its
+  own offset as a parent: a parent kept on a lucky run is known to be hard to beat, and the
+  agent aims higher there.
+- *What to run.* Every untried edit, and every stack of two to four measured edits that
+  promises at least half the keep bar, is scored by the true gain the loop would keep,
+  E[gain x 1{measured delta clears the bar}], the bar read off the history (between the
+  largest kept and the smallest discarded delta). Untried edits are uncertain, so they get
+  explored; edits measured neutral or harmful score nothing and are not run again on later
+  parents; small gains that each stay under the noise are stacked into one change that
+  clears it.
+- *Crashes.* A value that crashed alone is not proposed again, a crashed stack's blame goes
+  to the values most likely to crash, and untried values carry the history's crash rate
+  (higher for moves beyond x4.5).
+- An edit or stack already tried on this parent is never proposed again for it; edits
+  tagged with the brief's topic come first (`general` takes every edit).
 
-Descriptions start with `[key]`, so the key travels with the record and peers' agents learn
-from it too. `RandomAgent` is the benchmark's control: a uniform choice among the same
-applicable, untried, on-topic edits, with no other use of history.
+Descriptions start with `[key]` (a stack joins its keys with `&`), so the key travels with
+the record and peers' agents learn from it too. `RandomAgent` is the benchmark's control: a
+uniform choice among the same applicable, untried, on-topic edits, with no use of history.
 """
 from __future__ import annotations
 
+import ast
 import hashlib
+import itertools
 import math
 import random
 import re
 import statistics
-from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
 
 from experiments.agents.base import GENOME_DIR, Brief, Proposal, Tried, static_screen, \
     failed, validate_proposal
 from experiments.agents.catalogue import Edit, Setting, build_catalogue, edit_in_topic, \
-    family_of_key, for_profile, key_target, locate_settings
+    for_profile, format_value, locate_settings
+
+MAX_STACK = 4              # settings changed at once, at most
+STACK_FROM = 8             # stacks are drawn from this many best-predicted edits
+MAX_KEY_CHARS = 80         # experiments.loop.edit_key_of reads keys up to this long
+CODE_TARGETS = ("activation",)   # catalogue targets that are code patterns, not settings
+FAILED = ("crash", "timeout", "rejected")
+CURVATURE = 2.0            # prior mean of the shared curvature, in typical effects per u^2
+U_MAX = 1.5                # |log(value / base value)| the settings model extrapolates to
+
 
 def _default_base_source() -> str | None:
     try:
@@ -45,122 +67,377 @@ def _default_base_source() -> str | None:
         return None
 
 
-class _Stats:
-    """Thompson sampling on val_bpb deltas, shrunk along family -> setting -> key.
-
-    Every tried edit with a key is one observation: its delta, or for a crash, timeout or
-    rejection a penalty of +3 typical deltas. The typical delta (median |delta|) sets the
-    noise scale, so nothing depends on the arena's units. Each level's mean is shrunk
-    towards the level above by pseudo-observations: a family (all learning rates) needs
-    several results before it moves away from the overall mean, while one result of a
-    setting or key counts as much as its prior. A key is scored by a draw from
-    N(its mean, scale^2 / (n + 1)) and the lowest draw wins: untried keys are uncertain, so
-    they get explored, and edits that helped on earlier parents come first."""
-
-    FAMILY_PSEUDO = 5.0
-
-    def __init__(self, history: list[Tried], prior_strength: float = 1.0):
-        self.k = prior_strength
-        deltas = [t.delta for t in history if isinstance(t, Tried) and t.edit_key
-                  and isinstance(t.delta, (int, float)) and math.isfinite(t.delta)]
-        self.scale = max(statistics.median(abs(d) for d in deltas), 1e-6) if deltas else 0.01
-        self.sums: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
-        self.crashed: set[str] = set()
-        observed = []
-        for t in history:
-            if not isinstance(t, Tried) or not t.edit_key:
-                continue
-            if isinstance(t.delta, (int, float)) and math.isfinite(t.delta):
-                y = t.delta
-            elif t.status in ("crash", "timeout", "rejected"):
-                y = 3 * self.scale
-                self.crashed.add(t.edit_key)
-            else:
-                continue
-            observed.append(y)
-            for level in self._levels(t.edit_key):
-                c = self.sums[level]
-                c[0] += y
-                c[1] += 1.0
-        self.prior = statistics.fmean(observed) if observed else 0.0
-
-    @staticmethod
-    def _levels(key: str) -> tuple[str, str, str]:
-        return ("f:" + family_of_key(key), "t:" + key_target(key), "k:" + key)
-
-    def _shrunk(self, level: str, prior: float, k: float) -> tuple[float, float]:
-        total, n = self.sums.get(level, (0.0, 0.0))
-        return (total + k * prior) / (n + k), n
-
-    def sample(self, edit: Edit, rng: random.Random) -> float:
-        """A draw of the edit's delta (lower is better)."""
-        family, _ = self._shrunk("f:" + edit.family, self.prior, self.FAMILY_PSEUDO)
-        target, _ = self._shrunk("t:" + edit.target, family, self.k)
-        mean, n = self._shrunk("k:" + edit.key, target, self.k)
-        return rng.gauss(mean, self.scale / math.sqrt(n + self.k))
-
-
-_RELATIVE_KEY = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\*([0-9.]+(?:e-?[0-9]+)?)|([+-][0-9]+))$")
-
-
-class _LineSearch:
-    """Per numeric setting, a Bayesian quadratic of val_bpb in the setting's log value
-    u = log(value / base value): f(u) = b * u + c * u^2. A step x from a parent at u0 measures
-    f(u0 + x) - f(u0) = b * x + c * (2 * u0 * x + x^2), which is linear in (b, c), so results
-    from any parent count once its value is known. Thus a x2 that hurt makes x0.5 likely to
-    help, and after a kept x0.7 another x0.7 is worth a try until the bowl turns up again.
-
-    Prior: no slope, mild curvature (moving a tuned knob costs a little), both wide; the
-    noise scale is the history's typical delta. Thompson sampling draws one curve per
-    setting and scores every step on it."""
-
-    def __init__(self, scale: float):
-        self.scale = scale
-        self.points: dict[str, list[tuple[float, float, float]]] = defaultdict(list)
-        self._draws: dict[str, tuple[float, float]] = {}
-
-    @staticmethod
-    def features(u: float, x: float) -> tuple[float, float]:
-        return x, 2 * u * x + x * x
-
-    def add(self, target: str, u: float, x: float, y: float) -> None:
-        if all(math.isfinite(v) for v in (u, x, y)) and x != 0:
-            self.points[target].append((*self.features(u, x), y))
-
-    def _posterior(self, target: str) -> tuple[list[float], list[list[float]]]:
-        s2 = self.scale ** 2
-        prior_var = 16 * s2
-        # precision matrix and right-hand side for w = (b, c), prior mean (0, 2 * scale)
-        p11, p12, p22 = 1 / prior_var, 0.0, 1 / prior_var
-        r1, r2 = 0.0, 2 * self.scale / prior_var
-        for f1, f2, y in self.points.get(target, ()):
-            p11 += f1 * f1 / s2
-            p12 += f1 * f2 / s2
-            p22 += f2 * f2 / s2
-            r1 += f1 * y / s2
-            r2 += f2 * y / s2
-        det = p11 * p22 - p12 * p12
-        cov = [[p22 / det, -p12 / det], [-p12 / det, p11 / det]]
-        mean = [cov[0][0] * r1 + cov[0][1] * r2, cov[1][0] * r1 + cov[1][1] * r2]
-        return mean, cov
-
-    def sample(self, target: str, u: float, x: float, rng: random.Random) -> float:
-        """A draw of the delta of step x from a parent at u."""
-        if target not in self._draws:
-            (m1, m2), ((a, b), (_, d)) = self._posterior(target)
-            l11 = math.sqrt(max(a, 0.0))
-            l21 = b / l11 if l11 > 0 else 0.0
-            l22 = math.sqrt(max(d - l21 * l21, 0.0))
-            z1, z2 = rng.gauss(0, 1), rng.gauss(0, 1)
-            self._draws[target] = (m1 + l11 * z1, m2 + l21 * z1 + l22 * z2)
-        slope, curve = self._draws[target]
-        f1, f2 = self.features(u, x)
-        return slope * f1 + curve * f2
+def _num(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _positive(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+    return _num(v) and v > 0
 
+
+def _same(a: object, b: object) -> bool:
+    if _num(a) and _num(b):
+        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-15)
+    return type(a) is type(b) and a == b
+
+
+_labels: dict[object, str] = {}
+
+
+def _label(v: object) -> str:
+    """A value as the model names it: 50 and 50.0 are the same value (a key says `=50`
+    where the edit writes 50.0 into a float setting)."""
+    key = (type(v), v)
+    try:
+        return _labels[key]
+    except (KeyError, TypeError):
+        pass
+    try:
+        out = format_value(float(v) if _num(v) else v)
+    except ValueError:
+        out = repr(v)[:64]
+    try:
+        if len(_labels) > 50_000:
+            _labels.clear()
+        _labels[key] = out
+    except TypeError:
+        pass              # an unhashable value: not remembered
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Edit keys: what a key tried on some parent changed.
+
+_PART = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,63})(\*|\+|-|=)(.{1,64})$")
+
+
+def parse_key(key: object) -> list[tuple[str, str, object]] | None:
+    """`MATRIX_LR*0.7&QK_NORM=False` -> [("MATRIX_LR", "*", 0.7), ("QK_NORM", "=", False)];
+    `DEPTH-1` -> [("DEPTH", "+", -1)]. None for a key this agent cannot read (another
+    agent's, garbage), or one that names a setting twice."""
+    if not isinstance(key, str) or not key or len(key) > 400:
+        return None
+    out = []
+    for part in key.split("&"):
+        m = _PART.match(part)
+        if not m:
+            return None
+        target, op, rest = m.groups()
+        if op == "=":
+            try:
+                value = ast.literal_eval(rest)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                if not re.fullmatch(r"[A-Za-z0-9_.-]+", rest):
+                    return None
+                value = rest               # a code edit: activation=gelu
+            if not isinstance(value, (int, float, str, bool, tuple, type(None))):
+                return None
+            out.append((target, "=", value))
+            continue
+        try:
+            x = float(rest) if op == "*" else int(rest)
+        except ValueError:
+            return None
+        if op == "*" and not (math.isfinite(x) and x > 0):
+            return None
+        out.append((target, "+", -x if op == "-" else x) if op != "*" else (target, "*", x))
+    if len({t for t, _, _ in out}) != len(out):
+        return None
+    return out
+
+
+def _applied(op: str, x: object, old: object) -> object:
+    """The value a key part gives a setting that had `old`; None if it cannot apply."""
+    if op == "=":
+        return x
+    if op == "*":
+        if not _positive(old):
+            return None
+        new = old * x
+        return max(1, int(round(new))) if isinstance(old, int) else new
+    if isinstance(old, int) and not isinstance(old, bool):
+        return old + x
+    return None
+
+
+# ---------------------------------------------------------------------------
+# The model.
+
+@dataclass
+class _Noise:
+    bar: float        # a child is kept when its delta is below -bar
+    tau: float        # the error of one measurement (a child's, or its parent's)
+    scale: float      # typical size of an edit's true effect
+
+
+def _noise(history: list[Tried]) -> _Noise:
+    """Noise levels read off the history, in the arena's own units.
+
+    The keep bar lies between the smallest discarded delta and the largest kept one. A delta
+    is the difference of two measurements; with the loop's bar at two noise deviations, one
+    measurement's error is about bar / 2.5 (between bar / 2 for independent runs and
+    bar / 2.8 for runs that share a seed)."""
+    deltas = _deltas(history)
+    kept = [d for t, d in deltas if t.status == "kept"]
+    done = [d for t, d in deltas if t.status == "discarded"]
+    singles = [d for t, d in deltas if isinstance(t.edit_key, str) and "&" not in t.edit_key]
+    spread = statistics.median(abs(d) for d in singles) if singles else None
+    low = -min(done) if done else None              # the bar is at least this
+    high = -max(kept) if kept else None             # and below this
+    if low is not None and high is not None and 0 < low < high:
+        bar = (low + high) / 2
+    elif high is not None and high > 0:
+        bar = min(high, spread or high)
+    elif low is not None and low > 0:
+        bar = max(low, (spread or low) * 0.8)
+    else:
+        bar = spread if spread else 0.01
+    bar = max(bar, 1e-9)
+    tau = bar / 2.5
+    if len(singles) >= 2:
+        scale = math.sqrt(max(statistics.pvariance(singles) - 2 * tau * tau, tau * tau))
+    else:
+        scale = 2 * bar
+    return _Noise(bar, tau, scale)
+
+
+def _deltas(history: list[Tried]) -> list[tuple[Tried, float]]:
+    """The results with a usable delta, each clipped to 30 typical deltas: one absurd
+    number (a broken run, a peer's lie) must not swing the model."""
+    found = [(t, float(t.delta)) for t in history
+             if _num(t.delta) and abs(t.delta) < 1e6 and t.status in ("kept", "discarded")]
+    if not found:
+        return []
+    limit = 30 * max(statistics.median(abs(d) for _, d in found), 1e-12)
+    return [(t, min(max(d, -limit), limit)) for t, d in found]
+
+
+class _SettingsModel:
+    """Bayesian linear model of deltas: val_bpb = sum over settings of f(value) + the
+    measurement's error; see the module docstring. Parameters, each with a Gaussian prior:
+
+      ("b", T), ("c", T)   slope and curvature of f in u = log(value / base value)
+      ("C",)               the curvature all settings share (moving a tuned value far
+                           tends to hurt, whichever it is)
+      ("T",), ("t", T)     the mean effect of a non-numeric value, over all settings and
+                           for setting T
+      ("v", T, label)      that value's own effect, around its setting's mean
+      ("r", T, label)      a number's own effect, off its setting's curve (real curves are
+                           not exactly quadratic)
+      ("p", parent)        minus the error of the parent's measurement
+    """
+
+    def __init__(self, base: dict[str, object], steps: dict[str, float], noise: _Noise):
+        self.base = base
+        self.steps = steps
+        self.noise = noise
+        self.rows: list[tuple[dict, float, float]] = []
+
+    def features(self, target: str, value: object) -> dict[tuple, float]:
+        base = self.base.get(target, _MISSING)
+        if base is not _MISSING and _same(value, base):
+            return {}
+        if _positive(base) and _positive(value):
+            # a setting the catalogue moves in big steps (x100 for an epsilon) counts in
+            # those steps, and the curve is not trusted far out: else the farthest moves
+            # would always look the most promising (the most uncertain)
+            u = math.log(value / base) / max(1.0, self.steps.get(target, 1.0))
+            u = min(max(u, -U_MAX), U_MAX)
+            return {("b", target): u, ("c", target): u * u, ("C",): u * u,
+                    ("r", target, _label(value)): 1.0}
+        return {("T",): 1.0, ("t", target): 1.0, ("v", target, _label(value)): 1.0}
+
+    def change(self, parts: list[tuple[str, object, object]]) -> dict[tuple, float]:
+        """Features of moving each (target, old, new)."""
+        out: dict[tuple, float] = {}
+        for target, old, new in parts:
+            for sign, value in ((1.0, new), (-1.0, old)):
+                for k, v in self.features(target, value).items():
+                    out[k] = out.get(k, 0.0) + sign * v
+        return out
+
+    def add(self, x: dict[tuple, float], y: float, var: float) -> None:
+        if math.isfinite(y):
+            self.rows.append((x, y, var))
+
+    def _prior(self, k: tuple) -> tuple[float, float]:
+        n = self.noise
+        s = n.scale
+        if k[0] in ("b", "c"):
+            return 0.0, (2 * s) ** 2
+        if k[0] == "C":
+            # the base genome is tuned: moving a value far tends to hurt (a bowl around it)
+            return CURVATURE * s, s * s
+        if k[0] in ("t", "T"):
+            return 0.0, s * s
+        if k[0] == "v":
+            return 0.0, (0.7 * s) ** 2
+        if k[0] == "r":
+            return 0.0, (0.5 * s) ** 2
+        return 0.0, n.tau ** 2
+
+    def fit(self, extra: list[dict[tuple, float]]) -> None:
+        """Posterior mean and covariance over every parameter the rows or `extra` name."""
+        names = sorted({k for x, _, _ in self.rows for k in x}
+                       | {k for x in extra for k in x}, key=repr)
+        self.index = {k: i for i, k in enumerate(names)}
+        p = len(names)
+        prior = [self._prior(k) for k in names]
+        precision = np.diag([1.0 / v for _, v in prior]) if p else np.zeros((0, 0))
+        rhs = np.array([m / v for m, v in prior]) if p else np.zeros(0)
+        if self.rows and p:
+            X = np.zeros((len(self.rows), p))
+            for r, (x, _, _) in enumerate(self.rows):
+                for k, v in x.items():
+                    X[r, self.index[k]] = v
+            w = np.array([1.0 / var for _, _, var in self.rows])
+            y = np.array([y for _, y, _ in self.rows])
+            precision = precision + (X * w[:, None]).T @ X
+            rhs = rhs + X.T @ (w * y)
+        self.cov = np.linalg.inv(precision) if p else np.zeros((0, 0))
+        self.mean = self.cov @ rhs if p else np.zeros(0)
+
+    def prior_var(self, x: dict[tuple, float]) -> float:
+        """A change's variance before any result."""
+        return sum(v * v * self._prior(k)[1] for k, v in x.items())
+
+    def vector(self, x: dict[tuple, float]) -> np.ndarray:
+        a = np.zeros(len(self.index))
+        for k, v in x.items():
+            if k in self.index:
+                a[self.index[k]] = v
+        return a
+
+    def predict(self, x: dict[tuple, float]) -> tuple[float, float]:
+        """(mean, variance) of a change's true delta."""
+        a = self.vector(x)
+        return float(a @ self.mean), float(max(a @ self.cov @ a, 0.0))
+
+
+_MISSING = object()
+
+
+@dataclass
+class Prediction:
+    """The model's belief about one edit of the parent."""
+    mean: float          # predicted true delta of val_bpb (negative: better)
+    sd: float            # its uncertainty
+    crash_p: float       # chance the run crashes
+    measured: bool       # the history has run this value, or pinned down its setting's curve
+
+
+@dataclass
+class Assessment:
+    """What the agent believes about a parent, from the history (see `MutateAgent.assess`)."""
+    bar: float                        # a child is kept when its delta is below -bar
+    noise: float                      # the error of one measurement
+    offset: float                     # the parent's offset: minus its measurement's error
+    offset_sd: float
+    predictions: dict[str, Prediction]
+
+    def kept_gain(self, mean: float, var: float, crash_p: float) -> float:
+        """E[true gain x 1{kept}] of a change with a predicted delta ~ N(mean, var): it is
+        kept when delta + the parent's offset + its own error clears the bar."""
+        sd = math.sqrt(var + self.offset_sd ** 2 + self.noise ** 2)
+        z = (-self.bar - mean - self.offset) / sd
+        cdf = 0.5 * math.erfc(-z / math.sqrt(2))
+        pdf = math.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+        return (1 - crash_p) * (-mean * cdf + var / sd * pdf)
+
+
+@dataclass
+class _Fitted:
+    assessment: Assessment
+    model: _SettingsModel
+    changes: dict[str, dict[tuple, float]]      # edit key -> its features on the parent
+
+
+@dataclass
+class _Option:
+    edits: list[Edit]
+    key: str
+    value: float
+
+
+class _Crashes:
+    """Which values crash, by (setting, value), from runs that went fine and runs that
+    crashed. A crashed stack's blame is shared among its values in proportion to how
+    likely each is to crash (so a value that keeps turning up in crashed stacks takes the
+    blame, whatever one report said), and a value that crashed alone and never ran fine is
+    not tried again: crashes tend to repeat (a shape that does not fit, a divergence).
+    A value nobody ran carries the history's crash rate, counted apart for far moves (beyond
+    x4.5 or /4.5 of the value before), which diverge more often: 30% to start, else 5%.
+    The parents' own values ran fine: they never crash."""
+
+    FAR = 1.5
+
+    def __init__(self) -> None:
+        self.ok: set[tuple[str, str]] = set()        # ran fine at least once
+        self.safe: set[tuple[str, str]] = set()      # a parent's values
+        self.runs: list[tuple[list[tuple[str, str]], bool]] = []
+        self.far: set[tuple[str, str]] = set()
+        self.counts = {False: [0.5, 10.0], True: [1.5, 5.0]}   # far? -> [crashes, runs]
+        self.p: dict[tuple[str, str], float] = {}    # crash chance, once settled
+        self.oks: dict[tuple[str, str], int] = {}    # runs that went fine, by value
+
+    def _far(self, old: object, new: object) -> bool:
+        return _positive(old) and _positive(new) and abs(math.log(new / old)) > self.FAR
+
+    def _add(self, parts: list[tuple], crashed: bool) -> list[tuple[str, str]]:
+        states = [(target, _label(new)) for target, _, new in parts]
+        self.far.update(st for st, (_, old, new) in zip(states, parts) if self._far(old, new))
+        if len(parts) == 1:
+            c = self.counts[self._far(parts[0][1], parts[0][2])]
+            c[0] += crashed
+            c[1] += 1
+        self.runs.append((states, crashed))
+        return states
+
+    def ran(self, parts: list[tuple]) -> None:
+        self.ok.update(self._add(parts, False))
+
+    def failed(self, parts: list[tuple]) -> None:
+        self._add(parts, True)
+
+    def _base(self, state: tuple[str, str]) -> float:
+        crashes, runs = self.counts[state in self.far]
+        return min(crashes / runs, 0.9)
+
+    def settle(self) -> None:
+        """Share out the blame of crashed runs (a few rounds of expectation-maximisation)."""
+        oks: dict[tuple[str, str], int] = {}
+        for states, crashed in self.runs:
+            for st in states if not crashed else ():
+                oks[st] = oks.get(st, 0) + 1
+        failed = [[st for st in states if st not in self.safe]
+                  for states, crashed in self.runs if crashed]
+        failed = [f for f in failed if f]
+        p = {st: self._base(st) for f in failed for st in f}
+        for _ in range(8):
+            blame = dict.fromkeys(p, 0.0)
+            for f in failed:
+                total = sum(p[st] for st in f)
+                for st in f:
+                    blame[st] += p[st] / total if total > 0 else 1 / len(f)
+            p = {st: (self._base(st) + blame[st]) / (1 + blame[st] + oks.get(st, 0))
+                 for st in p}
+        for f in failed:
+            if len(f) == 1 and f[0] not in self.ok:
+                p[f[0]] = 1.0
+        self.p, self.oks = p, oks
+
+    def chance(self, target: str, old: object, new: object) -> float:
+        state = (target, _label(new))
+        if state in self.safe:
+            return 0.0
+        if state in self.p:
+            return self.p[state]
+        base = self.counts[self._far(old, new)]
+        return min(base[0] / base[1], 0.9) / (1 + self.oks.get(state, 0))
+
+
+# ---------------------------------------------------------------------------
+# Helpers shared with RandomAgent.
 
 def _first_values(settings: list[Setting], profile: str | None) -> dict[str, object]:
     """Each setting's value (its first occurrence among those the node may edit)."""
@@ -168,6 +445,21 @@ def _first_values(settings: list[Setting], profile: str | None) -> dict[str, obj
     for s in for_profile(settings, profile):
         out.setdefault(s.name, s.value)
     return out
+
+
+def _code_values(catalogue: dict[str, Edit]) -> dict[str, object]:
+    """The state of the code targets (the MLP activation in use), from their edits."""
+    return {e.target: e.old_value for e in catalogue.values()
+            if e.target in CODE_TARGETS and e.old_value is not None}
+
+
+def _typical_steps(catalogue: dict[str, Edit]) -> dict[str, float]:
+    """Per setting, the median |log(new / old)| of its numeric catalogue edits."""
+    moves: dict[str, list[float]] = {}
+    for e in catalogue.values():
+        if _positive(e.old_value) and _positive(e.new_value) and e.old_value != e.new_value:
+            moves.setdefault(e.target, []).append(abs(math.log(e.new_value / e.old_value)))
+    return {t: max(statistics.median(m), 1e-3) for t, m in moves.items()}
 
 
 def _tried_here(history: list[Tried], parent_id: str) -> set[str]:
@@ -209,163 +501,246 @@ def _propose_edit(parent_source: str, edit: Edit, settings: list[Setting]) -> Pr
     return _check(parent_source, Proposal(new, desc, edit.key))
 
 
+def _propose_stack(parent_source: str, edits: list[Edit], key: str,
+                   settings: list[Setting]) -> Proposal:
+    source = edits[0].apply(parent_source, settings)
+    for edit in edits[1:]:
+        source = edit.apply(source) if source is not None else None
+    desc = describe(key, "; ".join(e.desc for e in edits))
+    if source is None:
+        return failed(f"edits {key} do not apply together", desc, key)
+    return _check(parent_source, Proposal(source, desc, key))
+
+
 def describe(key: str, text: str) -> str:
     """`[key] text`: the key travels in the record's description, where peers' mutate agents
     (and experiments.loop.edit_key_of) read it back."""
     return f"[{key}] {text}"
 
 
+# ---------------------------------------------------------------------------
+# The agent.
+
 class MutateAgent:
     name = "mutate"
 
     def __init__(self, *, base_source: str | None = None, profile: str | None = None,
-                 combine_p: float = 0.2, prior_strength: float = 1.0):
+                 combine_p: float = 1.0, max_stack: int = MAX_STACK):
+        """`combine_p`: the chance that stacks of edits compete with single edits while the
+        parent still has untried single edits (once it has none, stacks are all that is
+        left); `max_stack`: the most edits in one stack."""
         self.profile = profile
         self.base_source = base_source if base_source is not None else _default_base_source()
         self.combine_p = combine_p
-        self.prior_strength = prior_strength
-        self._base_settings = (locate_settings(self.base_source)
-                               if self.base_source is not None else None)
-        self._base_values = _first_values(self._base_settings or [], profile)
+        self.max_stack = max(1, int(max_stack))
+        base_settings = (locate_settings(self.base_source)
+                         if self.base_source is not None else None)
+        self._base_values = _first_values(base_settings or [], profile)
+        self._steps: dict[str, float] = {}
+        if self.base_source is not None and base_settings is not None:
+            base_catalogue = build_catalogue(self.base_source, base_settings, profile)
+            self._base_values.update(_code_values(base_catalogue))
+            self._steps = _typical_steps(base_catalogue)
         self._values_at: dict[str, dict[str, object]] = {}   # parent id -> its settings
+        self._parts_memo: dict[tuple, list[tuple] | None] = {}
+        self._change_memo: dict[tuple, dict] = {}
 
     def propose(self, parent_source: str, brief: Brief, history: list[Tried], *,
                 parent_id: str, rng: random.Random) -> Proposal:
         if not isinstance(parent_source, str):
             return failed("no parent source")
-        history = [t for t in (history or []) if isinstance(t, Tried)]
+        history = _usable(history)
         settings = locate_settings(parent_source)
         if settings is None:
             return failed("the parent train.py does not parse")
         catalogue = build_catalogue(parent_source, settings, self.profile)
-        current = _first_values(settings, self.profile)
-        if len(self._values_at) > 10000:
-            self._values_at.clear()
-        self._values_at[parent_id] = current
         tried = _tried_here(history, parent_id)
-        candidates = _candidates(catalogue, brief.topic, tried)
-        stats = _Stats(history, self.prior_strength)
-        lines = self._line_model(history, current, stats)
-        if candidates and rng.random() >= self.combine_p:
-            return self._single(parent_source, settings, candidates, stats, lines, rng)
-        combo = self._combination(parent_source, settings, catalogue, history, parent_id,
-                                  tried, stats.scale, rng)
-        if combo is not None:
-            return combo
-        if candidates:
-            return self._single(parent_source, settings, candidates, stats, lines, rng)
-        return _exhausted(brief.topic)
-
-    def _line_model(self, history: list[Tried], current: dict[str, object],
-                    stats: _Stats) -> tuple[_LineSearch, dict[str, float]]:
-        """The line-search model from results of relative steps (x2, x0.7, +1), and the
-        current parent's position u per setting. A result counts when its parent's value is
-        known: a parent this agent has seen, or any parent while no lineage in the history
-        has kept a change of that setting (it still has the base genome's value)."""
-        model = _LineSearch(stats.scale)
-        moved = {key_target(t.edit_key) for t in history if t.status == "kept" and t.edit_key}
-
-        def origin(target: str) -> float | None:
-            base = self._base_values.get(target)
-            return base if _positive(base) else None
-
-        here = {t: math.log(v / origin(t)) for t, v in current.items()
-                if _positive(v) and origin(t) is not None}
-        for t in history:
-            m = _RELATIVE_KEY.match(t.edit_key or "")
-            if not m or m.group(1) not in here:
-                continue
-            target = m.group(1)
-            if t.parent_id in self._values_at:
-                value = self._values_at[t.parent_id].get(target)
-            elif target not in moved:
-                value = self._base_values.get(target)
+        singles = _candidates(catalogue, brief.topic, tried)
+        pool = [e for e in catalogue.values() if edit_in_topic(e, brief.topic)] or \
+            list(catalogue.values())
+        found = self._assess(settings, catalogue, singles + pool, history, parent_id)
+        stacks_allowed = not singles or rng.random() < self.combine_p
+        options = self._options(found, singles, pool if stacks_allowed else [], tried)
+        if not options:
+            return _exhausted(brief.topic)
+        jitter = {id(o): rng.random() for o in options}
+        options.sort(key=lambda o: (-o.value, jitter[id(o)]))
+        proposal = None
+        for option in options[:5]:
+            if len(option.edits) == 1:
+                proposal = _propose_edit(parent_source, option.edits[0], settings)
             else:
-                continue
-            if not _positive(value):
-                continue
-            if m.group(2):
-                x = math.log(float(m.group(2)))
-            else:
-                new = value + int(m.group(3))
-                if new <= 0:
-                    continue
-                x = math.log(new / value)
-            u = math.log(value / origin(target))
-            if isinstance(t.delta, (int, float)) and math.isfinite(t.delta):
-                model.add(target, u, x, t.delta)
-            elif t.status in ("crash", "timeout", "rejected"):
-                model.add(target, u, x, 3 * stats.scale)
-        return model, here
-
-    def _single(self, parent_source: str, settings: list[Setting], candidates: list[Edit],
-                stats: _Stats, lines: tuple[_LineSearch, dict[str, float]],
-                rng: random.Random) -> Proposal:
-        model, here = lines
-
-        def draw(edit: Edit) -> float:
-            if edit.relative and edit.step is not None and edit.target in here:
-                return model.sample(edit.target, here[edit.target], edit.step, rng)
-            return stats.sample(edit, rng)
-
-        # keys that crashed, timed out or were rejected before come last: such failures
-        # tend to repeat (a setting that diverges, a shape that does not fit)
-        ranked = sorted(candidates, key=lambda e: (e.key in stats.crashed, draw(e)))
-        for edit in ranked[:5]:
-            proposal = _propose_edit(parent_source, edit, settings)
+                proposal = _propose_stack(parent_source, option.edits, option.key, settings)
             if proposal.ok:
                 return proposal
         return proposal
 
-    # -- combination -----------------------------------------------------------------------
-
-    def _untouched(self, target: str, settings: list[Setting]) -> bool:
-        """Whether the parent still has the base genome's values for this setting."""
-        if self._base_settings is None:
-            return False
-        base = {(s.scope, s.name): s.value for s in self._base_settings if s.name == target}
-        here = {(s.scope, s.name): s.value for s in settings if s.name == target}
-        return bool(here) and here == base
-
-    def _combination(self, parent_source: str, settings: list[Setting],
-                     catalogue: dict[str, Edit], history: list[Tried], parent_id: str,
-                     tried: set[str], scale: float, rng: random.Random) -> Proposal | None:
-        """Two promising edits at once: edits kept elsewhere that the parent lacks, and near
-        misses on this parent (they lowered val_bpb by more than half a typical delta, but
-        not past the noise bar: two of them together may clear it)."""
-        promise: dict[str, float] = {}
-        for t in history:
-            if not t.edit_key or "&" in t.edit_key or t.edit_key not in catalogue:
-                continue
-            edit = catalogue[t.edit_key]
-            gain = -t.delta if isinstance(t.delta, (int, float)) and t.delta < 0 else 0.0
-            near_miss = (t.status == "discarded" and gain > scale / 2
-                         and t.parent_id == parent_id)
-            # a relative edit kept elsewhere is already in the parent once its setting moved
-            kept_missing = t.status == "kept" and (not edit.relative or self._untouched(
-                edit.target, settings))
-            if near_miss or kept_missing:
-                promise[t.edit_key] = max(promise.get(t.edit_key, 0.0), gain)
-        pool = [catalogue[k] for k in promise]
-        if len(pool) < 2:
+    def assess(self, parent_source: str, history: list[Tried], *,
+               parent_id: str) -> Assessment | None:
+        """What the agent believes about the parent's catalogue edits, from the history:
+        the keep bar, the parent's offset, and each edit's predicted delta. None if the
+        parent does not parse."""
+        settings = locate_settings(parent_source) if isinstance(parent_source, str) else None
+        if settings is None:
             return None
-        weights = [promise[e.key] + 1e-4 for e in pool]
-        for _ in range(12):
-            first, second = rng.choices(pool, weights)[0], rng.choices(pool, weights)[0]
-            if first.target == second.target:
+        catalogue = build_catalogue(parent_source, settings, self.profile)
+        history = _usable(history)
+        return self._assess(settings, catalogue, list(catalogue.values()), history,
+                            parent_id).assessment
+
+    def _assess(self, settings: list[Setting], catalogue: dict[str, Edit], edits: list[Edit],
+                history: list[Tried], parent_id: str) -> _Fitted:
+        current = _first_values(settings, self.profile)
+        current.update(_code_values(catalogue))
+        if len(self._values_at) > 10000:
+            self._values_at.clear()
+            self._parts_memo.clear()
+            self._change_memo.clear()
+        self._values_at[parent_id] = current
+        model, crashes, noise = self._model(history)
+        edits_by_key = {e.key: e for e in edits}
+        changes = {key: model.change([(e.target, current[e.target], e.new_value)])
+                   for key, e in edits_by_key.items()
+                   if e.target in current and e.new_value is not None}
+        model.fit(list(changes.values()) + [{("p", parent_id): 1.0}])
+        i = model.index[("p", parent_id)]
+        predictions = {}
+        for key, x in changes.items():
+            e = edits_by_key[key]
+            mean, var = model.predict(x)
+            state = (e.target, _label(e.new_value))
+            measured = (state in crashes.ok or state in crashes.safe
+                        or (_positive(e.new_value) and var <= 0.5 * model.prior_var(x)))
+            predictions[key] = Prediction(mean, math.sqrt(var), crashes.chance(
+                e.target, current[e.target], e.new_value), measured)
+        assessment = Assessment(noise.bar, noise.tau, float(model.mean[i]),
+                                math.sqrt(max(float(model.cov[i, i]), 0.0)), predictions)
+        return _Fitted(assessment, model, changes)
+
+    # -- reading the history ---------------------------------------------------------------
+
+    def _parts(self, t: Tried) -> list[tuple] | None:
+        """(setting, old, new) of each setting a tried key changed on its parent, whose
+        values are known if this agent proposed on it (else the base genome's)."""
+        memo = (t.edit_key, t.parent_id, t.parent_id in self._values_at)
+        if memo in self._parts_memo:
+            return self._parts_memo[memo]
+        parsed = parse_key(t.edit_key)
+        values = self._values_at.get(t.parent_id, self._base_values)
+        out: list[tuple] | None = []
+        for target, op, x in parsed or ():
+            new = _applied(op, x, values[target]) if target in values else None
+            if new is None:
+                out = None
+                break
+            out.append((target, values[target], new))
+        if len(self._parts_memo) > 50_000:
+            self._parts_memo.clear()
+            self._change_memo.clear()
+        self._parts_memo[memo] = out if parsed is not None else None
+        return self._parts_memo[memo]
+
+    def _change(self, model: _SettingsModel, t: Tried, parts: list[tuple]) -> dict:
+        """The model's features of a tried change (they only depend on its parts)."""
+        memo = (t.edit_key, t.parent_id, t.parent_id in self._values_at)
+        if memo not in self._change_memo:
+            self._change_memo[memo] = model.change(parts)
+        return self._change_memo[memo]
+
+    def _model(self, history: list[Tried]) -> tuple[_SettingsModel, _Crashes, _Noise]:
+        """The model with the history's results in it (not yet fitted), what crashed, and
+        the noise levels."""
+        noise = _noise(history)
+        model = _SettingsModel(self._base_values, self._steps, noise)
+        crashes = _Crashes()
+        # parents this agent has seen, by their settings: to find which kept child became
+        # which parent (its measurement is that parent's offset)
+        by_state = {}
+        for pid, values in self._values_at.items():
+            by_state.setdefault(_state_key(values), pid)
+            crashes.safe.update((t, _label(v)) for t, v in values.items())
+        failed_runs = [parts for t in history if t.status in FAILED
+                       for parts in [self._parts(t)] if parts is not None]
+        for t, delta in _deltas(history):
+            parts = self._parts(t)
+            if parts is None:
                 continue
-            key = "&".join(sorted((first.key, second.key)))
-            if key in tried:
+            crashes.ran(parts)
+            x = dict(self._change(model, t, parts))
+            x[("p", t.parent_id)] = x.get(("p", t.parent_id), 0.0) + 1.0
+            var = noise.tau ** 2
+            child = None
+            if t.status == "kept" and t.parent_id in self._values_at:
+                after = dict(self._values_at[t.parent_id])
+                after.update({target: new for target, _, new in parts})
+                child = by_state.get(_state_key(after))
+            if child is not None and child != t.parent_id:
+                # this run's error is the child's offset as a parent: no separate error
+                x[("p", child)] = x.get(("p", child), 0.0) - 1.0
+                var = (noise.tau * 0.05) ** 2
+            model.add(x, delta, var)
+        for parts in failed_runs:
+            crashes.failed(parts)
+        crashes.settle()
+        return model, crashes, noise
+
+    # -- choosing --------------------------------------------------------------------------
+
+    def _options(self, found: _Fitted, singles: list[Edit], pool: list[Edit],
+                 tried: set[str]) -> list[_Option]:
+        """Proposals worth running, each with its value (expected kept gain)."""
+        a = found.assessment
+        options = []
+        for e in singles:
+            guess = a.predictions.get(e.key)
+            if guess is None:         # an edit the model cannot place: worth a look
+                options.append(_Option([e], e.key, 0.0))
+            elif guess.crash_p < 1.0:
+                options.append(_Option([e], e.key, a.kept_gain(
+                    guess.mean, guess.sd ** 2, guess.crash_p)))
+        return options + self._stacks(found, pool, tried)
+
+    def _stacks(self, found: _Fitted, pool: list[Edit], tried: set[str]) -> list[_Option]:
+        """Stacks of promising edits, one per setting: every set of two to `max_stack` of
+        the best-predicted few (among edits whose value the history has measured, or whose
+        setting's curve it has pinned down) that the model expects to clear at least half
+        the bar."""
+        a, model = found.assessment, found.model
+        best: dict[str, Edit] = {}
+        for e in pool:
+            guess = a.predictions.get(e.key)
+            if guess is None or guess.mean >= 0 or guess.crash_p >= 0.5 or not guess.measured:
                 continue
-            once = first.apply(parent_source, settings)
-            twice = second.apply(once) if once is not None else None
-            if twice is None:
-                continue
-            desc = describe(key, f"{first.desc}; {second.desc}")
-            proposal = _check(parent_source, Proposal(twice, desc, key))
-            if proposal.ok:
-                return proposal
-        return None
+            if e.target not in best or guess.mean < a.predictions[best[e.target].key].mean:
+                best[e.target] = e
+        ranked = sorted(best.values(), key=lambda e: a.predictions[e.key].mean)[:STACK_FROM]
+        vectors = {e.key: model.vector(found.changes[e.key]) for e in ranked}
+        out = []
+        for size in range(2, min(self.max_stack, len(ranked)) + 1):
+            for chosen in itertools.combinations(ranked, size):
+                key = "&".join(sorted(c.key for c in chosen))
+                if len(key) > MAX_KEY_CHARS or key in tried:
+                    continue
+                x = sum(vectors[c.key] for c in chosen)
+                mean = float(x @ model.mean)
+                if mean > -a.bar / 2:
+                    continue     # below the noise: not worth a run
+                var = float(max(x @ model.cov @ x, 0.0))
+                survive = math.prod(1 - a.predictions[c.key].crash_p for c in chosen)
+                out.append(_Option(list(chosen), key, a.kept_gain(mean, var, 1 - survive)))
+        return out
+
+
+def _usable(history: object) -> list[Tried]:
+    """History entries the agent can read: a Tried with a parent id and a key (or none)."""
+    if not isinstance(history, (list, tuple)):
+        return []
+    return [t for t in history if isinstance(t, Tried) and isinstance(t.parent_id, str)
+            and (t.edit_key is None or isinstance(t.edit_key, str))]
+
+
+def _state_key(values: dict[str, object]) -> tuple:
+    return tuple(sorted((k, _label(v)) for k, v in values.items()))
 
 
 class RandomAgent:
@@ -390,4 +765,4 @@ class RandomAgent:
         return _propose_edit(parent_source, rng.choice(candidates), settings)
 
 
-__all__ = ["MutateAgent", "RandomAgent"]
+__all__ = ["Assessment", "MutateAgent", "Prediction", "RandomAgent", "parse_key"]
