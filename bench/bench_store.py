@@ -230,14 +230,8 @@ def run(n_records: int, depth: int, workdir: Path) -> list[tuple[str, str, str, 
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from benchdoc import cpu_name
+    cpu = cpu_name()
     return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
             f"SQLite {sqlite3.sqlite_version}")
 

@@ -1,6 +1,7 @@
 """Write one benchmark's section of docs/BENCHMARKS.md, between its own markers."""
 from __future__ import annotations
 
+import platform
 import re
 from pathlib import Path
 
@@ -16,3 +17,14 @@ def write_section(name: str, section: str, doc: Path = DOC) -> None:
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     doc.write_text(text)
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -291,14 +291,8 @@ def _f(value, spec: str = ".4f", none: str = "-") -> str:
 
 
 def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from benchdoc import cpu_name
+    cpu = cpu_name()
     try:
         import torch
         torch_version = torch.__version__

@@ -107,7 +107,7 @@ class CrossoverFinder:
             if r.id in mine or (parent.id, r.id) in self.failed or \
                     not self.scores.is_kept(r, sigma):
                 continue
-            if self.trust.my_verdict(r) == "refuted" or self.trust.is_liar(r.author) or \
+            if self.trust.my_verdict(r) == "refuted" or self.trust.is_liar(r.author, reps) or \
                     self.trust.trusted_refuters(r, reps):
                 continue
             verified = self.trust.is_verified(r, reps)
@@ -175,10 +175,11 @@ class CrossoverFinder:
              busy: set[str]) -> Crossover | None:
         """The most improving edit of another arena not yet ported into `arena`."""
         done = ported_ids(self.store.experiments(arena=arena))
+        reps = self.trust.reputations()
         for gain, donor in self._port_donors(arena):
             if donor.id in done or (parent.id, donor.id) in self.failed:
                 continue
-            if self.trust.is_liar(donor.author):
+            if self.trust.is_liar(donor.author, reps):
                 continue
             desc = port_desc(donor)
             if desc in busy:

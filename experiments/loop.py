@@ -211,7 +211,7 @@ class ResearchLoop:
             if parent is not None and parent.kind == "experiment" and (
                     self.trust.my_verdict(parent) == "refuted"
                     or self.trust.trusted_refuters(parent, reps)
-                    or self.trust.is_liar(parent.author)):
+                    or self.trust.is_liar(parent.author, reps)):
                 return True
         return False
 

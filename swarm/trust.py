@@ -57,8 +57,12 @@ class TrustPolicy:
             return float("inf")
         return self.reputations().get(author, 0.0)
 
-    def is_liar(self, author: bytes) -> bool:
-        return author != self.me and self.reputation(author) < self.rules.liar_threshold
+    def is_liar(self, author: bytes, reps: dict[bytes, float] | None = None) -> bool:
+        """`reps`: reputations already read (a scan over many records reads them once)."""
+        if author == self.me:
+            return False
+        reps = self.reputations() if reps is None else reps
+        return reps.get(author, 0.0) < self.rules.liar_threshold
 
     def save_reputations(self) -> None:
         """Copy the derived reputations into the peers table (for status and dashboard)."""
