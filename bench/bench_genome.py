@@ -26,7 +26,7 @@ from experiments.harness import run_experiment  # noqa: E402
 from genome import base_train_source  # noqa: E402
 
 EDITS = {
-    "learning rates x3": [(r"^(MATRIX_LR|EMBED_LR|HEAD_LR|SCALAR_LR) = ([0-9.e-]+)",
+    "learning rates x3": [(r"^(MATRIX_LR|EMBED_LR|HEAD_LR) = ([0-9.e-]+)",
                            lambda m: f"{m.group(1)} = {float(m.group(2)) * 3!r}")],
     "half width": [(r'("cpu": dict\(DEPTH=4, WIDTH=)128', lambda m: m.group(1) + "64")],
     "no warmup": [(r"^WARMUP_FRAC = [0-9.]+", lambda m: "WARMUP_FRAC = 0.0")],

@@ -43,7 +43,6 @@ INIT_SCALE = 1.0  # multiplies the init std (1/sqrt(width)) of attention q/k/v a
 MATRIX_LR = 0.02  # Muon learning rate (attention and MLP matrices)
 EMBED_LR = 0.01  # AdamW learning rate for the token embedding
 HEAD_LR = 0.004  # AdamW learning rate for the output head
-SCALAR_LR = 0.01  # AdamW learning rate for any other parameter (none in the base model)
 ADAM_BETA1 = 0.8  # AdamW first-moment decay
 ADAM_BETA2 = 0.95  # AdamW second-moment decay
 ADAM_EPS = 1e-8  # AdamW denominator epsilon
@@ -256,7 +255,8 @@ def make_optimizer(model):
         dict(kind="muon", params=matrices, lr=MATRIX_LR),
         dict(kind="adamw", params=embed, lr=EMBED_LR),
         dict(kind="adamw", params=head, lr=HEAD_LR),
-        dict(kind="adamw", params=others, lr=SCALAR_LR),
+        # any parameter an edit adds outside the blocks (gains, biases) learns at the embedding's rate
+        dict(kind="adamw", params=others, lr=EMBED_LR),
     ]
     return MuonAdamW([g for g in groups if g["params"]])
 

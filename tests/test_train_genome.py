@@ -153,7 +153,7 @@ def test_optimizer_puts_block_matrices_on_muon_and_the_rest_on_adamw(monkeypatch
     assert {id(p) for p in muon["params"]} == matrices
     assert (embed["kind"], embed["lr"], embed["params"]) == ("adamw", train.EMBED_LR, [model.embed.weight])
     assert (head["kind"], head["lr"], head["params"]) == ("adamw", train.HEAD_LR, [model.head.weight])
-    assert (others["kind"], others["lr"], others["params"]) == ("adamw", train.SCALAR_LR, [model.gain])
+    assert (others["kind"], others["lr"], others["params"]) == ("adamw", train.EMBED_LR, [model.gain])
 
     monkeypatch.setattr(train, "TIE_EMBEDDINGS", True)
     tied = tiny_model()
