@@ -53,6 +53,8 @@ class Settings:
     verify_share: float = 0.25  # at most this share of runs re-run peers' claims
     merge_share: float = 0.15   # share of steps that try merging a sibling improvement
     port_share: float = 0.1     # share of steps that try an edit kept in another arena
+    speculate_share: float = 0.0  # share of steps that may build on a stranger's unverified
+                                  # claim (peers we trust: always); 1 in a swarm of friends
     trust_k: int = 2
 
 
@@ -129,7 +131,7 @@ def load_settings(flags: dict, environ=os.environ) -> Settings:
 
 def check_settings(settings: Settings) -> Settings:
     """Ranges the types cannot say; the error names the key."""
-    for name in ("verify_share", "merge_share", "port_share"):
+    for name in ("verify_share", "merge_share", "port_share", "speculate_share"):
         value = getattr(settings, name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"{name} must be between 0 and 1, got {value}")
@@ -431,6 +433,7 @@ def build_loop(local: Local, settings: Settings, until: float | None):
                         max_experiments=settings.max_experiments, until=until,
                         verify_share=settings.verify_share,
                         merge_share=settings.merge_share, port_share=settings.port_share,
+                        speculate_share=settings.speculate_share,
                         trust=TrustRules(k=settings.trust_k))
     local.store.set_meta("node.arena", trainer.arena)
     return ResearchLoop(store=local.store, lineage=local.lineage, identity=local.identity,

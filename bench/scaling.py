@@ -116,8 +116,10 @@ class PacedTrainer:
         return self.inner.run(source, seed=seed, progress=progress, cancel=cancel)
 
 
-VERIFY_SHARE = [LoopConfig().verify_share]   # --verify-share changes it for every node
-MERGE_SHARE = [LoopConfig().merge_share]     # --merge-share changes it for every node
+# --verify-share, --merge-share and --speculate-share change these for every node
+LOOP_OPTIONS = {"verify_share": LoopConfig().verify_share,
+                "merge_share": LoopConfig().merge_share,
+                "speculate_share": LoopConfig().speculate_share}
 
 
 def build_loop(home: Path, landscape: int, index: int, rep: int, delay: float) -> ResearchLoop:
@@ -130,8 +132,7 @@ def build_loop(home: Path, landscape: int, index: int, rep: int, delay: float) -
         identity=node_identity(landscape, index), genome=genome_id(), root_id=root,
         trainer=PacedTrainer(landscape, delay, random.Random(rng.random())),
         agent=make_agent("mutate", base_source=BASE), brief=load_brief(TOPIC),
-        config=LoopConfig(topic=TOPIC, rules=ScoreRules(), verify_share=VERIFY_SHARE[0],
-                          merge_share=MERGE_SHARE[0]),
+        config=LoopConfig(topic=TOPIC, rules=ScoreRules(), **LOOP_OPTIONS),
         home=home, rng=rng)
 
 
@@ -736,6 +737,8 @@ def main() -> int:
                     help="the loop's verify_share for every node (ideal network only)")
     ap.add_argument("--merge-share", type=float, default=LoopConfig().merge_share,
                     help="ideal network only: merge_share for every node and lone reference")
+    ap.add_argument("--speculate-share", type=float, default=LoopConfig().speculate_share,
+                    help="ideal network only: speculate_share for every node and lone reference")
     ap.add_argument("--trust-all", action="store_true",
                     help="ideal network only: no verification, every claim trusted")
     ap.add_argument("--notes", help="a markdown file appended to the written section")
@@ -754,8 +757,8 @@ def main() -> int:
             trio.run(worker_main, spec)
         return 0
     args.landscapes = parse_list(args.landscapes)
-    VERIFY_SHARE[0] = args.verify_share
-    MERGE_SHARE[0] = args.merge_share
+    LOOP_OPTIONS.update(verify_share=args.verify_share, merge_share=args.merge_share,
+                        speculate_share=args.speculate_share)
     sizes = parse_list(args.sizes)
     load0 = os.getloadavg()
     t_start = time.time()

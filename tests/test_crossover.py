@@ -623,3 +623,95 @@ def test_a_claim_built_on_a_refuted_record_waits_behind_fresh_claims(world):
     assert world.loop.pending_claim().id == fresh.id
     world.attest(world.me, fresh)
     assert world.loop.pending_claim().id == chained.id     # still checked, only later
+
+
+# ---------------------------------------------------------------------------
+# building on a claim before it is verified (speculative parents)
+
+
+def speculating(world, share):
+    world.loop.config.speculate_share = share
+    return world.loop.choose_parent()
+
+
+def test_a_trusted_authors_better_claim_is_built_on_before_it_is_verified(world):
+    ours = world.ours(val=1.85)
+    claim = sibling(world, world.trusted("carol"), val=1.84)
+    assert not world.loop.trust.is_verified(claim)
+    assert speculating(world, 0.0).id == claim.id
+    worse = sibling(world, world.trusted("dave"), val=1.86, change=WARMDOWN_DOWN, desc="wd")
+    assert speculating(world, 0.0).id == claim.id and worse.id != ours.id
+
+
+def test_a_strangers_claim_is_built_on_only_in_the_speculate_share(world):
+    world.ours(val=1.85)
+    claim = sibling(world, world.key("stranger"), val=1.84)
+    assert speculating(world, 0.0).id != claim.id
+    assert speculating(world, 1.0).id == claim.id
+
+
+def test_a_trusted_authors_claim_comes_before_a_strangers_better_one(world):
+    world.ours(val=1.85)
+    trusted = sibling(world, world.trusted("carol"), val=1.84)
+    sibling(world, world.key("stranger"), val=1.70, change=WARMDOWN_DOWN, desc="wd")
+    assert speculating(world, 1.0).id == trusted.id
+
+
+@pytest.mark.parametrize("why", ["refuted by us", "refuted by a trusted peer", "doubted author",
+                                 "liar", "built on a refuted record", "not kept",
+                                 "not better than ours"])
+def test_claims_never_built_on_before_verification(world, why):
+    ours = world.ours(val=1.85)
+    carol = world.trusted("carol")
+    parent, val = ROOT, 1.84
+    if why == "built on a refuted record":
+        refuted = sibling(world, world.key("mallory"), val=1.80, change=WARMDOWN_DOWN, desc="wd")
+        world.attest(world.me, refuted, "refuted")
+        parent = refuted.id
+    if why == "not kept":
+        parent, val = ours.id, 1.849         # within the noise of its parent
+    if why == "not better than ours":
+        val = 1.851
+    source = setting(world.lineage.source_of(parent), *HEAD_LR_UP)
+    claim = world.experiment(carol, parent, source, val, desc="HEAD_LR up")
+    if why == "refuted by us":
+        world.attest(world.me, claim, "refuted")
+    if why == "refuted by a trusted peer":
+        world.attest(world.trusted("alice"), claim, "refuted")
+    if why == "doubted author":
+        earlier = world.experiment(carol, ROOT, setting(BASE, *WARMDOWN_DOWN), 1.5,
+                                   arena=ELSEWHERE, desc="an earlier lie")
+        world.attest(world.trusted("alice"), earlier, "refuted")
+    if why == "liar":
+        world.judged("carol", "refuted", times=2)
+    assert speculating(world, 1.0).id == ours.id
+
+
+async def test_a_lie_built_on_costs_one_run_and_is_never_kept(world):
+    world.ours(val=1.85)
+    # a stranger claims a setting change that does nothing is worth a 0.1 gain
+    lie = sibling(world, world.key("mallory"), val=1.75, change=WARMDOWN_DOWN, desc="wd")
+    world.loop.config.speculate_share = 1.0
+    world.loop.config.merge_share = world.loop.config.port_share = 0.0
+    world.loop.config.verify_share = 0.0            # no re-run: build on it right away
+    world.loop.verify_budget_left = lambda: False
+    outcome = await world.loop.step()
+    assert outcome.kind == "experiment" and outcome.parent.id == lie.id
+    assert list(outcome.record.parents) == [lie.id]
+    assert not outcome.kept                          # judged against the claimed 1.75
+    assert world.loop.scores.best().val_bpb == 1.85
+    assert speculating(world, 1.0).id == lie.id      # until the re-run queue catches it
+    world.attest(world.me, lie, "refuted")
+    assert speculating(world, 1.0).id != lie.id
+
+
+def test_claims_fewer_peers_are_re_running_are_re_run_first(world):
+    world.ours(val=1.88)
+    best = sibling(world, world.key("carol"), val=1.84)
+    other = sibling(world, world.key("dave"), val=1.86, change=WARMDOWN_DOWN, desc="wd")
+    assert world.loop.pending_claim().id == best.id
+    strangers = {world.key(f"s{i}").public_key for i in range(2)}
+    world.loop.verifiers = lambda: {best.id_hex[:16]: strangers}
+    assert world.loop.pending_claim().id == other.id     # reordered, never skipped
+    world.attest(world.me, other)
+    assert world.loop.pending_claim().id == best.id

@@ -104,6 +104,7 @@ def test_config_precedence_flag_env_file_default(tmp_path):
     ("verify_share = 1.5\n", "verify_share must be between 0 and 1"),
     ("merge_share = 0.8\nport_share = 0.3\n", "port_share must be at most 1"),
     ("trust_k = 0\n", "trust_k must be at least 1"),
+    ("speculate_share = -0.1\n", "speculate_share must be between 0 and 1"),
 ])
 def test_bad_config_file_names_the_problem(tmp_path, content, message):
     (tmp_path / "config.toml").write_text(content)
