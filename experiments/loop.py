@@ -151,12 +151,12 @@ class ResearchLoop:
 
         Waiting for verification before building on a peer's improvement costs a swarm
         a round per improvement: at 16 nodes about half of all edits were built on a
-        stale parent because of it. Building on the claim at once is safe: our child is
-        trained and measured by us and judged against the claim's own score, so a claim
-        that overstates its score makes our child look worse, not better. A lie costs
-        us the run, and the child is kept only if it beats the claimed score by the
-        noise margin on its own. The re-run queue still checks claims, and whoever we
-        or the peers we trust caught lying is never built on.
+        stale parent because of it. Our child is trained and measured by us and judged
+        against the claim's own score, so a claim that overstates its score makes our
+        child look worse, not better: a lie costs us the run, and a child is kept only
+        for what we measured it at, by the noise margin below the claimed score. (Its
+        lineage then holds a step nobody verified yet; the re-run queue still checks
+        it, and whoever we or the peers we trust caught lying is never built on.)
 
         Claims by authors we trust (we reproduced their claims, none refuted) come
         first; a stranger's claim only when `strangers` (a `speculate_share` of the
