@@ -255,7 +255,7 @@ def make_optimizer(model):
         dict(kind="muon", params=matrices, lr=MATRIX_LR),
         dict(kind="adamw", params=embed, lr=EMBED_LR),
         dict(kind="adamw", params=head, lr=HEAD_LR),
-        # any parameter an edit adds outside the blocks (gains, biases) learns at the embedding's rate
+        # parameters an edit adds outside the blocks (gains, biases) learn at the embedding's lr
         dict(kind="adamw", params=others, lr=EMBED_LR),
     ]
     return MuonAdamW([g for g in groups if g["params"]])
