@@ -1,7 +1,8 @@
 """Crossovers (experiments/crossover.py) and their wiring into the research loop: merges of
 sibling improvements (two-parent with a verified donor, single-parent with a claim), the
-donors a merge must never use, conflicts, ports from other arenas, and re-runs skipped
-because trusted peers are running them already.
+donors a merge must never use, conflicts, ports from other arenas, re-runs skipped
+because trusted peers are running them already, and claims built on before they are
+verified (speculative parents).
 
 The store is filled with records made directly (baselines, kept edits, attestations,
 announces); the loop runs a step only where the wiring itself is under test."""
