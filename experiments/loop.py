@@ -173,16 +173,13 @@ class ResearchLoop:
             found, found_key = None, None
             for r in self.store.experiments(arena=self.arena):
                 rep = reps.get(r.author, 0.0)
-                if r.author == self.identity.public_key or r.val_bpb is None or \
-                        r.val_bpb >= best.val_bpb or rep < floor:
+                if r.val_bpb is None or r.val_bpb >= best.val_bpb or rep < floor:
                     continue
                 key = (rep < self.config.trust.trust_threshold, r.val_bpb, r.id)
                 if found_key is not None and key >= found_key:
-                    continue
-                if doubted.get(r.author, 0) or not self.scores.is_kept(r, sigma):
-                    continue
-                if self.trust.my_verdict(r) is not None or self.trust.trusted_refuters(r, reps):
-                    continue  # ours, or checked already: a candidate or a refuted claim
+                    continue  # cheap checks first: most records lose on the key
+                if doubted.get(r.author, 0) or not self._open_claim(r, sigma, reps):
+                    continue  # (one we reproduced is a candidate already, not a claim)
                 if self._shaky_parent(r, reps) or not self.lineage.is_buildable(r.id):
                     continue
                 found, found_key = r, key
@@ -220,17 +217,11 @@ class ResearchLoop:
         topic_best: dict[str, float] = {}
         claims = []
         for r in self.store.experiments(arena=self.arena):
-            if r.author == self.identity.public_key or not self.scores.is_kept(r, sigma):
-                continue
-            if self.trust.my_verdict(r) is not None or self.trust.is_verified(r, reps):
+            if not self._open_claim(r, sigma, reps) or self.trust.is_verified(r, reps):
                 continue
             if len(set(self.trust.trusted_attesters(r, reps)) | set(self.trust.trusted_among(
                     r, list(running.get(r.id_hex[:16], ())), reps))) >= self.config.trust.k:
                 continue  # peers we trust are re-running it now: their verdicts will do
-            if reps.get(r.author, 0.0) < self.config.trust.liar_threshold:
-                continue
-            if self.trust.trusted_refuters(r, reps):
-                continue  # a peer we trust already re-ran it and it failed: no need to pay
             if r.topic not in topic_best:
                 found = self.scores.best(r.topic)
                 topic_best[r.topic] = found.val_bpb if found else float("inf")
@@ -239,19 +230,27 @@ class ResearchLoop:
             if self.lineage.is_buildable(r.id):
                 claims.append(r)
         # Authors we checked before; then authors no trusted peer caught lying; then claims
-        # trusted peers already vouch for; then the lowest claimed score: fresh keys
+        # not built on a refuted record; then claims trusted peers already vouch for; then
+        # claims fewer peers are re-running now; then the lowest claimed score. Fresh keys
         # (Sybils among them) wait behind known peers, and known liars' keys behind those.
         # A claim built on a record we (or peers we trust) refuted continues a lie, most
-        # likely: honest nodes build only on what they verified.
+        # likely: honest nodes build only on what they verified. Without the re-runners
+        # key a swarm that starts together would all re-run the one best claim; it only
+        # reorders, so announces from Sybil keys cannot stop us checking anything.
         doubted = self.trust.doubted_authors(reps)
-        # Claims fewer peers are re-running now come before the rest: a swarm that
-        # starts together would otherwise all re-run the one best claim (reordering
-        # only, so announces from Sybil keys cannot stop us checking anything).
         claims.sort(key=lambda r: (-reps.get(r.author, 0.0), doubted.get(r.author, 0),
                                    self._shaky_parent(r, reps),
                                    -len(self.trust.trusted_attesters(r, reps)),
                                    len(running.get(r.id_hex[:16], ())), r.val_bpb, r.id))
         return claims[0] if claims else None
+
+    def _open_claim(self, r: Record, sigma: float, reps: dict[bytes, float]) -> bool:
+        """A peer's kept claim that we have not checked, no peer we trust refuted, and
+        whose author is not a known liar: what we may re-run or build on early."""
+        return (r.author != self.identity.public_key and self.scores.is_kept(r, sigma)
+                and reps.get(r.author, 0.0) >= self.config.trust.liar_threshold
+                and self.trust.my_verdict(r) is None
+                and not self.trust.trusted_refuters(r, reps))
 
     def _shaky_parent(self, claim: Record, reps: dict[bytes, float]) -> bool:
         """Whether a parent of the claim was refuted by us or a peer we trust."""

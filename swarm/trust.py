@@ -102,8 +102,9 @@ class TrustPolicy:
 
     def doubted_authors(self, reps: dict[bytes, float] | None = None) -> dict[bytes, int]:
         """Author -> how many of their claims peers we trust refuted. Only ever used to
-        put claims later in the re-run queue, never to accept one: a trusted peer who lies
-        here can slow us down, not mislead us (as with its veto)."""
+        put claims later in the re-run queue or to not build on them before they are
+        verified, never to accept one: a trusted peer who lies here can slow us down, not
+        mislead us (as with its veto)."""
         reps = self.reputations() if reps is None else reps
         out: dict[bytes, int] = {}
         for peer, rep in reps.items():
