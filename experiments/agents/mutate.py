@@ -12,6 +12,12 @@ to gain the most:
   the bowl turns up). Any other value (a bool, a string, a zero) has its own effect around
   its setting's mean and the mean of all such changes. A result counts on every parent once
   its parent's values are known (a parent this agent has proposed on, else the base's).
+- *The prior* says the base genome is tuned: the shared bowl is steep and a setting's own
+  curvature only bends it a little, and changing a discrete choice is expected to hurt. So a
+  node with no history tries small moves (x0.7, x1.4) first, then x2 and toggles, and far
+  moves (x50, x100) last; each result then reorders the rest. (A prior that let the spread
+  grow as fast as the expected harm put the farthest moves first: on the real genome that
+  spent 20 edits on toggles and x50s, none kept; see docs/BENCHMARKS.md.)
 - *Lucky parents.* Every delta on a parent is measured against the same single measurement
   of that parent, so each parent gets an offset, and a kept child's measured delta sets its
   own offset as a parent: a parent kept on a lucky run is known to be hard to beat, and the
@@ -56,7 +62,8 @@ STACK_FROM = 8             # stacks are drawn from this many best-predicted edit
 MAX_KEY_CHARS = 80         # experiments.loop.edit_key_of reads keys up to this long
 CODE_TARGETS = ("activation",)   # catalogue targets that are code patterns, not settings
 FAILED = ("crash", "timeout", "rejected")
-CURVATURE = 2.0            # prior mean of the shared curvature, in typical effects per u^2
+CURVATURE = 3.0            # prior mean of the shared curvature, in typical effects per u^2
+DISCRETE_HARM = 1.5        # prior mean effect of changing a discrete choice, in typical effects
 U_MAX = 1.5                # |log(value / base value)| the settings model extrapolates to
 
 
@@ -263,12 +270,17 @@ class _SettingsModel:
     def _prior(self, k: tuple) -> tuple[float, float]:
         n = self.noise
         s = n.scale
-        if k[0] in ("b", "c"):
+        if k[0] == "b":
             return 0.0, (2 * s) ** 2
+        if k[0] == "c":
+            return 0.0, (0.5 * s) ** 2
         if k[0] == "C":
             # the base genome is tuned: moving a value far tends to hurt (a bowl around it)
             return CURVATURE * s, s * s
-        if k[0] in ("t", "T"):
+        if k[0] == "T":
+            # and so does changing one of its discrete choices (a toggle, a norm, a cap)
+            return DISCRETE_HARM * s, s * s
+        if k[0] == "t":
             return 0.0, s * s
         if k[0] == "v":
             return 0.0, (0.7 * s) ** 2
