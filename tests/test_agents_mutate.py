@@ -420,6 +420,39 @@ def test_crashed_stacks_blame_the_value_that_keeps_crashing():
     assert all(seen[k].crash_p < 0.2 for k in others), {k: seen[k].crash_p for k in others}
 
 
+def test_with_no_history_small_moves_come_first():
+    """The base is tuned: with nothing measured, x0.7 / x1.4 of a learning rate is worth
+    more than its x2, a toggle, or a x50 of the rotary base (an earlier prior ranked the
+    farthest moves first, and spent a real-genome run on them)."""
+    a = MutateAgent(base_source=FIXTURE).assess(FIXTURE, [], parent_id=PID)
+
+    def value(key):
+        p = a.predictions[key]
+        return a.kept_gain(p.mean, p.sd ** 2, p.crash_p)
+    small = min(value("MATRIX_LR*0.7"), value("MATRIX_LR*1.4"))
+    assert small > value("MATRIX_LR*2") and small > value("QK_NORM=False")
+    assert value("QK_NORM=False") > value("ROPE_BASE=500000")
+    assert a.predictions["QK_NORM=False"].mean > 0     # a discrete change leans harmful
+
+
+def test_discrete_changes_that_helped_lift_the_others():
+    """The tuned-base prior is learned: the same three discrete changes measured a little
+    better (or worse) on three parents each move the prediction for the untried ones."""
+    cat = build_catalogue(FIXTURE)
+    discrete = [k for k, e in cat.items()
+                if isinstance(e.new_value, (bool, str)) or e.new_value == 0]
+    measured, untried = discrete[:3], discrete[3:]
+    assert untried
+
+    def predicted(delta):
+        history = _bar_history() + [Tried(k, "", f"peer{i}", "discarded", delta)
+                                    for k in measured for i in range(3)]
+        a = MutateAgent(base_source=FIXTURE).assess(FIXTURE, history, parent_id=PID)
+        return [a.predictions[k].mean for k in untried]
+    for helped, hurt in zip(predicted(-0.004), predicted(0.004)):
+        assert helped < hurt / 3 and hurt > 0
+
+
 def test_far_moves_carry_a_higher_crash_chance():
     seen = MutateAgent(base_source=FIXTURE).assess(FIXTURE, [], parent_id=PID).predictions
     assert seen["ROPE_BASE=500000"].crash_p > 2 * seen["MATRIX_LR*1.4"].crash_p > 0
