@@ -3,6 +3,8 @@
     python bench/scaling.py                        # the full run, writes docs/BENCHMARKS.md
     python bench/scaling.py --sizes 2,4 --landscapes 0 --no-write      # a smoke run
     python bench/scaling.py --network ideal --landscapes 0-11 --no-write  # algorithm only
+    python bench/scaling.py --network ideal --sizes 16 --landscapes 0-11 --no-write \
+        --references earlier.json --speculate-share 1    # a setting against the same T1s
 
 Every node is real: a `ResearchLoop` (the `mutate` agent, the noise-aware scoreboard,
 verification and trust) over its own SQLite store and key, joined to the others by the
@@ -301,6 +303,19 @@ def _watch_parents(loop: ResearchLoop, note) -> None:
 
 def crossing(curve: list, target: float) -> int | None:
     return next((i + 1 for i, v in enumerate(curve) if v is not None and v <= target), None)
+
+
+def load_references(path: str) -> dict[int, dict]:
+    """The lone-node references of an earlier run's --json dump, by landscape."""
+    try:
+        refs = json.loads(Path(path).read_text())["refs"]
+        out = {int(land): ref for land, ref in refs.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SystemExit(f"--references {path}: not a scaling.py --json dump ({e})")
+    for land, ref in out.items():
+        if not isinstance(ref, dict) or not all(k in ref for k in ("target", "t1", "base")):
+            raise SystemExit(f"--references {path}: landscape {land} has no target / t1")
+    return out
 
 
 def reference(landscape: int, reps: int, runs: int, cap: int, work: Path) -> dict:
@@ -733,6 +748,10 @@ def main() -> int:
     ap.add_argument("--reference-runs", type=int, default=40)
     ap.add_argument("--reference-reps", type=int, default=3)
     ap.add_argument("--reference-cap", type=int, default=60)
+    ap.add_argument("--references", metavar="JSON",
+                    help="reuse the lone-node targets and T1 of an earlier --json dump, so "
+                         "that two settings are compared against the same references (their "
+                         "noise alone moves the speedup by about 1.5 at 4 landscapes)")
     ap.add_argument("--verify-share", type=float, default=LoopConfig().verify_share,
                     help="the loop's verify_share for every node (ideal network only)")
     ap.add_argument("--merge-share", type=float, default=LoopConfig().merge_share,
@@ -767,9 +786,10 @@ def main() -> int:
     try:
         refs = {}
         ideal_lands = parse_list(args.ideal_landscapes) if args.network == "libp2p" else []
+        reused = load_references(args.references) if args.references else {}
         for land in sorted(set(args.landscapes) | set(ideal_lands)):
-            refs[land] = reference(land, args.reference_reps, args.reference_runs,
-                                   args.reference_cap, work)
+            refs[land] = reused.get(land) or reference(
+                land, args.reference_reps, args.reference_runs, args.reference_cap, work)
             print(f"landscape {land}: target {refs[land]['target']:.4f} (base "
                   f"{refs[land]['base']:.4f}), lone nodes reach it after "
                   f"{refs[land]['times']} runs: T1 = {refs[land]['t1']}", flush=True)
