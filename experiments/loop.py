@@ -324,6 +324,24 @@ class ResearchLoop:
                 continue
         return out
 
+    def programs_run_near(self, parent: Candidate) -> dict[str, bytes]:
+        """Sources already run in the arena around the parents this node builds on (the
+        parent, the top kept records and their children), by source: a stack of edits on
+        one parent can rebuild, letter for letter, a program measured on another (on the
+        root: the best record's own edits), and running it again measures nothing new."""
+        near = [parent.id] + [c.id for c in
+                              self.scores.candidates()[:self.config.explore_top + 1]]
+        out: dict[str, bytes] = {}
+        for parent_id in dict.fromkeys(near):
+            ids = [parent_id] + [r.id for r in self.store.children(parent_id)
+                                 if r.arena == self.arena and r.kind == "experiment"]
+            for record_id in ids:
+                try:
+                    out.setdefault(self.lineage.source_of(record_id), record_id)
+                except LineageError:
+                    continue
+        return out
+
     # -- the loop -------------------------------------------------------------
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -437,6 +455,7 @@ class ResearchLoop:
 
     async def _propose(self, parent: Candidate, parent_source: str) -> Proposal | None:
         seen = self.child_sources(parent.id)
+        elsewhere = self.programs_run_near(parent)
         busy = {desc for pid, desc in self.busy() if pid == parent.id}
         # What others run on this parent now, so the agent picks something else: many
         # nodes on one parent would otherwise all reach for the same favourite edits.
@@ -451,6 +470,9 @@ class ResearchLoop:
             proposal = validate_proposal(parent_source, proposal)
             if proposal.failure is None and proposal.source in seen:
                 proposal.failure = "duplicate: this edit was already tried on this parent"
+            if proposal.failure is None and proposal.source in elsewhere:
+                proposal.failure = ("duplicate: this program was already run (record "
+                                    f"{elsewhere[proposal.source].hex()[:16]})")
             if proposal.failure is None and proposal.desc in busy:
                 proposal.failure = "another live node announced this edit on this parent"
             if proposal.failure is None:

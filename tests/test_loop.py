@@ -8,7 +8,7 @@ import trio
 
 from experiments.agents import Proposal, load_brief, make_agent
 from experiments.loop import INFLIGHT_KEY, LoopConfig, ResearchLoop
-from experiments.scoreboard import ScoreRules, is_baseline
+from experiments.scoreboard import Candidate, ScoreRules, is_baseline
 from experiments.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
 from swarm.identity import NodeIdentity
@@ -65,6 +65,42 @@ async def test_loop_never_runs_the_same_edit_twice_on_one_parent(tmp_path):
             key = (r.parents[0], loop.lineage.source_of(r.id))
             assert key not in seen
             seen.add(key)
+
+
+class ScriptedAgent:
+    name = "scripted"
+
+    def __init__(self, *sources):
+        self.sources = list(sources)
+
+    def propose(self, parent_source, brief, history, *, parent_id, rng):
+        return Proposal(self.sources[0], "scripted edit")
+
+
+async def test_a_program_already_run_on_another_parent_is_not_run_again(tmp_path):
+    """A stack of edits on one parent can rebuild a program run on another (on the root:
+    the best record's own edits). A real run did that and counted the re-measurement as a
+    kept edit; the loop refuses it as a duplicate and still takes a new program."""
+    base = base_train_source()
+    a = base.replace("MATRIX_LR = 0.02 ", "MATRIX_LR = 0.03 ")
+    ab = a.replace("EMBED_LR = 0.01 ", "EMBED_LR = 0.02 ")
+    abc = ab.replace("HEAD_LR = 0.004 ", "HEAD_LR = 0.008 ")
+    assert base != a != ab != abc
+    agent = ScriptedAgent(ab)
+    loop = make_loop(tmp_path, agent=agent)
+    for _ in range(3):
+        await loop.step()
+    root = loop.scores.candidates()[0]
+    child = (await loop._run_edit(root, base, Proposal(a, "a on the root"))).record
+    await loop._run_edit(root, base, Proposal(ab, "a and b on the root"))
+    on_child = Candidate(child.id, child.val_bpb, child)
+    assert await loop._propose(on_child, a) is None
+    reasons = [json.loads(x)["reason"]
+               for x in (tmp_path / "proposals.jsonl").read_text().splitlines()]
+    assert reasons and all(r.startswith("duplicate: this program was already run")
+                           for r in reasons)
+    agent.sources = [abc]
+    assert (await loop._propose(on_child, a)).source == abc
 
 
 class GarbageAgent:
