@@ -211,7 +211,7 @@ def read_report(home: Path, seed: int = 0) -> dict:
     from experiments.dashboard.source import open_readonly, read_public_key
     from experiments.scoreboard import Scoreboard, ScoreRules
     from genome import base_train_source, genome_root_id
-    from swarm.lineage import Lineage
+    from swarm.lineage import Lineage, LineageError
     from swarm.trust import TrustPolicy
 
     root = genome_root_id()
@@ -223,18 +223,31 @@ def read_report(home: Path, seed: int = 0) -> dict:
             return {"arena": None, "runs": [], "sigma": None, "root_score": None,
                     "baselines": {}, "best": None, "kept": [], "attestations": 0}
         trust = TrustPolicy(store, read_public_key(home))
-        board = Scoreboard(store, Lineage(store, base_train_source(), root), root, arena,
-                           ScoreRules(seed=seed), trust.is_verified)
+        lineage = Lineage(store, base_train_source(), root)
+        board = Scoreboard(store, lineage, root, arena, ScoreRules(seed=seed),
+                           trust.is_verified)
         view = read_arena(board, trust)
         records = {r.id_hex: r for r in store.experiments(arena=arena)}
+        programs = {}
+        for r in records.values():
+            try:
+                programs[r.id_hex] = lineage.source_of(r.id)
+            except LineageError:
+                programs[r.id_hex] = None
         baselines = board.baselines()
         attestations = store.attestation_count(trust.me) if trust.me else 0
     finally:
         store.close()
     sigma = view.sigma
     runs = []
+    first_run_of: dict[str, int] = {}     # program -> the first edit that ran it
     for n, (row, best) in enumerate(zip(view.rows, view.running_best()), 1):
         result = records[row.id].result or {}
+        program = programs.get(row.id)
+        same_as = None
+        if not row.baseline and program is not None:
+            same_as = first_run_of.setdefault(program, n)
+            same_as = None if same_as == n else same_as
         runs.append({
             "n": n, "id": row.id, "desc": row.desc, "baseline": row.baseline,
             "status": row.status, "val_bpb": row.val_bpb, "delta": row.delta,
@@ -243,7 +256,8 @@ def read_report(home: Path, seed: int = 0) -> dict:
             "parent": "root" if row.parents[0] == view.root_id else row.parents[0][:8],
             "train_s": result.get("train_s"), "total_s": result.get("total_s"),
             "steps": result.get("steps"), "tokens": result.get("tokens"),
-            "reason": result.get("reason", ""), "t_ms": row.t, "running_best": best})
+            "reason": result.get("reason", ""), "t_ms": row.t, "running_best": best,
+            "same_as": same_as})
     kept = [r for r in runs if r["kept"]]
     return {"arena": arena, "runs": runs, "sigma": sigma, "root_score": view.root_score,
             "baselines": {s: v for s, v in sorted(baselines.items())},
@@ -272,14 +286,20 @@ def failed_proposals(home: Path) -> list[dict]:
 
 
 def goal_verdict(report: dict) -> tuple[bool, str]:
-    """At least GOAL_KEPT kept edits, each one beating its parent by more than 2 sigma."""
+    """At least GOAL_KEPT kept edits, each one beating its parent by more than 2 sigma. A
+    kept run of a program an earlier edit already ran (another parent's stack rebuilt it)
+    found nothing new and does not count."""
     sigma = report["sigma"]
     above = [r for r in report["kept"]
              if sigma and r["delta"] is not None and r["delta"] < -2 * sigma]
-    met = len(above) >= GOAL_KEPT
+    new = [r for r in above if r.get("same_as") is None]
+    met = len(new) >= GOAL_KEPT
+    repeats = len(above) - len(new)
     return met, (f"goal: at least {GOAL_KEPT} kept edits, each above the noise "
                  f"(delta < -2 sigma): {'met' if met else 'MISSED'} "
-                 f"({len(above)} of {len(report['kept'])} kept edits are above 2 sigma)")
+                 f"({len(above)} of {len(report['kept'])} kept edits are above 2 sigma"
+                 + (f"; {repeats} of them re-ran a program an earlier edit ran, and do "
+                    "not count" if repeats else "") + ")")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,6 +364,8 @@ def render(report: dict, run: dict | None, args, plot_line: str, plot_ref: str |
             desc = desc[:69] + "…"
         status = r["status"] if r["status"] == "ok" else f"**{r['status']}**"
         kept = "baseline" if r["baseline"] else ("**kept**" if r["kept"] else "no")
+        if r.get("same_as"):
+            kept += f" (same program as #{r['same_as']})"
         lines.append(
             f"| {r['n']} | `{desc}` (parent {r['parent']}) | {status} | {_f(r['val_bpb'])} | "
             f"{_f(r['delta'], '+.4f')} | {_f(r['delta_sigma'], '+.1f')} | {kept} | "
