@@ -70,11 +70,11 @@ async def test_loop_never_runs_the_same_edit_twice_on_one_parent(tmp_path):
 class ScriptedAgent:
     name = "scripted"
 
-    def __init__(self, *sources):
-        self.sources = list(sources)
+    def __init__(self, source):
+        self.source = source
 
     def propose(self, parent_source, brief, history, *, parent_id, rng):
-        return Proposal(self.sources[0], "scripted edit")
+        return Proposal(self.source, "scripted edit")
 
 
 async def test_a_program_already_run_on_another_parent_is_not_run_again(tmp_path):
@@ -99,7 +99,7 @@ async def test_a_program_already_run_on_another_parent_is_not_run_again(tmp_path
                for x in (tmp_path / "proposals.jsonl").read_text().splitlines()]
     assert reasons and all(r.startswith("duplicate: this program was already run")
                            for r in reasons)
-    agent.sources = [abc]
+    agent.source = abc
     assert (await loop._propose(on_child, a)).source == abc
 
 
