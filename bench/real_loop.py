@@ -246,8 +246,8 @@ def read_report(home: Path, seed: int = 0) -> dict:
         program = programs.get(row.id)
         same_as = None
         if not row.baseline and program is not None:
-            same_as = first_run_of.setdefault(program, n)
-            same_as = None if same_as == n else same_as
+            first = first_run_of.setdefault(program, n)
+            same_as = first if first != n else None
         runs.append({
             "n": n, "id": row.id, "desc": row.desc, "baseline": row.baseline,
             "status": row.status, "val_bpb": row.val_bpb, "delta": row.delta,

@@ -314,32 +314,37 @@ class ResearchLoop:
 
     def child_sources(self, parent_id: bytes) -> set[str]:
         """Sources already tried on this parent (by anyone): never run one twice."""
-        out = set()
+        return set(self._children_by_source(parent_id))
+
+    def _children_by_source(self, parent_id: bytes) -> dict[str, bytes]:
+        """The parent's children in this arena, by source (the first child of each)."""
+        out: dict[str, bytes] = {}
         for child in self.store.children(parent_id):
             if child.arena != self.arena or child.kind != "experiment":
                 continue
             try:
-                out.add(self.lineage.source_of(child.id))
+                out.setdefault(self.lineage.source_of(child.id), child.id)
             except LineageError:
                 continue
         return out
 
     def programs_run_near(self, parent: Candidate) -> dict[str, bytes]:
-        """Sources already run in the arena around the parents this node builds on (the
-        parent, the top kept records and their children), by source: a stack of edits on
-        one parent can rebuild, letter for letter, a program measured on another (on the
-        root: the best record's own edits), and running it again measures nothing new."""
-        near = [parent.id] + [c.id for c in
-                              self.scores.candidates()[:self.config.explore_top + 1]]
+        """Sources already run in the arena around the other parents this node builds on
+        (the top kept records and their children), by source: a stack of edits on one
+        parent can rebuild, letter for letter, a program measured on another (on the
+        root: the best record's own edits), and running it again measures nothing new.
+        The parent itself and its children are not here: `validate_proposal` refuses the
+        parent's program and `child_sources` its children's."""
         out: dict[str, bytes] = {}
-        for parent_id in dict.fromkeys(near):
-            ids = [parent_id] + [r.id for r in self.store.children(parent_id)
-                                 if r.arena == self.arena and r.kind == "experiment"]
-            for record_id in ids:
-                try:
-                    out.setdefault(self.lineage.source_of(record_id), record_id)
-                except LineageError:
-                    continue
+        for c in self.scores.candidates()[:self.config.explore_top + 1]:
+            if c.id == parent.id:
+                continue
+            try:
+                out.setdefault(self.lineage.source_of(c.id), c.id)
+            except LineageError:
+                pass  # (candidates are buildable; its children may still be)
+            for source, child_id in self._children_by_source(c.id).items():
+                out.setdefault(source, child_id)
         return out
 
     # -- the loop -------------------------------------------------------------
