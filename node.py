@@ -344,7 +344,8 @@ def peer_list(net) -> list[dict]:
 
 def connect_loop_to_swarm(loop, net, local: Local) -> None:
     """The loop publishes what it records, announces what it runs, avoids others' work."""
-    from experiments.loop import busy_from_announces, verifiers_from_announces
+    from experiments.loop import (busy_from_announces, programs_from_announces,
+                                  verifiers_from_announces)
 
     async def announce(working_on: str) -> None:
         best = loop.scores.best()
@@ -355,6 +356,8 @@ def connect_loop_to_swarm(loop, net, local: Local) -> None:
     loop.announce = announce
     loop.busy = lambda: busy_from_announces(local.store, local.identity.public_key)
     loop.verifiers = lambda: verifiers_from_announces(local.store, local.identity.public_key)
+    loop.running_programs = lambda: programs_from_announces(local.store,
+                                                            local.identity.public_key)
 
 
 def write_status_file(home: Path, snap: dict) -> None:

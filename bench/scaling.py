@@ -32,7 +32,9 @@ What is measured, per landscape seed:
   CPU). True scores are used so that a bigger swarm gains nothing from luckier noise.
 - experiments: runs completed by the whole swarm until the target (baselines, edits and
   re-runs); duplicates: runs whose (parent, resulting source) pair, or baseline seed,
-  another node had already run; verification share: re-runs / all runs.
+  another node had already run (the issue's definition); same program: edits whose
+  resulting source another edit had, on any parent (what the loop now refuses);
+  verification share: re-runs / all runs.
 - why runs are not on the frontier: for every edit, whether its parent was the best kept
   claim the swarm had (fresh), or a better claim existed that the node had not yet heard
   of (gossip delay), had heard of but not verified (verification lag), or had verified but
@@ -71,7 +73,8 @@ if str(REPO) not in sys.path:
 import trio  # noqa: E402
 
 from experiments.agents import load_brief, make_agent  # noqa: E402
-from experiments.loop import VERIFY_RE, LoopConfig, ResearchLoop, parse_working_on  # noqa: E402
+from experiments.loop import (VERIFY_RE, LoopConfig, ResearchLoop, announced_program,  # noqa: E402
+                             parse_working_on)
 from experiments.scoreboard import ScoreRules, is_baseline  # noqa: E402
 from experiments.synthetic import SyntheticTrainer  # noqa: E402
 from genome import base_train_source, genome_id, genome_root_id  # noqa: E402
@@ -207,8 +210,10 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def summarise_runs(keys: list[list], attestations: int, kinds: Counter) -> dict:
     seen = Counter(tuple(k) for k in keys)
+    programs = Counter(k[1] for k in keys if not k[2])   # edits only: baselines repeat
     runs = len(keys) + attestations
     return {"runs": runs, "duplicates": sum(c - 1 for c in seen.values()),
+            "same_program": sum(c - 1 for c in programs.values()),
             "attestations": attestations, "kinds": dict(kinds)}
 
 
@@ -227,17 +232,20 @@ async def ideal_swarm(base: Path, n: int, landscape: int, rep: int, max_rounds: 
         loop.pending_claim = lambda: None
     truth = Truth(landscape)
     working: dict[int, tuple[bytes, str] | None] = {}
+    programs: dict[int, str | None] = {}
     pending = []
     categories: Counter = Counter()
     global_best = [math.inf]   # the best kept claim published before this round
     for i, loop in enumerate(loops):
         async def announce(text, i=i):
             working[i] = parse_working_on(text)
+            programs[i] = announced_program(text)
 
         async def publish(record):
             pending.append(record)
         loop.announce, loop.publish = announce, publish
         loop.busy = lambda i=i: {w for j, w in working.items() if j != i and w}
+        loop.running_programs = lambda i=i: {p for j, p in programs.items() if j != i and p}
         loop.verifiers = lambda i=i: _verifying(
             {loops[j].identity.public_key: w for j, w in working.items() if j != i and w})
         _watch_parents(loop, lambda cat, known: categories.update(
@@ -249,6 +257,7 @@ async def ideal_swarm(base: Path, n: int, landscape: int, rep: int, max_rounds: 
     try:
         for rnd in range(max_rounds):
             working.clear()
+            programs.clear()
             order = list(range(n))
             order_rng.shuffle(order)
             for i in order:
@@ -529,7 +538,8 @@ async def worker_main(spec: dict) -> None:
 
 def _join(loop: ResearchLoop, net, index: int, latencies: list, published: list) -> None:
     """node.py's connect_loop_to_swarm, plus counters for the benchmark."""
-    from experiments.loop import busy_from_announces, verifiers_from_announces
+    from experiments.loop import (busy_from_announces, programs_from_announces,
+                                  verifiers_from_announces)
 
     async def announce(working_on: str) -> None:
         best = loop.scores.best()
@@ -542,6 +552,8 @@ def _join(loop: ResearchLoop, net, index: int, latencies: list, published: list)
     loop.publish, loop.announce = publish, announce
     loop.busy = lambda: busy_from_announces(loop.store, loop.identity.public_key)
     loop.verifiers = lambda: verifiers_from_announces(loop.store, loop.identity.public_key)
+    loop.running_programs = lambda: programs_from_announces(loop.store,
+                                                            loop.identity.public_key)
     original = net.gossip.on_record
 
     def on_record(record, origin):
@@ -621,6 +633,7 @@ def aggregate(rows: list[dict], refs: dict) -> dict:
             "censored": sum(r["rounds"] is None for r in rows),
             "runs_at_target": runs / len(rows),
             "duplicates": sum(r["duplicates"] for r in rows) / max(1, total),
+            "same_program": sum(r.get("same_program", 0) for r in rows) / max(1, total),
             "verification": sum(r["attestations"] for r in rows) / max(1, total),
             "categories": {c: cats.get(c, 0) / edits for c in CATEGORIES},
             "latency_p50_s": statistics.median(lat) if lat else None,
@@ -644,7 +657,8 @@ def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: d
              "per-node experiment time. Each run waits `delay` seconds (+-20 %); the delay "
              "grows with N so that gossip stays a small share of the shared CPU.", ""]
     lines += ["| N | landscapes | delay (s) | time to target (runs of one node) | speedup | "
-              "goal | runs to target (all nodes) | duplicated runs | re-runs (verification) "
+              "goal | runs to target (all nodes) | duplicated runs / same program | re-runs "
+              "(verification) "
               "| edits: fresh / unheard / unverified / explore | gossip latency p50 | CPU "
               "used (cores) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     mean_t1 = statistics.mean(r["t1"] for r in refs.values())
@@ -660,8 +674,8 @@ def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: d
             f"| {n} | {agg['landscapes']} | {agg['delay']:.0f} | {agg['tn']:.1f}{cens} | "
             f"{agg['speedup']:.2f} | "
             f"{goal if n == 16 else ''} | {agg['runs_at_target']:.0f} | "
-            f"{100 * agg['duplicates']:.1f} % | {100 * agg['verification']:.0f} % | "
-            f"{' / '.join(f'{100 * cats[c]:.0f}' for c in CATEGORIES)} % | {lat} | {cores} |")
+            f"{100 * agg['duplicates']:.1f} / {100 * agg['same_program']:.1f} % | "
+            f"{100 * agg['verification']:.0f} % | {' / '.join(f'{100 * cats[c]:.0f}' for c in CATEGORIES)} % | {lat} | {cores} |")
     lines += ["", "Per landscape (target, T1, lone-node times; then T_N for each N, "
               "'>' where the swarm had not reached the target by the cap):", "",
               "| landscape | target (base) | T1 (lone nodes) | " +
@@ -680,11 +694,13 @@ def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: d
         lines += ["", "The same loops over a perfect bus in lockstep rounds (`--network "
                   "ideal`: no gossip delay, no CPU contention), to separate the algorithm "
                   "from the network:", "",
-                  "| N | landscapes | speedup | runs to target | duplicated runs | re-runs |",
+                  "| N | landscapes | speedup | runs to target | duplicated runs / same "
+                  "program | re-runs |",
                   "|---|---|---|---|---|---|"]
         for n, agg in ideal.items():
             lines.append(f"| {n} | {agg['landscapes']} | {agg['speedup']:.2f} | "
-                         f"{agg['runs_at_target']:.0f} | {100 * agg['duplicates']:.1f} % | "
+                         f"{agg['runs_at_target']:.0f} | {100 * agg['duplicates']:.1f} / "
+                         f"{100 * agg['same_program']:.1f} % | "
                          f"{100 * agg['verification']:.0f} % |")
     lines += ["", "![speedup against N](bench_scaling.png)", ""]
     if args.notes:
@@ -815,6 +831,7 @@ def main() -> int:
                 shown = f"{row['rounds']:.1f}" if row["rounds"] is not None else f"> {cap}"
                 print(f"N={n} landscape {land}: target after {shown} runs-of-one-node "
                       f"(T1 {ref['t1']}), {row['runs']} runs, {row['duplicates']} duplicated, "
+                      f"{row.get('same_program', 0)} same program, "
                       f"{row['attestations']} re-runs, parents {row['categories']}, "
                       + (f"gossip p50 {row['latency_p50_s']}, cpu {row['cpu_s']:.0f} s "
                          f"of {row['wall_s']:.0f} s, {row['yields']} yielded, "

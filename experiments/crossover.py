@@ -21,6 +21,7 @@ Nothing here trains or talks to the network: it reads the store and builds sourc
 from __future__ import annotations
 
 import re
+from collections.abc import Container
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -82,7 +83,7 @@ class CrossoverFinder:
 
     # -- merges ----------------------------------------------------------------
 
-    def merge(self, parent: Candidate, tried: set[str], busy: set[str]) -> Crossover | None:
+    def merge(self, parent: Candidate, tried: Container[str], busy: set[str]) -> Crossover | None:
         """Our parent merged with the kept record whose branch gained most since their
         common ancestor.
 
@@ -93,8 +94,8 @@ class CrossoverFinder:
         building on the claim. Strangers' claims wait for verification, or a liar with
         many fresh keys could spend every node's runs on his inventions.
 
-        `tried`: sources already run on this parent (by anyone); `busy`: descriptions
-        that other live nodes announce on this parent now."""
+        `tried`: programs not to run again (run in the arena, or running elsewhere);
+        `busy`: descriptions that other live nodes announce on this parent now."""
         if parent.record is None:
             return None       # on the root a "merge" would only re-run the donor
         sigma = self.scores.sigma()
@@ -171,7 +172,7 @@ class CrossoverFinder:
 
     # -- ports -----------------------------------------------------------------
 
-    def port(self, parent: Candidate, arena: str, tried: set[str],
+    def port(self, parent: Candidate, arena: str, tried: Container[str],
              busy: set[str]) -> Crossover | None:
         """The most improving edit of another arena not yet ported into `arena`."""
         done = ported_ids(self.store.experiments(arena=arena))

@@ -10,6 +10,9 @@ its parent by more than the arena's noise. The node runs baseline seeds itself
 while the arena has fewer than `baseline_repeats`, and adds one every
 `sigma_refresh` experiments so the noise estimate keeps improving.
 
+No program is run twice (experiments/programs.py): a proposal whose train.py the arena
+already ran, or another live node announces it runs now, is refused like a duplicate edit.
+
 The store is only touched from the thread that runs the loop (trio's); the
 trainer and the agent, which block, run in worker threads.
 """
@@ -29,8 +32,9 @@ import trio
 
 from experiments.agents.base import Agent, Brief, Proposal, Tried, validate_proposal
 from experiments.crossover import Crossover, CrossoverFinder
+from experiments.programs import KnownPrograms, ProgramIndex, program_digest
 from experiments.scoreboard import Candidate, Scoreboard, ScoreRules
-from swarm.lineage import Lineage, LineageError
+from swarm.lineage import Lineage
 from swarm.patch import make_patch
 from swarm.records import Record, make_attestation, make_experiment
 from swarm.store import Store
@@ -104,6 +108,7 @@ class ResearchLoop:
                  config: LoopConfig, home: Path,
                  busy: Callable[[], set[tuple[bytes, str]]] | None = None,
                  verifiers: Callable[[], dict[str, set[bytes]]] | None = None,
+                 running_programs: Callable[[], set[str]] | None = None,
                  publish: Callable[[Record], Awaitable[None]] | None = None,
                  announce: Callable[[str], Awaitable[None]] | None = None,
                  on_event: Callable[[str, dict], None] | None = None,
@@ -118,6 +123,8 @@ class ResearchLoop:
                                  self.trust.is_verified)
         self.busy = busy or (lambda: set())
         self.verifiers = verifiers or (lambda: {})
+        self.running_programs = running_programs or (lambda: set())
+        self.programs = ProgramIndex(store, lineage, self.arena)
         self.publish = publish or _nothing
         self.announce = announce or _nothing
         self.on_event = on_event or (lambda kind, data: None)
@@ -312,40 +319,11 @@ class ResearchLoop:
                                parent_id=r.parents[0].hex(), status=status, delta=delta))
         return tried
 
-    def child_sources(self, parent_id: bytes) -> set[str]:
-        """Sources already tried on this parent (by anyone): never run one twice."""
-        return set(self._children_by_source(parent_id))
-
-    def _children_by_source(self, parent_id: bytes) -> dict[str, bytes]:
-        """The parent's children in this arena, by source (the first child of each)."""
-        out: dict[str, bytes] = {}
-        for child in self.store.children(parent_id):
-            if child.arena != self.arena or child.kind != "experiment":
-                continue
-            try:
-                out.setdefault(self.lineage.source_of(child.id), child.id)
-            except LineageError:
-                continue
-        return out
-
-    def programs_run_near(self, parent: Candidate) -> dict[str, bytes]:
-        """Sources already run in the arena around the other parents this node builds on
-        (the top kept records and their children), by source: a stack of edits on one
-        parent can rebuild, letter for letter, a program measured on another (on the
-        root: the best record's own edits), and running it again measures nothing new.
-        The parent itself and its children are not here: `validate_proposal` refuses the
-        parent's program and `child_sources` its children's."""
-        out: dict[str, bytes] = {}
-        for c in self.scores.candidates()[:self.config.explore_top + 1]:
-            if c.id == parent.id:
-                continue
-            try:
-                out.setdefault(self.lineage.source_of(c.id), c.id)
-            except LineageError:
-                pass  # (candidates are buildable; its children may still be)
-            for source, child_id in self._children_by_source(c.id).items():
-                out.setdefault(source, child_id)
-        return out
+    def known_programs(self) -> KnownPrograms:
+        """Programs already run in the arena or announced by a live node now: `in` tells
+        whether a source is one of them (refreshed from the store on each call)."""
+        self.programs.refresh()
+        return KnownPrograms(self.programs, self.running_programs())
 
     # -- the loop -------------------------------------------------------------
 
@@ -425,7 +403,7 @@ class ResearchLoop:
         roll = self.rng.random()
         if roll >= c.merge_share + c.port_share:
             return None
-        tried = self.child_sources(parent.id)
+        tried = self.known_programs()
         busy = {desc for pid, desc in self.busy() if pid == parent.id}
         with self.scores.consistent():
             if roll < c.merge_share:
@@ -459,8 +437,7 @@ class ResearchLoop:
         return None
 
     async def _propose(self, parent: Candidate, parent_source: str) -> Proposal | None:
-        seen = self.child_sources(parent.id)
-        elsewhere = self.programs_run_near(parent)
+        known = self.known_programs()
         busy = {desc for pid, desc in self.busy() if pid == parent.id}
         # What others run on this parent now, so the agent picks something else: many
         # nodes on one parent would otherwise all reach for the same favourite edits.
@@ -473,11 +450,8 @@ class ResearchLoop:
                 lambda: self.agent.propose(parent_source, self.brief, history,
                                            parent_id=parent.id.hex(), rng=rng))
             proposal = validate_proposal(parent_source, proposal)
-            if proposal.failure is None and proposal.source in seen:
-                proposal.failure = "duplicate: this edit was already tried on this parent"
-            if proposal.failure is None and proposal.source in elsewhere:
-                proposal.failure = ("duplicate: this program was already run (record "
-                                    f"{elsewhere[proposal.source].hex()[:16]})")
+            if proposal.failure is None:
+                proposal.failure = known.why_duplicate(proposal.source)
             if proposal.failure is None and proposal.desc in busy:
                 proposal.failure = "another live node announced this edit on this parent"
             if proposal.failure is None:
@@ -521,7 +495,8 @@ class ResearchLoop:
                   "agent": agent}
         self.store.set_meta(INFLIGHT_KEY, json.dumps(marker))
         result = await self._train_claimed(proposal.source, self.config.rules.seed,
-                                           proposal.desc, parent)
+                                           proposal.desc, parent,
+                                           program=program_digest(proposal.source))
         if result is None:
             self.store.set_meta(INFLIGHT_KEY, "")
             self._log_failed(parent, Proposal(proposal.source, proposal.desc,
@@ -536,13 +511,14 @@ class ResearchLoop:
         self._remember(outcome)
         return outcome
 
-    async def _train_claimed(self, source: str, seed: int, desc: str, parent: Candidate):
+    async def _train_claimed(self, source: str, seed: int, desc: str, parent: Candidate,
+                             program: str | None = None):
         """`_train`, but None when, `claim_check_s` (or 4x that) into the run, another live
         node turns out to run the same work on the same parent and wins the tie (see
         yield_to_peer): two nodes that chose in the same moment, before either heard the
         other's announce, would otherwise both run it to the end."""
         if not self.config.claim_check_s:
-            return await self._train(source, seed, desc, parent)
+            return await self._train(source, seed, desc, parent, program)
         result = None
         with trio.CancelScope() as yielded:
             async with trio.open_nursery() as nursery:
@@ -551,19 +527,20 @@ class ResearchLoop:
                     for wait in (1, 3):
                         await trio.sleep(wait * self.config.claim_check_s)
                         if yield_to_peer(self.store, self.identity.public_key, parent.id,
-                                         desc):
+                                         desc, program):
                             yielded.cancel()
                             return
                 nursery.start_soon(watch)
-                result = await self._train(source, seed, desc, parent)
+                result = await self._train(source, seed, desc, parent, program)
                 nursery.cancel_scope.cancel()
         return None if yielded.cancelled_caught else result
 
-    async def _train(self, source: str, seed: int, desc: str, parent: Candidate):
+    async def _train(self, source: str, seed: int, desc: str, parent: Candidate,
+                     program: str | None = None):
         self.state.current = {"desc": desc, "parent": parent.id.hex(), "started": time.time(),
                               "fraction": 0.0, "loss": None}
         self.on_event("started", self.state.current)
-        await self.announce(working_on(parent.id, desc))
+        await self.announce(working_on(parent.id, desc, program))
 
         def progress(fraction, loss=None):
             if self.state.current is not None:
@@ -603,26 +580,44 @@ async def _nothing(*args) -> None:
     return None
 
 
-def working_on(parent_id: bytes, desc: str) -> str:
-    """What an announce says a node is running: `<parent hex> <description>`."""
-    return f"{parent_id.hex()} {desc}"[:1000]
+_WORKING_ON = re.compile(r"^([0-9a-f]{64}) (?:#([0-9a-f]{16}) )?(.*)$", re.S)
+
+
+def working_on(parent_id: bytes, desc: str, program: str | None = None) -> str:
+    """What an announce says a node is running: `<parent hex> <description>`, or, for an
+    edit, `<parent hex> #<program digest> <description>` so that nodes on other parents
+    can tell when they are about to run the same program."""
+    tag = f"#{program} " if program else ""
+    return f"{parent_id.hex()} {tag}{desc}"[:1000]
 
 
 def parse_working_on(text: str) -> tuple[bytes, str] | None:
-    m = re.match(r"^([0-9a-f]{64}) (.*)$", text or "", re.S)
-    return (bytes.fromhex(m.group(1)), m.group(2)) if m else None
+    """(parent, description) of an announce's `working_on`; None if it is not ours."""
+    m = _WORKING_ON.match(text or "")
+    return (bytes.fromhex(m.group(1)), m.group(3)) if m else None
+
+
+def announced_program(text: str) -> str | None:
+    """The program digest an announce's `working_on` carries, if any."""
+    m = _WORKING_ON.match(text or "")
+    return m.group(2) if m else None
 
 
 def yield_to_peer(store: Store, me: bytes, parent_id: bytes, desc: str,
-                              max_age_s: float = 900.0) -> bool:
-    """Whether another live node announces `desc` on `parent_id` too, and it has the lower
-    key: of two nodes that see each other run the same thing, exactly the higher key yields.
+                  program: str | None = None, max_age_s: float = 900.0) -> bool:
+    """Whether another live node announces `desc` on `parent_id` (or, given `program`, the
+    same program on any parent) too, and it has the lower key: of two nodes that see each
+    other run the same thing, exactly the higher key yields.
     (Keys, not announce times: a periodic re-announce renews the time, and clocks differ.)"""
     now_ms = time.time() * 1000
     mine, theirs = False, []
     for a in store.announces():
-        if now_ms - a.t > max_age_s * 1000 or \
-                parse_working_on(a.working_on or "") != (parent_id, desc):
+        if now_ms - a.t > max_age_s * 1000:
+            continue
+        text = a.working_on or ""
+        same = parse_working_on(text) == (parent_id, desc) or \
+            (program is not None and announced_program(text) == program)
+        if not same:
             continue
         if a.author == me:
             mine = True
@@ -663,6 +658,19 @@ def busy_from_announces(store: Store, me: bytes, max_age_s: float = 900.0
         if parsed:
             busy.add(parsed)
     return busy
+
+
+def programs_from_announces(store: Store, me: bytes, max_age_s: float = 900.0) -> set[str]:
+    """Digests of the programs other live nodes announce they are running now."""
+    now_ms = time.time() * 1000
+    out = set()
+    for a in store.announces():
+        if a.author == me or now_ms - a.t > max_age_s * 1000:
+            continue
+        program = announced_program(a.working_on or "")
+        if program:
+            out.add(program)
+    return out
 
 
 async def run_cancellable(fn: Callable[[threading.Event], object], grace_s: float = 15.0):

@@ -469,6 +469,12 @@ class Store:
         records.reverse()
         return records
 
+    def experiment_ids(self, arena: str) -> list[bytes]:
+        """Ids of the arena's experiments, oldest first: cheap (no record is decoded)."""
+        return [row[0] for row in self._conn.execute(
+            "SELECT id FROM records WHERE kind = 'experiment' AND arena = ? ORDER BY t, id",
+            (arena,))]
+
     def announces(self) -> list[Record]:
         """Each author's newest announce, newest first."""
         return self._records("SELECT envelope FROM records WHERE kind = 'announce' "

@@ -121,13 +121,13 @@ class World:
     def parent(self, record):
         return Candidate(record.id, record.val_bpb, record)
 
-    def merge(self, parent, tried=(), busy=()):
+    def merge(self, parent, tried=frozenset(), busy=frozenset()):
         with self.loop.scores.consistent():
-            return self.loop.crossovers.merge(parent, set(tried), set(busy))
+            return self.loop.crossovers.merge(parent, tried, busy)
 
-    def port(self, parent, tried=(), busy=()):
+    def port(self, parent, tried=frozenset(), busy=frozenset()):
         with self.loop.scores.consistent():
-            return self.loop.crossovers.port(parent, ARENA, set(tried), set(busy))
+            return self.loop.crossovers.port(parent, ARENA, tried, busy)
 
 
 @pytest.fixture
@@ -185,8 +185,8 @@ async def test_a_verified_sibling_is_merged_as_a_two_parent_experiment(world, ve
     # the patch is against the first parent, and the lineage rebuilds the merged source
     assert record.patch == make_patch(world.lineage.source_of(ours.id), found.source)
     assert world.lineage.source_of(record.id) == found.source
-    # once run, the same merge is not proposed on this parent again
-    assert world.merge(parent, tried=world.loop.child_sources(ours.id)) is None
+    # once run, the same merge is not proposed again
+    assert world.merge(parent, tried=world.loop.known_programs()) is None
 
 
 @pytest.mark.parametrize("vouched", ["nobody", "one trusted peer and Sybils"])

@@ -1,0 +1,85 @@
+"""Which train.py programs the arena has already run, or live nodes run now.
+
+Two nodes often reach one program by different paths: a stack of edits on the root, the
+same edits one at a time on a kept child, a merge of two siblings. Measured on the perfect
+bus at 16 nodes, a third of a round's runs could be copies of a program another node ran
+in the same round from another parent. Re-running a program measures nothing new (a
+deliberate re-run is a verification, and is recorded as one), so the loop checks a
+proposal's *program*, not only its (parent, edit) pair, against:
+
+- `ProgramIndex`: every experiment in the arena, by a digest of its source, kept up to
+  date incrementally from the store;
+- the programs other live nodes announce they are running (`working_on` carries the
+  digest, see `experiments.loop.working_on`).
+"""
+from __future__ import annotations
+
+import hashlib
+
+from swarm.lineage import Lineage, LineageError
+from swarm.store import Store
+
+DIGEST_CHARS = 16            # 64 bits: collisions are no concern at any swarm's size
+RETRY_PER_REFRESH = 64       # records whose lineage is incomplete, re-tried per refresh
+
+
+def program_digest(source: str) -> str:
+    """A short, stable name for a train.py program (hex)."""
+    return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:DIGEST_CHARS]
+
+
+class ProgramIndex:
+    """Digest of each experiment's program in one arena -> the first record that ran it.
+
+    Runs a kill cut short (recorded as interrupted) do not count: they measured nothing.
+    Records whose lineage is not complete yet (an ancestor still syncing) are retried on
+    later refreshes, a bounded number per refresh."""
+
+    def __init__(self, store: Store, lineage: Lineage, arena: str):
+        self.store, self.lineage, self.arena = store, lineage, arena
+        self._by_digest: dict[str, bytes] = {}
+        self._seen: set[bytes] = set()
+        self._incomplete: list[bytes] = []
+
+    def refresh(self) -> None:
+        retry, self._incomplete = self._incomplete[:RETRY_PER_REFRESH], \
+            self._incomplete[RETRY_PER_REFRESH:]
+        new = [i for i in self.store.experiment_ids(self.arena) if i not in self._seen]
+        for record_id in retry + new:
+            self._seen.add(record_id)
+            record = self.store.get(record_id)
+            if record is None or (record.result or {}).get("reason", "").startswith(
+                    "interrupted"):
+                continue
+            try:
+                source = self.lineage.source_of(record_id)
+            except LineageError:
+                self._incomplete.append(record_id)
+                continue
+            self._by_digest.setdefault(program_digest(source), record_id)
+
+    def run_by(self, source: str) -> bytes | None:
+        """The record that ran this program in the arena, if one did (call refresh first)."""
+        return self._by_digest.get(program_digest(source))
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+
+class KnownPrograms:
+    """The programs a proposal must not repeat: run in the arena, or running elsewhere."""
+
+    def __init__(self, index: ProgramIndex, running: set[str]):
+        self.index, self.running = index, running
+
+    def why_duplicate(self, source: str) -> str | None:
+        """Why running `source` would repeat someone's work, or None if it is new."""
+        ran = self.index.run_by(source)
+        if ran is not None:
+            return f"duplicate: this program was already run (record {ran.hex()[:16]})"
+        if program_digest(source) in self.running:
+            return "duplicate: another live node announced it is running this program"
+        return None
+
+    def __contains__(self, source: object) -> bool:
+        return isinstance(source, str) and self.why_duplicate(source) is not None

@@ -1,0 +1,147 @@
+"""One program is run once per arena: the program index, the digest that announces carry,
+and the loop refusing a program another node runs now on another parent (issue 8)."""
+import json
+import random
+
+from experiments.agents import load_brief
+from experiments.agents.base import Proposal
+from experiments.loop import (LoopConfig, ResearchLoop, announced_program, parse_working_on,
+                              programs_from_announces, working_on, yield_to_peer)
+from experiments.programs import KnownPrograms, ProgramIndex, program_digest
+from experiments.scoreboard import ScoreRules
+from experiments.synthetic import SyntheticTrainer
+from genome import base_train_source, genome_id, genome_root_id
+from swarm.identity import NodeIdentity
+from swarm.lineage import Lineage
+from swarm.patch import make_patch
+from swarm.records import make_announce, make_experiment
+from swarm.store import Store
+
+ROOT = genome_root_id()
+BASE = base_train_source()
+A = BASE.replace("MATRIX_LR = 0.02 ", "MATRIX_LR = 0.03 ")
+AB = A.replace("EMBED_LR = 0.01 ", "EMBED_LR = 0.02 ")
+ARENA = "synthetic/tokens:300000/sim"
+OK = {"status": "ok", "val_bpb": 1.89, "train_s": 1.0, "total_s": 1.0, "tokens": 1,
+      "steps": 1, "params": 1, "peak_mem_mb": 1.0}
+
+
+def experiment(identity, parent, parent_source, source, desc, result=OK):
+    return make_experiment(identity, genome=genome_id(), parents=[parent], topic="general",
+                           arena=ARENA, patch=make_patch(parent_source, source), desc=desc,
+                           agent="mutate", result=result)
+
+
+def test_announces_carry_the_program_and_older_announces_still_parse():
+    digest = program_digest(AB)
+    text = working_on(ROOT, "[X*2] an edit", digest)
+    assert parse_working_on(text) == (ROOT, "[X*2] an edit")
+    assert announced_program(text) == digest
+    plain = working_on(ROOT, "baseline seed=1")
+    assert parse_working_on(plain) == (ROOT, "baseline seed=1")
+    assert announced_program(plain) is None
+    assert announced_program("not ours") is None and parse_working_on("not ours") is None
+    # a description that merely starts with '#' is a description, not a digest
+    odd = working_on(ROOT, "#1 idea")
+    assert parse_working_on(odd) == (ROOT, "#1 idea") and announced_program(odd) is None
+
+
+def test_the_index_knows_every_program_of_the_arena_whatever_the_path(tmp_path):
+    store = Store.open(tmp_path, root_id=ROOT)
+    lineage = Lineage(store, BASE, ROOT)
+    me = NodeIdentity.load_or_create(tmp_path / "me")
+    index = ProgramIndex(store, lineage, ARENA)
+    index.refresh()
+    assert len(index) == 0 and index.run_by(A) is None
+    child = experiment(me, ROOT, BASE, A, "a")
+    stack = experiment(me, child.id, A, AB, "b on a")
+    store.insert_many([child, stack])
+    index.refresh()
+    assert index.run_by(A) == child.id and index.run_by(AB) == stack.id
+    known = KnownPrograms(index, running=set())
+    # AB reached from the root in one step is the same program: a duplicate
+    assert AB in known and "already run" in known.why_duplicate(AB)
+    assert known.why_duplicate(AB.replace("0.02 ", "0.04 ", 1)) is None
+    store.close()
+
+
+def test_a_run_cut_short_does_not_count_and_an_incomplete_lineage_is_retried(tmp_path):
+    store = Store.open(tmp_path, root_id=ROOT)
+    lineage = Lineage(store, BASE, ROOT)
+    me = NodeIdentity.load_or_create(tmp_path / "me")
+    index = ProgramIndex(store, lineage, ARENA)
+    cut = dict(OK, status="crash", reason="interrupted: the node stopped during this run")
+    cut.pop("val_bpb")
+    store.insert(experiment(me, ROOT, BASE, A, "a", result=cut))
+    child = experiment(me, ROOT, BASE, AB, "a and b")
+    orphan = experiment(me, child.id, AB, AB + "\n# more\n", "more")
+    store.insert(orphan)             # its parent has not arrived yet
+    index.refresh()
+    assert index.run_by(A) is None and index.run_by(AB + "\n# more\n") is None
+    store.insert(child)              # the parent syncs in: the orphan is read next time
+    index.refresh()
+    assert index.run_by(AB) == child.id and index.run_by(AB + "\n# more\n") == orphan.id
+    store.close()
+
+
+def test_running_programs_come_from_other_nodes_live_announces(tmp_path):
+    store = Store.open(tmp_path, root_id=ROOT)
+    me, peer = (NodeIdentity.load_or_create(tmp_path / k) for k in ("me", "peer"))
+    for who, program in ((me, program_digest(A)), (peer, program_digest(AB))):
+        store.insert(make_announce(who, genome=genome_id(), topics=["general"], arena=ARENA,
+                                   working_on=working_on(ROOT, "x", program)))
+    assert programs_from_announces(store, me.public_key) == {program_digest(AB)}
+    assert programs_from_announces(store, me.public_key, max_age_s=-1) == set()
+    store.close()
+
+
+def test_the_same_program_on_another_parent_is_a_conflict_the_higher_key_yields(tmp_path):
+    low, high = sorted((NodeIdentity.load_or_create(tmp_path / k) for k in "ab"),
+                       key=lambda i: i.public_key)
+    store = Store.open(tmp_path, root_id=ROOT)
+    digest, other_parent = program_digest(AB), b"\1" * 32
+    for who, parent, desc in ((low, ROOT, "a and b"), (high, other_parent, "b")):
+        store.insert(make_announce(who, genome=genome_id(), topics=["general"], arena=ARENA,
+                                   working_on=working_on(parent, desc, digest)))
+    assert yield_to_peer(store, high.public_key, other_parent, "b", digest)
+    assert not yield_to_peer(store, low.public_key, ROOT, "a and b", digest)
+    # without the digest (an older peer), another parent is no conflict
+    assert not yield_to_peer(store, high.public_key, other_parent, "b")
+    store.close()
+
+
+class ScriptedAgent:
+    name = "scripted"
+
+    def __init__(self, *sources):
+        self.sources = list(sources)
+
+    def propose(self, parent_source, brief, history, *, parent_id, rng):
+        return Proposal(self.sources.pop(0), "scripted edit")
+
+
+async def test_the_loop_skips_a_program_a_live_node_runs_from_another_parent(tmp_path):
+    store = Store.open(tmp_path, root_id=ROOT)
+    agent = ScriptedAgent(AB, A)
+    loop = ResearchLoop(
+        store=store, lineage=Lineage(store, BASE, ROOT),
+        identity=NodeIdentity.load_or_create(tmp_path), genome=genome_id(), root_id=ROOT,
+        trainer=SyntheticTrainer(1, sigma=0.001), agent=agent, brief=load_brief("general"),
+        config=LoopConfig(topic="general", rules=ScoreRules(), claim_check_s=0),
+        home=tmp_path, rng=random.Random(1),
+        running_programs=lambda: {program_digest(AB)})   # someone runs AB, from its child
+    for _ in range(3):
+        await loop.step()                                  # the baselines
+    announced = []
+
+    async def announce(text):
+        announced.append(text)
+    loop.announce = announce
+    outcome = await loop.step()
+    assert outcome.kind == "experiment" and loop.lineage.source_of(outcome.record.id) == A
+    logged = [json.loads(x) for x in (tmp_path / "proposals.jsonl").read_text().splitlines()]
+    assert [e["reason"] for e in logged] == [
+        "duplicate: another live node announced it is running this program"]
+    # and what we run is announced with its program, so others can skip it in turn
+    assert announced and announced_program(announced[-1]) == program_digest(A)
+    store.close()
