@@ -394,6 +394,8 @@ class ResearchLoop:
         proposal = await self._propose(parent, parent_source)
         if proposal is None:
             return StepOutcome("no-proposal", parent=parent, reason="no usable proposal")
+        if isinstance(proposal, Record):      # the agent's idea is a peer's open claim
+            return await self.verify(proposal)
         return await self._run_edit(parent, parent_source, proposal)
 
     def find_crossover(self, parent: Candidate) -> Crossover | None:
@@ -436,7 +438,11 @@ class ResearchLoop:
             return free
         return None
 
-    async def _propose(self, parent: Candidate, parent_source: str) -> Proposal | None:
+    async def _propose(self, parent: Candidate, parent_source: str
+                       ) -> Proposal | Record | None:
+        """The agent's next edit on `parent`, checked; or, when the edit rebuilds the
+        program of a peer's claim that would beat our best, that claim (to re-run: see
+        claim_behind); None when every attempt failed."""
         known = self.known_programs()
         busy = {desc for pid, desc in self.busy() if pid == parent.id}
         # What others run on this parent now, so the agent picks something else: many
@@ -452,6 +458,9 @@ class ResearchLoop:
             proposal = validate_proposal(parent_source, proposal)
             if proposal.failure is None:
                 proposal.failure = known.why_duplicate(proposal.source)
+                claim = self.claim_behind(proposal.source) if proposal.failure else None
+                if claim is not None:
+                    return claim
             if proposal.failure is None and proposal.desc in busy:
                 proposal.failure = "another live node announced this edit on this parent"
             if proposal.failure is None:
@@ -462,6 +471,30 @@ class ResearchLoop:
                                        parent_id=parent.id.hex(), status="rejected",
                                        delta=None)]
         return None
+
+    def claim_behind(self, source: str) -> Record | None:
+        """The peer's claim that ran exactly this program, if re-running it would change
+        our decisions (an open claim that beats our best, see `_open_claim`).
+
+        The agent's best idea is then someone's result: re-running it as a verification
+        costs the run the edit would have cost, and it counts as one (an attestation, and
+        trust in its author if it holds), where running it as a new edit would measure
+        nothing new. Refusing it instead, as a duplicate, left 16-node swarms slower:
+        those copies had been the nodes' own checks of the best claim."""
+        ran = self.programs.run_by(source)
+        record = self.store.get(ran) if ran is not None else None
+        if record is None or record.val_bpb is None:
+            return None
+        with self.scores.consistent():
+            sigma, best = self.scores.sigma(), self.scores.best()
+            if sigma is None or best is None or record.val_bpb >= best.val_bpb:
+                return None
+            reps = self.trust.reputations()
+            if not self._open_claim(record, sigma, reps) or \
+                    self.trust.is_verified(record, reps) or \
+                    not self.lineage.is_buildable(record.id):
+                return None
+        return record
 
     def _log_failed(self, parent: Candidate, proposal: Proposal) -> None:
         """Failed proposals are not experiments: they go to a local log, not the swarm."""

@@ -3,6 +3,8 @@ and the loop refusing a program another node runs now on another parent (issue 8
 import json
 import random
 
+import pytest
+
 from experiments.agents import load_brief
 from experiments.agents.base import Proposal
 from experiments.loop import (LoopConfig, ResearchLoop, announced_program, parse_working_on,
@@ -145,3 +147,53 @@ async def test_the_loop_skips_a_program_a_live_node_runs_from_another_parent(tmp
     # and what we run is announced with its program, so others can skip it in turn
     assert announced and announced_program(announced[-1]) == program_digest(A)
     store.close()
+
+
+def scripted_loop(tmp_path, *sources):
+    store = Store.open(tmp_path, root_id=ROOT)
+    return ResearchLoop(
+        store=store, lineage=Lineage(store, BASE, ROOT),
+        identity=NodeIdentity.load_or_create(tmp_path), genome=genome_id(), root_id=ROOT,
+        trainer=SyntheticTrainer(1, sigma=0.001), agent=ScriptedAgent(*sources),
+        brief=load_brief("general"),
+        config=LoopConfig(topic="general", rules=ScoreRules(), claim_check_s=0,
+                          verify_share=0.0, merge_share=0.0, port_share=0.0),
+        home=tmp_path, rng=random.Random(1))
+
+
+async def test_an_idea_that_rebuilds_a_peers_better_claim_re_runs_that_claim(tmp_path):
+    """The agent proposes, on the root, the program a stranger claims beat it: the node
+    re-runs the claim as a verification (an attestation) instead of a new edit."""
+    loop = scripted_loop(tmp_path, AB)
+    for _ in range(3):
+        await loop.step()                                  # the baselines
+    root = loop.scores.root_score()
+    peer = NodeIdentity.load_or_create(tmp_path / "peer")
+    claim = experiment(peer, ROOT, BASE, AB, "a and b", dict(OK, val_bpb=root - 0.05))
+    loop.store.insert(claim)
+    loop.verify_budget_left = lambda: False                # not the re-run queue's turn
+    outcome = await loop.step()
+    assert outcome.kind == "verification"
+    assert [a.target for a in loop.store.attestations_for(claim.id)] == [claim.id]
+    assert len(loop.store.experiments(local=True)) == 3    # no new experiment
+    loop.store.close()
+
+
+@pytest.mark.parametrize("case", ["ours", "worse than our best", "refuted by us"])
+async def test_a_program_run_before_is_refused_when_re_running_it_decides_nothing(
+        tmp_path, case):
+    loop = scripted_loop(tmp_path, AB, A)
+    for _ in range(3):
+        await loop.step()
+    root = loop.scores.root_score()
+    author = loop.identity if case == "ours" else NodeIdentity.load_or_create(tmp_path / "p")
+    score = root + 0.05 if case == "worse than our best" else root - 0.05
+    claim = experiment(author, ROOT, BASE, AB, "a and b", dict(OK, val_bpb=score))
+    loop.store.insert(claim, local=case == "ours")
+    if case == "refuted by us":
+        await loop.verify(claim)                           # the synthetic run refutes it
+        assert loop.trust.my_verdict(claim) == "refuted"
+    loop.verify_budget_left = lambda: False
+    outcome = await loop.step()
+    assert outcome.kind == "experiment" and loop.lineage.source_of(outcome.record.id) == A
+    loop.store.close()
