@@ -43,6 +43,7 @@ from swarm.trust import TrustPolicy, TrustRules
 INFLIGHT_KEY = "loop.inflight"
 BASELINE_RE = re.compile(r"^baseline seed=(\d+)$")
 VERIFY_RE = re.compile(r"^verify ([0-9a-f]{16}): ")
+PROGRAMS_PER_SLICE = 200     # records the program index reads between checkpoints
 YIELDED = "yielded: another node announced the same run on the same parent first"
 
 
@@ -325,6 +326,12 @@ class ResearchLoop:
         self.programs.refresh()
         return KnownPrograms(self.programs, self.running_programs())
 
+    async def _index_programs(self) -> None:
+        """Bring the program index up to date in slices: the first read of a big store
+        (about 1 ms a record) must not hold up the network for seconds."""
+        while not self.programs.refresh(limit=PROGRAMS_PER_SLICE):
+            await trio.sleep(0)
+
     # -- the loop -------------------------------------------------------------
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -381,6 +388,7 @@ class ResearchLoop:
             return await self._run_baseline(self.config.rules.seed)
         parent_source = self.lineage.source_of(parent.id) if parent.record else \
             self.lineage.base_source
+        await self._index_programs()
         crossover = self.find_crossover(parent)
         if crossover is not None:
             # a merge of two checked sources can still break (a name used twice, say)

@@ -40,12 +40,20 @@ class ProgramIndex:
         self._by_digest: dict[str, bytes] = {}
         self._seen: set[bytes] = set()
         self._incomplete: list[bytes] = []
+        self._pending: list[bytes] = []
 
-    def refresh(self) -> None:
-        retry, self._incomplete = self._incomplete[:RETRY_PER_REFRESH], \
-            self._incomplete[RETRY_PER_REFRESH:]
-        new = [i for i in self.store.experiment_ids(self.arena) if i not in self._seen]
-        for record_id in retry + new:
+    def refresh(self, limit: int | None = None) -> bool:
+        """Read the experiments not indexed yet (at most `limit` of them: a big store's
+        first read takes seconds, and the caller may want to yield in between). True when
+        the index is up to date."""
+        if not self._pending:
+            retry, self._incomplete = self._incomplete[:RETRY_PER_REFRESH], \
+                self._incomplete[RETRY_PER_REFRESH:]
+            self._pending = retry + [i for i in self.store.experiment_ids(self.arena)
+                                     if i not in self._seen]
+        todo = self._pending if limit is None else self._pending[:limit]
+        self._pending = self._pending[len(todo):]
+        for record_id in todo:
             self._seen.add(record_id)
             record = self.store.get(record_id)
             if record is None or (record.result or {}).get("reason", "").startswith(
@@ -57,6 +65,7 @@ class ProgramIndex:
                 self._incomplete.append(record_id)
                 continue
             self._by_digest.setdefault(program_digest(source), record_id)
+        return not self._pending
 
     def run_by(self, source: str) -> bytes | None:
         """The record that ran this program in the arena, if one did (call refresh first)."""

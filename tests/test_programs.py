@@ -67,6 +67,17 @@ def test_the_index_knows_every_program_of_the_arena_whatever_the_path(tmp_path):
     store.close()
 
 
+def test_the_index_reads_a_big_store_in_slices(tmp_path):
+    store = Store.open(tmp_path, root_id=ROOT)
+    me = NodeIdentity.load_or_create(tmp_path / "me")
+    sources = [BASE + f"\n# variant {i}\n" for i in range(5)]
+    store.insert_many(experiment(me, ROOT, BASE, src, f"v{i}") for i, src in enumerate(sources))
+    index = ProgramIndex(store, Lineage(store, BASE, ROOT), ARENA)
+    assert [index.refresh(limit=2) for _ in range(3)] == [False, False, True]
+    assert all(index.run_by(src) is not None for src in sources) and len(index) == 5
+    store.close()
+
+
 def test_a_run_cut_short_does_not_count_and_an_incomplete_lineage_is_retried(tmp_path):
     store = Store.open(tmp_path, root_id=ROOT)
     lineage = Lineage(store, BASE, ROOT)
