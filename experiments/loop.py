@@ -167,9 +167,12 @@ class ResearchLoop:
         it, and whoever we or the peers we trust caught lying is never built on.)
 
         Claims by authors we trust (we reproduced their claims, none refuted) come
-        first; a stranger's claim only when `strangers` (a `speculate_share` of the
-        steps), so fresh keys publishing false claims can waste at most that share of
-        our runs until the re-run queue catches them."""
+        first. A stranger's claim counts too once a peer we trust reproduced it (one
+        attestation: not verification, which takes k, but enough to risk a run on; on
+        the perfect bus at 16 nodes this took the speedup from 5.0 to 5.5), and any
+        stranger's claim when `strangers` (a `speculate_share` of the steps), so fresh
+        keys publishing false claims can waste at most that share of our runs until the
+        re-run queue catches them; keys vouching for each other count for nothing."""
         with self.scores.consistent():
             sigma = self.scores.sigma()
             if sigma is None:
@@ -181,8 +184,11 @@ class ResearchLoop:
             found, found_key = None, None
             for r in self.store.experiments(arena=self.arena):
                 rep = reps.get(r.author, 0.0)
-                if r.val_bpb is None or r.val_bpb >= best.val_bpb or rep < floor:
+                if r.val_bpb is None or r.val_bpb >= best.val_bpb:
                     continue
+                if rep < floor and (rep < self.config.trust.liar_threshold or
+                                    not self.trust.trusted_attesters(r, reps)):
+                    continue  # a stranger's claim, unless a peer we trust reproduced it
                 key = (rep < self.config.trust.trust_threshold, r.val_bpb, r.id)
                 if found_key is not None and key >= found_key:
                     continue  # cheap checks first: most records lose on the key
@@ -227,9 +233,11 @@ class ResearchLoop:
         for r in self.store.experiments(arena=self.arena):
             if not self._open_claim(r, sigma, reps) or self.trust.is_verified(r, reps):
                 continue
-            if len(set(self.trust.trusted_attesters(r, reps)) | set(self.trust.trusted_among(
-                    r, list(running.get(r.id_hex[:16], ())), reps))) >= self.config.trust.k:
-                continue  # peers we trust are re-running it now: their verdicts will do
+            attesters = set(self.trust.trusted_attesters(r, reps))
+            rerunning = set(self.trust.trusted_among(
+                r, list(running.get(r.id_hex[:16], ())), reps)) - attesters
+            if rerunning or len(attesters) >= self.config.trust.k:
+                continue  # a peer we trust re-runs it now: its verdict will let us build on it
             if r.topic not in topic_best:
                 found = self.scores.best(r.topic)
                 topic_best[r.topic] = found.val_bpb if found else float("inf")

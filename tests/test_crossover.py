@@ -525,11 +525,13 @@ def claim_world(world):
 @pytest.mark.parametrize("running, skipped", [
     (("alice", "bob"), True),
     (("sybil0", "sybil1", "sybil2"), False),
-    (("alice", "sybil0"), False),               # one trusted: k=2 not reached
-    (("alice", "carol"), False),                # the author's own re-run counts for nothing
+    (("alice", "sybil0"), True),                # one trusted re-run: its verdict will do
+    (("carol", "sybil0"), False),               # the author's own re-run counts for nothing
 ])
-def test_a_claim_k_trusted_peers_are_re_running_is_not_re_run_again(claim_world, running,
-                                                                    skipped):
+def test_a_claim_a_trusted_peer_is_re_running_is_not_re_run_again(claim_world, running,
+                                                                  skipped):
+    """Its reproduction lets us build on the claim (speculative_parent), so one trusted
+    re-run in progress is enough to wait for; keys we never checked are not."""
     world, claim = claim_world
     keys = {world.key(name).public_key for name in running}
     world.loop.verifiers = lambda: {claim.id_hex[:16]: keys}
@@ -537,15 +539,14 @@ def test_a_claim_k_trusted_peers_are_re_running_is_not_re_run_again(claim_world,
     assert (found is None) if skipped else (found.id == claim.id)
 
 
-def test_one_trusted_attestation_and_one_trusted_re_run_make_k(claim_world):
+def test_a_re_run_by_a_peer_who_already_attested_adds_nothing(claim_world):
     world, claim = claim_world
     world.attest(world.key("alice"), claim)
-    assert world.loop.pending_claim().id == claim.id            # one is not enough
-    world.loop.verifiers = lambda: {claim.id_hex[:16]: {world.key("bob").public_key}}
-    assert world.loop.pending_claim() is None
-    # the same peer attesting and re-running counts once
+    assert world.loop.pending_claim().id == claim.id            # one attestation: not k
     world.loop.verifiers = lambda: {claim.id_hex[:16]: {world.key("alice").public_key}}
     assert world.loop.pending_claim().id == claim.id
+    world.loop.verifiers = lambda: {claim.id_hex[:16]: {world.key("bob").public_key}}
+    assert world.loop.pending_claim() is None
 
 
 def test_re_runs_of_another_claim_do_not_skip_this_one(claim_world):
@@ -580,11 +581,12 @@ def test_verifiers_are_read_from_fresh_verify_announces_of_others(claim_world):
     assert verifiers_from_announces(store, me.public_key, max_age_s=10_000)[
         claim.id_hex[:16]] == {world.key("alice").public_key, world.key("bob").public_key}
 
-    # wired into the loop: alice's and bob's fresh announces are k trusted re-runs
+    # wired into the loop: only a fresh announce of a peer we trust counts
     world.loop.verifiers = lambda: verifiers_from_announces(store, me.public_key)
-    assert world.loop.pending_claim().id == claim.id            # bob's is stale
-    store.insert(announce(world.key("bob"), on_claim))
-    assert world.loop.pending_claim() is None
+    assert world.loop.pending_claim() is None                   # alice re-runs it now
+    world.loop.verifiers = lambda: {k: v - {world.key("alice").public_key} for k, v in
+                                    verifiers_from_announces(store, me.public_key).items()}
+    assert world.loop.pending_claim().id == claim.id            # bob's alone is stale
 
 
 def test_strangers_flooding_claims_do_not_crowd_out_a_good_donor(world):
@@ -649,6 +651,30 @@ def test_a_strangers_claim_is_built_on_only_in_the_speculate_share(world):
     claim = sibling(world, world.key("stranger"), val=1.84)
     assert speculating(world, 0.0).id != claim.id
     assert speculating(world, 1.0).id == claim.id
+
+
+@pytest.mark.parametrize("vouched_by", ["a trusted peer", "only Sybils", "nobody"])
+def test_a_strangers_claim_a_trusted_peer_reproduced_is_built_on_at_once(world, vouched_by):
+    """One trusted reproduction is not verification (that takes k), but it is enough to
+    build on: the child is ours to measure. Keys we never checked vouch for nothing."""
+    ours = world.ours(val=1.85)
+    claim = sibling(world, world.key("stranger"), val=1.84)
+    if vouched_by == "a trusted peer":
+        world.attest(world.trusted("alice"), claim)
+    if vouched_by == "only Sybils":
+        for name in ("s1", "s2", "s3"):
+            world.attest(world.key(name), claim)
+    assert not world.loop.trust.is_verified(claim)
+    expected = claim.id if vouched_by == "a trusted peer" else ours.id
+    assert speculating(world, 0.0).id == expected
+
+
+def test_a_liars_claim_is_not_built_on_even_when_a_trusted_peer_vouches(world):
+    ours = world.ours(val=1.85)
+    mallory = world.judged("mallory", "refuted", times=2)
+    claim = sibling(world, mallory, val=1.84)
+    world.attest(world.trusted("alice"), claim)
+    assert speculating(world, 0.0).id == ours.id
 
 
 def test_a_trusted_authors_claim_comes_before_a_strangers_better_one(world):
