@@ -216,7 +216,8 @@ class ResearchLoop:
 
         A claim is worth a re-run when it says it beat its parent by more than the noise
         and it would become our best (or our best in its topic); we skip what we already
-        checked, what k trusted peers already vouch for, and authors known to lie.
+        checked, what k trusted peers already vouch for, what a trusted peer re-runs now
+        (its verdict will do to build on), and authors known to lie.
         Reputable authors come first, then the lowest claimed score."""
         with self.scores.consistent():
             return self._pending_claim()
