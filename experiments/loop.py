@@ -330,10 +330,26 @@ class ResearchLoop:
         return tried
 
     def known_programs(self) -> KnownPrograms:
-        """Programs already run in the arena or announced by a live node now: `in` tells
-        whether a source is one of them (refreshed from the store on each call)."""
+        """Programs already run in the arena (by anyone but known liars) or announced by
+        a live node now: `in` tells whether a source is one of them (refreshed from the
+        store on each call)."""
         self.programs.refresh()
-        return KnownPrograms(self.programs, self.running_programs())
+        return KnownPrograms(self.programs, self.running_programs(), self._run_counts())
+
+    def _run_counts(self) -> Callable[[bytes, bytes], bool]:
+        """Whether a record's run of a program counts as done: not when its author is a
+        known liar (unless we re-ran that record ourselves, and so measured it)."""
+        reps = self.trust.reputations()
+        liars = {a for a in reps if self.trust.is_liar(a, reps)}
+
+        def counts(record_id: bytes, author: bytes) -> bool:
+            return author not in liars or self.me_attested(record_id)
+        return counts
+
+    def me_attested(self, record_id: bytes) -> bool:
+        me = self.identity.public_key
+        return me in self.store.who_refuted(record_id) or \
+            me in self.store.who_reproduced(record_id)
 
     async def _index_programs(self) -> None:
         """Bring the program index up to date in slices: the first read of a big store
@@ -498,7 +514,7 @@ class ResearchLoop:
         trust in its author if it holds), where running it as a new edit would measure
         nothing new. Refusing it instead, as a duplicate, left 16-node swarms slower:
         those copies had been the nodes' own checks of the best claim."""
-        ran = self.programs.run_by(source)
+        ran = self.programs.run_by(source, self._run_counts())
         record = self.store.get(ran) if ran is not None else None
         if record is None or record.val_bpb is None:
             return None

@@ -15,6 +15,7 @@ proposal's *program*, not only its (parent, edit) pair, against:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 from swarm.lineage import Lineage, LineageError
 from swarm.store import Store
@@ -29,7 +30,7 @@ def program_digest(source: str) -> str:
 
 
 class ProgramIndex:
-    """Digest of each experiment's program in one arena -> the first record that ran it.
+    """Digest of each experiment's program in one arena -> the records that ran it.
 
     Runs a kill cut short (recorded as interrupted) do not count: they measured nothing.
     Records whose lineage is not complete yet (an ancestor still syncing) are retried on
@@ -37,7 +38,7 @@ class ProgramIndex:
 
     def __init__(self, store: Store, lineage: Lineage, arena: str):
         self.store, self.lineage, self.arena = store, lineage, arena
-        self._by_digest: dict[str, bytes] = {}
+        self._by_digest: dict[str, list[tuple[bytes, bytes]]] = {}   # [(id, author)]
         self._seen: set[bytes] = set()
         self._incomplete: list[bytes] = []
         self._pending: list[bytes] = []
@@ -64,26 +65,37 @@ class ProgramIndex:
             except LineageError:
                 self._incomplete.append(record_id)
                 continue
-            self._by_digest.setdefault(program_digest(source), record_id)
+            self._by_digest.setdefault(program_digest(source), []).append(
+                (record_id, record.author))
         return not self._pending
 
-    def run_by(self, source: str) -> bytes | None:
-        """The record that ran this program in the arena, if one did (call refresh first)."""
-        return self._by_digest.get(program_digest(source))
+    def run_by(self, source: str, counts: Callable[[bytes, bytes], bool] | None = None
+               ) -> bytes | None:
+        """The first record that ran this program in the arena and `counts(id, author)`,
+        if there is one (call refresh first)."""
+        for record_id, author in self._by_digest.get(program_digest(source), ()):
+            if counts is None or counts(record_id, author):
+                return record_id
+        return None
 
     def __len__(self) -> int:
         return len(self._by_digest)
 
 
 class KnownPrograms:
-    """The programs a proposal must not repeat: run in the arena, or running elsewhere."""
+    """The programs a proposal must not repeat: run in the arena, or running elsewhere.
 
-    def __init__(self, index: ProgramIndex, running: set[str]):
-        self.index, self.running = index, running
+    Only records that `counts(id, author)` count (the loop leaves out known liars' runs
+    that it did not re-run itself): a fake record of a program, with a bad score nobody
+    would ever re-run, must not keep the swarm from trying it."""
+
+    def __init__(self, index: ProgramIndex, running: set[str],
+                 counts: Callable[[bytes, bytes], bool] | None = None):
+        self.index, self.running, self.counts = index, running, counts
 
     def why_duplicate(self, source: str) -> str | None:
         """Why running `source` would repeat someone's work, or None if it is new."""
-        ran = self.index.run_by(source)
+        ran = self.index.run_by(source, self.counts)
         if ran is not None:
             return f"duplicate: this program was already run (record {ran.hex()[:16]})"
         if program_digest(source) in self.running:

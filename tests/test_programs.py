@@ -208,3 +208,27 @@ async def test_a_program_run_before_is_refused_when_re_running_it_decides_nothin
     outcome = await loop.step()
     assert outcome.kind == "experiment" and loop.lineage.source_of(outcome.record.id) == A
     loop.store.close()
+
+
+async def test_a_known_liars_record_of_a_program_does_not_block_it(tmp_path):
+    """A fake negative result is never re-run, so its author is only caught by other
+    lies: once caught, its records stop counting as programs already run."""
+    loop = scripted_loop(tmp_path, AB)
+    for _ in range(3):
+        await loop.step()
+    root = loop.scores.root_score()
+    mallory = NodeIdentity.load_or_create(tmp_path / "mallory")
+    fake = experiment(mallory, ROOT, BASE, AB, "a and b: worse", dict(OK, val_bpb=root + 0.1))
+    loop.store.insert(fake)
+    assert AB in loop.known_programs()
+    lie = experiment(mallory, ROOT, BASE, A, "a: a claimed improvement",
+                     dict(OK, val_bpb=root - 0.5))
+    loop.store.insert(lie)
+    await loop.verify(lie)                           # our re-run refutes it
+    assert loop.trust.is_liar(mallory.public_key)
+    assert AB not in loop.known_programs()
+    assert A in loop.known_programs()                # we ran that one ourselves, re-running it
+    loop.verify_budget_left = lambda: False
+    outcome = await loop.step()
+    assert outcome.kind == "experiment" and loop.lineage.source_of(outcome.record.id) == AB
+    loop.store.close()
