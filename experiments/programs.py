@@ -2,8 +2,9 @@
 
 Two nodes often reach one program by different paths: a stack of edits on the root, the
 same edits one at a time on a kept child, a merge of two siblings. Measured on the perfect
-bus at 16 nodes, a third of a round's runs could be copies of a program another node ran
-in the same round from another parent. Re-running a program measures nothing new (a
+bus at 16 nodes (12 landscapes), 11 % of all runs were copies of a program another node
+ran from another parent, 30 % on one landscape, 7 of 16 runs in one round. The
+(parent, edit) checks saw none of them. Re-running a program measures nothing new (a
 deliberate re-run is a verification, and is recorded as one), so the loop checks a
 proposal's *program*, not only its (parent, edit) pair, against:
 
