@@ -488,12 +488,18 @@ class ResearchLoop:
             proposal = await trio.to_thread.run_sync(
                 lambda: self.agent.propose(parent_source, self.brief, history,
                                            parent_id=parent.id.hex(), rng=rng))
-            proposal = validate_proposal(parent_source, proposal)
-            if proposal.failure is None:
-                proposal.failure = known.why_duplicate(proposal.source)
-                claim = self.claim_behind(proposal.source) if proposal.failure else None
+            # A program run before is refused before the (costly) static screen.
+            raw = proposal.source if isinstance(proposal, Proposal) and \
+                proposal.failure is None and isinstance(proposal.source, str) else None
+            source = raw.replace("\r\n", "\n") if raw is not None else None
+            if source is not None and source.rstrip("\n") != parent_source.rstrip("\n"):
+                reason = known.why_duplicate(source)
+                claim = self.claim_behind(source) if reason else None
                 if claim is not None:
                     return claim
+                if reason:
+                    proposal = Proposal(raw, proposal.desc, proposal.edit_key, reason)
+            proposal = validate_proposal(parent_source, proposal)
             if proposal.failure is None and proposal.desc in busy:
                 proposal.failure = "another live node announced this edit on this parent"
             if proposal.failure is None:
