@@ -799,8 +799,10 @@ def main() -> int:
     t_start = time.time()
     work = Path(tempfile.mkdtemp(prefix="loopy-scaling-",
                                  dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    refs: dict[int, dict] = {}
+    results: dict[int, dict] = {}
+    ideal: dict[int, dict] = {}
     try:
-        refs = {}
         ideal_lands = parse_list(args.ideal_landscapes) if args.network == "libp2p" else []
         reused = load_references(args.references) if args.references else {}
         for land in sorted(set(args.landscapes) | set(ideal_lands)):
@@ -809,8 +811,6 @@ def main() -> int:
             print(f"landscape {land}: target {refs[land]['target']:.4f} (base "
                   f"{refs[land]['base']:.4f}), lone nodes reach it after "
                   f"{refs[land]['times']} runs: T1 = {refs[land]['t1']}", flush=True)
-        results: dict[int, dict] = {}
-        ideal: dict[int, dict] = {}
         for n in sizes:
             rows = []
             lands = args.landscapes[:args.big_landscapes] if n >= 32 else args.landscapes
@@ -861,9 +861,16 @@ def main() -> int:
         if not args.no_write and args.network == "libp2p":
             plot(results, ideal, PLOT)
             write_section(text)
+    except BaseException as exc:
+        args.keep = True     # a failed run keeps its workers' logs and the nodes' stores
+        if args.json:        # and the sizes it finished
+            Path(args.json).write_text(json.dumps(
+                {"refs": refs, "results": results, "ideal": ideal,
+                 "error": f"{type(exc).__name__}: {exc}"}, default=str, indent=1))
+        raise
     finally:
         if args.keep:
-            print(f"kept the nodes' homes in {work}")
+            print(f"kept the nodes' homes and the workers' logs in {work}", flush=True)
         else:
             shutil.rmtree(work, ignore_errors=True)
     return 0
