@@ -30,7 +30,8 @@ from typing import Awaitable, Callable, Protocol
 
 import trio
 
-from experiments.agents.base import Agent, Brief, Proposal, Tried, validate_proposal
+from experiments.agents.base import (MAX_SOURCE_BYTES, Agent, Brief, Proposal, Tried,
+                                     validate_proposal)
 from experiments.crossover import Crossover, CrossoverFinder
 from experiments.programs import KnownPrograms, ProgramIndex, program_digest
 from experiments.scoreboard import Candidate, Scoreboard, ScoreRules
@@ -490,7 +491,8 @@ class ResearchLoop:
                                            parent_id=parent.id.hex(), rng=rng))
             # A program run before is refused before the (costly) static screen.
             raw = proposal.source if isinstance(proposal, Proposal) and \
-                proposal.failure is None and isinstance(proposal.source, str) else None
+                proposal.failure is None and isinstance(proposal.source, str) and \
+                len(proposal.source) <= MAX_SOURCE_BYTES else None   # (too big: refused below)
             source = raw.replace("\r\n", "\n") if raw is not None else None
             if source is not None and source.rstrip("\n") != parent_source.rstrip("\n"):
                 reason = known.why_duplicate(source)
