@@ -705,46 +705,37 @@ def verify_desc(claim: Record) -> str:
     return f"verify {claim.id_hex[:16]}: {claim.desc}"
 
 
+def _live_announces(store: Store, me: bytes, max_age_s: float):
+    """(author, working_on) of other nodes' announces younger than `max_age_s`."""
+    now_ms = time.time() * 1000
+    for a in store.announces():
+        if a.author != me and now_ms - a.t <= max_age_s * 1000:
+            yield a.author, a.working_on or ""
+
+
 def verifiers_from_announces(store: Store, me: bytes, max_age_s: float = 900.0
                              ) -> dict[str, set[bytes]]:
     """Claim id prefix -> keys of the other live nodes that announce re-running it now."""
-    now_ms = time.time() * 1000
     out: dict[str, set[bytes]] = {}
-    for a in store.announces():
-        if a.author == me or now_ms - a.t > max_age_s * 1000:
-            continue
-        parsed = parse_working_on(a.working_on or "")
+    for author, text in _live_announces(store, me, max_age_s):
+        parsed = parse_working_on(text)
         m = VERIFY_RE.match(parsed[1]) if parsed else None
         if m:
-            out.setdefault(m.group(1), set()).add(a.author)
+            out.setdefault(m.group(1), set()).add(author)
     return out
 
 
 def busy_from_announces(store: Store, me: bytes, max_age_s: float = 900.0
                         ) -> set[tuple[bytes, str]]:
     """(parent, edit) pairs that other live nodes announce they are running now."""
-    now_ms = time.time() * 1000
-    busy = set()
-    for a in store.announces():
-        if a.author == me or now_ms - a.t > max_age_s * 1000:
-            continue
-        parsed = parse_working_on(a.working_on or "")
-        if parsed:
-            busy.add(parsed)
-    return busy
+    return {parsed for _, text in _live_announces(store, me, max_age_s)
+            if (parsed := parse_working_on(text))}
 
 
 def programs_from_announces(store: Store, me: bytes, max_age_s: float = 900.0) -> set[str]:
     """Digests of the programs other live nodes announce they are running now."""
-    now_ms = time.time() * 1000
-    out = set()
-    for a in store.announces():
-        if a.author == me or now_ms - a.t > max_age_s * 1000:
-            continue
-        program = announced_program(a.working_on or "")
-        if program:
-            out.add(program)
-    return out
+    return {program for _, text in _live_announces(store, me, max_age_s)
+            if (program := announced_program(text))}
 
 
 async def run_cancellable(fn: Callable[[threading.Event], object], grace_s: float = 15.0):
