@@ -50,7 +50,7 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
-from libp2p.tools.anyio_service import background_trio_service
+from libp2p.tools.anyio_service import LifecycleError, background_trio_service
 
 from swarm.ratelimit import RecordRateLimit
 
@@ -404,6 +404,37 @@ def forgive_ignored(pubsub: Pubsub, router: GossipSub, validator: RecordValidato
     scorer.on_invalid_message = on_invalid_message  # type: ignore[method-assign]
 
 
+def drop_tasks_after_stop(manager: Any, name: str) -> None:
+    """Make a py-libp2p service manager drop, not raise on, tasks scheduled as it stops.
+
+    py-libp2p 0.8.1 races at shutdown: pubsub's `continuously_read_stream` runs
+    in a swarm connection's task, not in pubsub's, and checks
+    `manager.is_running` before `manager.run_task(push_msg, ...)`. Between the
+    manager's nursery closing and `is_running` turning False, that call raises
+    `RuntimeError: Nursery is closed to new arrivals` (and after it,
+    `LifecycleError`) in the connection's task, which fails the host's Swarm
+    service and ends the whole node with it. A task that arrives once the
+    service stops could not have run anyway, so it is dropped.
+    """
+    schedule = manager._schedule_task
+
+    def schedule_unless_stopped(task: Any) -> None:
+        try:
+            schedule(task)
+        except (RuntimeError, LifecycleError) as error:
+            log.debug("%s stopping: dropped task %s (%s)", name, task, error)
+
+    manager._schedule_task = schedule_unless_stopped
+
+
+@asynccontextmanager
+async def running_service(service: Any, name: str) -> AsyncIterator[Any]:
+    """`background_trio_service(service)` with `drop_tasks_after_stop` applied."""
+    async with background_trio_service(service) as manager:
+        drop_tasks_after_stop(manager, name)
+        yield manager
+
+
 def build_router() -> GossipSub:
     return GossipSub(
         protocols=GOSSIP_PROTOCOLS,
@@ -591,7 +622,7 @@ async def open_gossip(host: IHost, *, genome: str, topics: Iterable[str], valida
     forgive_ignored(pubsub, router, validator)
     gossip = Gossip(host, pubsub, router, genome=genome, validator=validator, guard=guard,
                     on_record=on_record)
-    async with background_trio_service(pubsub), background_trio_service(router):
+    async with running_service(pubsub, "pubsub"), running_service(router, "gossipsub"):
         await pubsub.wait_until_ready()
         async with trio.open_nursery() as nursery:
             for topic in [HEADS] + short_topics:
