@@ -394,13 +394,40 @@ def cmd_start(settings: Settings, args) -> int:
         lock.close()
         return fail(str(e))
     try:
+        loop = build_loop(local, settings, until)
+        error = prepare_trainer(loop.trainer, settings)
+        if error:
+            return fail(error)
         import trio
-        return trio.run(run_node, local, settings, until)
+        return trio.run(run_node, local, settings, loop)
     except (ValueError, RuntimeError) as e:
         return fail(str(e), 1)
     finally:
         local.store.close()
         lock.close()
+
+
+def prepare_trainer(trainer, settings: Settings) -> str | None:
+    """The trainer's data before the loop starts (a progress bar while it is built).
+
+    Returns an error message for what the user must fix (no dataset offline, a
+    corrupt corpus, a missing tokenizer package), None when the data is ready.
+    """
+    prepare = getattr(trainer, "prepare", None)
+    if prepare is None:  # the synthetic trainer needs no data
+        return None
+    from experiments.progress import RunProgress
+    from genome.prepare import CorpusError, DatasetUnavailable
+    live = not settings.json and not settings.plain and sys.stdout.isatty()
+    try:
+        with RunProgress(live=live, plain=not settings.json) as progress:
+            prepare(progress)
+    except (CorpusError, DatasetUnavailable) as e:
+        return str(e)
+    except ImportError as e:
+        return (f"cannot prepare the training data: {e} "
+                "(reinstall Loopy's dependencies: pip install -e .)")
+    return None
 
 
 def parse_until(text: str) -> float | None:
@@ -444,15 +471,13 @@ def build_loop(local: Local, settings: Settings, until: float | None):
                         agent=agent, brief=load_brief(topic), config=config, home=local.home)
 
 
-async def run_node(local: Local, settings: Settings, until: float | None) -> int:
+async def run_node(local: Local, settings: Settings, loop) -> int:
     import signal
 
     import trio
     from experiments.view import log_line, render
-    from swarm.network import serve_swarm
 
     live = not settings.plain and not settings.json and sys.stdout.isatty()
-    loop = build_loop(local, settings, until)
     if not live:
         loop.on_event = lambda kind, data: log_line(kind, data)
         print(f"loopy node {local.identity.peer_id} arena {loop.arena} trainer "
@@ -504,6 +529,7 @@ async def run_node(local: Local, settings: Settings, until: float | None) -> int
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch_signals, nursery.cancel_scope)
             if not settings.offline:
+                from swarm.network import serve_swarm  # libp2p: only a networked node needs it
                 net = await nursery.start(functools.partial(
                     serve_swarm, local.identity, local.store, genome=local.genome,
                     topics=settings.topic, listen=settings.listen,

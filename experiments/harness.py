@@ -239,6 +239,15 @@ def _prepare_data(prepare, home: Path, dataset: str, progress):
     return data, tokenizer.vocab_size, tokenizer.bos_id
 
 
+def prepare_run_data(home: Path, dataset: str, progress=None) -> None:
+    """Prepare the tokenizer and token files `run_experiment` will use, ahead of it.
+
+    Raises genome.prepare's CorpusError or DatasetUnavailable, or ImportError for a
+    missing tokenizer dependency; the result is cached for the runs that follow.
+    """
+    _prepare_data(_trusted_prepare(None), Path(home).resolve(), dataset, progress)
+
+
 # ---------------------------------------------------------------------------------------------
 # Limits
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from experiments.harness import _resolve, run_experiment
+from experiments.harness import _resolve, prepare_run_data, run_experiment
 
 
 class GenomeTrainer:
@@ -20,6 +20,11 @@ class GenomeTrainer:
         self.home = Path(home)
         self.device, self.dataset, self.budget, self.arena = _resolve(device, dataset, budget)
         self.label = f"genome on {self.device}"
+
+    def prepare(self, progress=None) -> None:
+        """The tokenizer and token files, before the first run: a node that cannot get
+        its data says so when it starts, rather than in the middle of its loop."""
+        prepare_run_data(self.home, self.dataset, progress)
 
     def run(self, source: str, *, seed: int, progress=None,
             cancel: threading.Event | None = None):

@@ -125,3 +125,27 @@ def test_every_command_is_documented_in_the_readme():
     commands = parser._subparsers._group_actions[0].choices
     for name in commands:
         assert f"loopy {name}" in readme, f"README does not document `loopy {name}`"
+
+
+def test_start_without_its_dataset_stops_with_a_clear_error_before_any_run(tmp_path):
+    """The data is prepared before the loop: a missing dataset is one error line at
+    start, not a traceback from inside the loop (nor a run recorded as failed)."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/nothing-here"
+        out = loopy("start", "--offline", "--trainer", "genome", "--device", "cpu",
+                    "--dataset", "climbmix", "--max-experiments", "1", "--plain",
+                    home=tmp_path, env={"LOOPY_DATA_URL": url}, timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert out.returncode == 2, out.stderr
+    assert "loopy: error: dataset 'climbmix' needs a download" in out.stderr
+    assert "404" in out.stderr
+    assert "Traceback" not in out.stderr
+    status = json.loads(loopy("status", "--json", home=tmp_path).stdout)
+    assert status["records"] == 0
