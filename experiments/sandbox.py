@@ -20,8 +20,9 @@ What the isolation covers (Linux with util-linux `unshare`, as root or with user
   - `reveal_paths` (read-only) and `writable_paths` (read-write: the workspace) are
     bind-mounted back from the original tree, as are the Python installation and the
     Loopy checkout;
-  - the whole tree is read-only except the writable paths and a fresh, size-capped tmpfs
-    on /tmp, /var/tmp and /dev/shm.
+  - the whole tree is read-only except the writable paths, a fresh, size-capped tmpfs
+    on /tmp, /var/tmp and /dev/shm, and /proc and /sys (CUDA cannot start with them
+    read-only; their files keep their own permissions).
 - Privileges: as root the child runs as uid/gid 65534 (nobody) with no groups; otherwise
   with every capability dropped (bounding set, ambient, effective), `no_new_privs`, and
   root's special-casing of capabilities locked off (securebits).
@@ -83,6 +84,7 @@ MAX_LINE_BYTES = 64 * 1024  # longer output lines are split: memory stays bounde
 POLL_S = 0.02
 RSS_EVERY_S = 0.25  # a /proc scan per sample: cheap, but not free on a busy host
 SCRATCH_PATHS = ("/tmp", "/var/tmp", "/dev/shm")
+KERNEL_FILESYSTEMS = ("/proc", "/sys")  # stay as mounted: see _setup_mounts
 DEFAULT_HIDDEN = ("/root", "/home", "/run", "/mnt", "/media")
 # Variables callers may set; everything else from the caller is a programming error.
 ALLOWED_ENV = frozenset({
@@ -672,6 +674,12 @@ def _setup_mounts(libc: _Libc, ops: list, scratch_mb: int) -> list[str]:
         for path, kind in ops:
             if kind in ("scratch", "rw"):
                 libc.set_readonly(path, False, recursive=False)
+        # CUDA fails to initialise (error 304, "OS call failed") when /proc and /sys are
+        # read-only mounts (measured on an H100, 2026-11-26). Their files keep their own
+        # permissions, which the unprivileged child cannot get past.
+        for path in KERNEL_FILESYSTEMS:
+            if os.path.ismount(path):
+                libc.set_readonly(path, False, recursive=True)
         features.append("readonly-fs")
     except OSError as e:
         features.append(f"no-readonly-fs ({e.strerror or e})")

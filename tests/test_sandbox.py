@@ -165,6 +165,29 @@ def test_filesystem_is_read_only_except_the_workspace(tmp_path, ws):
     assert not Path("/tmp/scratch.txt").exists()
 
 
+@needs_mountns
+def test_proc_and_sys_keep_their_mounts_so_cuda_can_start(ws):
+    """CUDA fails to initialise (error 304) under read-only /proc and /sys mounts; the
+    rest of the tree stays read-only, and the files there keep their permissions."""
+    probe = """
+        import json, os
+        flags = {p: bool(os.statvfs(p).f_flag & os.ST_RDONLY) for p in ("/", "/usr", "/proc", "/sys")}
+        try:
+            open("/proc/sys/kernel/hostname", "w").write("escape")
+            hostname = "written"
+        except OSError as e:
+            hostname = type(e).__name__
+        print(json.dumps(dict(flags, hostname=hostname)))
+    """
+    result = run_code(probe, ws)
+    seen = last_json(result)
+    if "readonly-fs" not in result.isolation:
+        pytest.skip(f"no read-only remount here: {result.isolation}")
+    assert seen["/"] and seen["/usr"]
+    assert not seen["/proc"] and not seen["/sys"]
+    assert seen["hostname"] in ("PermissionError", "OSError")
+
+
 def _pids_with(marker: str) -> list[int]:
     found = []
     for name in os.listdir("/proc"):
