@@ -552,6 +552,8 @@ async def run_node(local: Local, settings: Settings, loop) -> int:
     if stopped_by:
         print(f"loopy: stopped by {stopped_by}; the store is consistent, restart to resume",
               file=sys.stderr)
+    elif loop.stop_reason:
+        return fail(loop.stop_reason, 1)
     return 0
 
 

@@ -83,6 +83,8 @@ class LoopConfig:
     port_share: float = 0.1       # share of steps that try an edit kept in another arena
     speculate_share: float = 0.0  # share of steps that may build on a better claim by a
                                   # stranger before it is verified (see speculative_parent)
+    root_failures: int = 3        # the unmodified genome failing this often in a row stops
+                                  # the loop: the machine, not an edit, is broken
 
 
 @dataclass
@@ -135,6 +137,7 @@ class ResearchLoop:
                                           trust=self.trust, root_id=root_id,
                                           rules=config.rules)
         self.state = LoopState()
+        self.stop_reason = ""  # set when the loop stops itself on an error (see serve)
         self._cancel = threading.Event()
 
     # -- parent choice --------------------------------------------------------
@@ -365,12 +368,24 @@ class ResearchLoop:
         self.resume()
         task_status.started()
         run = 0
+        root_failures = 0
         while not self._should_stop(run):
             outcome = await self.step()
             if outcome.kind != "no-proposal":
                 run += 1
             else:
                 await trio.sleep(1.0)  # an agent that keeps failing must not spin the CPU
+            if outcome.kind == "baseline" and outcome.record is not None:
+                failed = outcome.record.status != "ok"
+                root_failures = root_failures + 1 if failed else 0
+                if failed and root_failures >= self.config.root_failures:
+                    # Without a baseline nothing can be judged, and every retry would
+                    # add one more failure record: stop and say why.
+                    self.stop_reason = (
+                        f"the unmodified genome failed {root_failures} times in a row "
+                        f"({outcome.record.status}: {outcome.reason or 'no reason given'}); "
+                        "this machine or its set-up cannot train it. Fix that and restart")
+                    return
 
     def _should_stop(self, run: int) -> bool:
         c = self.config

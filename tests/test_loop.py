@@ -193,3 +193,42 @@ async def test_noise_threshold_decides_what_is_kept(tmp_path, noise_k):
         assert kept == []
     else:
         assert kept
+
+
+class BrokenMachineTrainer:
+    """Every run crashes, as on a machine whose GPU the training child cannot open."""
+
+    def __init__(self):
+        self.inner = SyntheticTrainer(0)
+        self.arena, self.label, self.runs = self.inner.arena, "broken", 0
+
+    def run(self, source, *, seed, progress=None, cancel=None):
+        from experiments.harness import ExperimentResult
+        self.runs += 1
+        return ExperimentResult(status="crash", arena=self.arena,
+                                reason="train.py exited with status 1: RuntimeError: CUDA 304")
+
+
+async def test_a_genome_that_cannot_train_here_stops_the_loop_with_the_reason(tmp_path):
+    trainer = BrokenMachineTrainer()
+    loop = make_loop(tmp_path, trainer=trainer)  # no max_experiments: it would run forever
+    with trio.fail_after(30):
+        await loop.serve()
+    assert trainer.runs == loop.config.root_failures == 3
+    assert "failed 3 times in a row" in loop.stop_reason and "CUDA 304" in loop.stop_reason
+    records = loop.store.experiments(arena=loop.arena)
+    assert len(records) == 3 and all(r.status == "crash" for r in records)
+
+
+async def test_one_failed_baseline_among_good_ones_does_not_stop_the_loop(tmp_path):
+    class Flaky(BrokenMachineTrainer):
+        def run(self, source, *, seed, progress=None, cancel=None):
+            if self.runs in (0, 2):  # the first and third runs crash
+                return super().run(source, seed=seed)
+            self.runs += 1
+            return self.inner.run(source, seed=seed)
+
+    loop = make_loop(tmp_path, trainer=Flaky(), max_experiments=8)
+    await loop.serve()
+    assert loop.stop_reason == ""
+    assert len(loop.store.experiments(arena=loop.arena)) == 8
