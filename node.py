@@ -342,24 +342,6 @@ def peer_list(net) -> list[dict]:
             for p in net.connected_peers()]
 
 
-def connect_loop_to_swarm(loop, net, local: Local) -> None:
-    """The loop publishes what it records, announces what it runs, avoids others' work."""
-    from experiments.loop import (busy_from_announces, programs_from_announces,
-                                  verifiers_from_announces)
-
-    async def announce(working_on: str) -> None:
-        best = loop.scores.best()
-        head = best.id if best is not None and best.record is not None else None
-        await net.announce(arena=loop.arena, working_on=working_on, head=head)
-
-    loop.publish = net.publish
-    loop.announce = announce
-    loop.busy = lambda: busy_from_announces(local.store, local.identity.public_key)
-    loop.verifiers = lambda: verifiers_from_announces(local.store, local.identity.public_key)
-    loop.running_programs = lambda: programs_from_announces(local.store,
-                                                            local.identity.public_key)
-
-
 def write_status_file(home: Path, snap: dict) -> None:
     """Atomically, so `loopy status` never reads half a file."""
     tmp = home / "status.json.tmp"
@@ -475,6 +457,7 @@ async def run_node(local: Local, settings: Settings, loop) -> int:
     import signal
 
     import trio
+    from experiments.loop import connect_to_swarm
     from experiments.view import log_line, render
 
     live = not settings.plain and not settings.json and sys.stdout.isatty()
@@ -534,7 +517,7 @@ async def run_node(local: Local, settings: Settings, loop) -> int:
                     serve_swarm, local.identity, local.store, genome=local.genome,
                     topics=settings.topic, listen=settings.listen,
                     bootstrap=settings.bootstrap, mdns=settings.mdns))
-                connect_loop_to_swarm(loop, net, local)
+                connect_to_swarm(loop, net)
                 if not live:
                     print("listening on " + " ".join(net.listen_addrs()), flush=True)
             nursery.start_soon(keep_status, view)

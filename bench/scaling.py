@@ -75,6 +75,7 @@ import trio  # noqa: E402
 from experiments.agents import load_brief, make_agent  # noqa: E402
 from experiments.loop import (VERIFY_RE, LoopConfig, ResearchLoop, announced_program,  # noqa: E402
                              parse_working_on)
+from experiments.programs import program_digest  # noqa: E402
 from experiments.scoreboard import ScoreRules, is_baseline  # noqa: E402
 from experiments.synthetic import SyntheticTrainer  # noqa: E402
 from genome import base_train_source, genome_id, genome_root_id  # noqa: E402
@@ -124,6 +125,7 @@ class PacedTrainer:
 # --verify-share, --merge-share and --speculate-share change these for every node
 LOOP_OPTIONS = {"verify_share": LoopConfig().verify_share,
                 "merge_share": LoopConfig().merge_share,
+                "merge_stack": LoopConfig().merge_stack,
                 "speculate_share": LoopConfig().speculate_share}
 
 
@@ -191,7 +193,7 @@ def run_keys(loop: ResearchLoop) -> list[list]:
         except LineageError:
             continue
         seed = is_baseline(r)
-        out.append([r.parents[0].hex(), hashlib.sha256(source.encode()).hexdigest()[:20],
+        out.append([r.parents[0].hex(), program_digest(source),
                     "" if seed is None else str(seed)])
     return out
 
@@ -537,23 +539,15 @@ async def worker_main(spec: dict) -> None:
 
 
 def _join(loop: ResearchLoop, net, index: int, latencies: list, published: list) -> None:
-    """node.py's connect_loop_to_swarm, plus counters for the benchmark."""
-    from experiments.loop import (busy_from_announces, programs_from_announces,
-                                  verifiers_from_announces)
+    """What node.py does (experiments.loop.connect_to_swarm), plus counters."""
+    from experiments.loop import connect_to_swarm
 
-    async def announce(working_on: str) -> None:
-        best = loop.scores.best()
-        head = best.id if best is not None and best.record is not None else None
-        await net.announce(arena=loop.arena, working_on=working_on, head=head)
+    connect_to_swarm(loop, net)
 
     async def publish(record) -> None:
         published[0] += 1
         await net.publish(record)
-    loop.publish, loop.announce = publish, announce
-    loop.busy = lambda: busy_from_announces(loop.store, loop.identity.public_key)
-    loop.verifiers = lambda: verifiers_from_announces(loop.store, loop.identity.public_key)
-    loop.running_programs = lambda: programs_from_announces(loop.store,
-                                                            loop.identity.public_key)
+    loop.publish = publish
     original = net.gossip.on_record
 
     def on_record(record, origin):
@@ -772,6 +766,8 @@ def main() -> int:
                     help="the loop's verify_share for every node (ideal network only)")
     ap.add_argument("--merge-share", type=float, default=LoopConfig().merge_share,
                     help="ideal network only: merge_share for every node and lone reference")
+    ap.add_argument("--merge-stack", type=int, default=LoopConfig().merge_stack,
+                    help="ideal network only: kept siblings folded into one merge at most")
     ap.add_argument("--speculate-share", type=float, default=LoopConfig().speculate_share,
                     help="ideal network only: speculate_share for every node and lone reference")
     ap.add_argument("--trust-all", action="store_true",
@@ -793,7 +789,7 @@ def main() -> int:
         return 0
     args.landscapes = parse_list(args.landscapes)
     LOOP_OPTIONS.update(verify_share=args.verify_share, merge_share=args.merge_share,
-                        speculate_share=args.speculate_share)
+                        merge_stack=args.merge_stack, speculate_share=args.speculate_share)
     sizes = parse_list(args.sizes)
     load0 = os.getloadavg()
     t_start = time.time()

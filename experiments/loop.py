@@ -80,6 +80,7 @@ class LoopConfig:
     trust: TrustRules = field(default_factory=TrustRules)
     claim_check_s: float = 3.0    # this far (and 4x) into a run, yield it to a peer running it
     merge_share: float = 0.15     # share of steps that try a merge with a kept sibling
+    merge_stack: int = 1          # kept siblings folded into one merge at most
     port_share: float = 0.1       # share of steps that try an edit kept in another arena
     speculate_share: float = 0.0  # share of steps that may build on a better claim by a
                                   # stranger before it is verified (see speculative_parent)
@@ -138,6 +139,7 @@ class ResearchLoop:
                                           rules=config.rules)
         self.state = LoopState()
         self.stop_reason = ""  # set when the loop stops itself on an error (see serve)
+        self._liars: tuple[int, set[bytes]] | None = None  # (store count, known liars)
         self._cancel = threading.Event()
 
     # -- parent choice --------------------------------------------------------
@@ -342,18 +344,18 @@ class ResearchLoop:
 
     def _run_counts(self) -> Callable[[bytes, bytes], bool]:
         """Whether a record's run of a program counts as done: not when its author is a
-        known liar (unless we re-ran that record ourselves, and so measured it)."""
-        reps = self.trust.reputations()
-        liars = {a for a in reps if self.trust.is_liar(a, reps)}
+        known liar (unless we re-ran that record ourselves, and so measured it).
+        Reputations change only with new records, so one read serves a whole step."""
+        count = self.store.count()
+        if self._liars is None or self._liars[0] != count:
+            reps = self.trust.reputations()
+            self._liars = (count, {a for a in reps if self.trust.is_liar(a, reps)})
+        liars = self._liars[1]
 
         def counts(record_id: bytes, author: bytes) -> bool:
-            return author not in liars or self.me_attested(record_id)
+            return author not in liars or \
+                self.trust.my_verdict_on(record_id, author) is not None
         return counts
-
-    def me_attested(self, record_id: bytes) -> bool:
-        me = self.identity.public_key
-        return me in self.store.who_refuted(record_id) or \
-            me in self.store.who_reproduced(record_id)
 
     async def _index_programs(self) -> None:
         """Bring the program index up to date in slices: the first read of a big store
@@ -458,7 +460,7 @@ class ResearchLoop:
         busy = {desc for pid, desc in self.busy() if pid == parent.id}
         with self.scores.consistent():
             if roll < c.merge_share:
-                return self.crossovers.merge(parent, tried, busy)
+                return self.crossovers.merge(parent, tried, busy, stack=c.merge_stack)
             return self.crossovers.port(parent, self.arena, tried, busy)
 
     def _seeds_run_elsewhere(self) -> set[int]:
@@ -738,6 +740,24 @@ def verifiers_from_announces(store: Store, me: bytes, max_age_s: float = 900.0
         if m:
             out.setdefault(m.group(1), set()).add(author)
     return out
+
+
+def connect_to_swarm(loop: ResearchLoop, net) -> None:
+    """The loop publishes what it records, announces what it runs (with its best verified
+    head), and avoids the work that live peers announce. `net`: a running
+    swarm.network.SwarmNode (its `publish` and `announce`)."""
+    store, me = loop.store, loop.identity.public_key
+
+    async def announce(working_on: str) -> None:
+        best = loop.scores.best()
+        head = best.id if best is not None and best.record is not None else None
+        await net.announce(arena=loop.arena, working_on=working_on, head=head)
+
+    loop.publish = net.publish
+    loop.announce = announce
+    loop.busy = lambda: busy_from_announces(store, me)
+    loop.verifiers = lambda: verifiers_from_announces(store, me)
+    loop.running_programs = lambda: programs_from_announces(store, me)
 
 
 def busy_from_announces(store: Store, me: bytes, max_age_s: float = 900.0

@@ -75,11 +75,16 @@ class TrustPolicy:
     # -- verification ---------------------------------------------------------
 
     def my_verdict(self, record: Record) -> str | None:
-        if record.author == self.me:
+        return self.my_verdict_on(record.id, record.author)
+
+    def my_verdict_on(self, record_id: bytes, author: bytes) -> str | None:
+        """What this node itself found: `reproduced` for its own records, else its
+        newest attestation's verdict on the record, or None if it never re-ran it."""
+        if author == self.me:
             return "reproduced"
-        if self.me in self.store.who_refuted(record.id):
+        if self.me in self.store.who_refuted(record_id):
             return "refuted"
-        if self.me in self.store.who_reproduced(record.id):
+        if self.me in self.store.who_reproduced(record_id):
             return "reproduced"
         return None
 
