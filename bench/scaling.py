@@ -125,7 +125,6 @@ class PacedTrainer:
 # --verify-share, --merge-share and --speculate-share change these for every node
 LOOP_OPTIONS = {"verify_share": LoopConfig().verify_share,
                 "merge_share": LoopConfig().merge_share,
-                "merge_stack": LoopConfig().merge_stack,
                 "speculate_share": LoopConfig().speculate_share}
 
 
@@ -766,8 +765,6 @@ def main() -> int:
                     help="the loop's verify_share for every node (ideal network only)")
     ap.add_argument("--merge-share", type=float, default=LoopConfig().merge_share,
                     help="ideal network only: merge_share for every node and lone reference")
-    ap.add_argument("--merge-stack", type=int, default=LoopConfig().merge_stack,
-                    help="ideal network only: kept siblings folded into one merge at most")
     ap.add_argument("--speculate-share", type=float, default=LoopConfig().speculate_share,
                     help="ideal network only: speculate_share for every node and lone reference")
     ap.add_argument("--trust-all", action="store_true",
@@ -789,7 +786,7 @@ def main() -> int:
         return 0
     args.landscapes = parse_list(args.landscapes)
     LOOP_OPTIONS.update(verify_share=args.verify_share, merge_share=args.merge_share,
-                        merge_stack=args.merge_stack, speculate_share=args.speculate_share)
+                        speculate_share=args.speculate_share)
     sizes = parse_list(args.sizes)
     load0 = os.getloadavg()
     t_start = time.time()

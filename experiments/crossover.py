@@ -83,8 +83,7 @@ class CrossoverFinder:
 
     # -- merges ----------------------------------------------------------------
 
-    def merge(self, parent: Candidate, tried: Container[str], busy: set[str],
-              stack: int = 1) -> Crossover | None:
+    def merge(self, parent: Candidate, tried: Container[str], busy: set[str]) -> Crossover | None:
         """Our parent merged with the kept record whose branch gained most since their
         common ancestor.
 
@@ -129,7 +128,7 @@ class CrossoverFinder:
             gain = r.val_bpb - base_score if base_score is not None else 0.0
             donors.append((gain, r.id, r, base, verified))
         donors.sort(key=lambda d: (d[0], d[1]))
-        for i, (gain, donor_id, donor, base, verified) in enumerate(donors[:MAX_DONORS]):
+        for gain, donor_id, donor, base, verified in donors[:MAX_DONORS]:
             desc = merge_desc(parent.id, donor, verified)
             if desc in busy:
                 continue
@@ -137,31 +136,8 @@ class CrossoverFinder:
             if source is None or source in tried:
                 continue
             parents = [parent.id, donor_id] if verified else [parent.id]
-            source, more = self._stack(source, donors[i + 1:MAX_DONORS], stack - 1, tried)
-            if more:
-                desc = clean_line(desc + " + " + " + ".join(d.id_hex[:8] for d in more))
             return Crossover("merge", parents, source, desc, donor, gain)
         return None
-
-    def _stack(self, source: str, donors: list, room: int, tried: Container[str]
-               ) -> tuple[str, list[Record]]:
-        """Fold up to `room` more donors into a merged `source`, each by a three-way
-        merge against its common ancestor; a donor that conflicts or adds nothing is
-        skipped. Improvements found in parallel on one parent mostly add up, so one run
-        of their union can replace a chain of pairwise merges."""
-        added: list[Record] = []
-        for _gain, donor_id, donor, base, _verified in donors:
-            if len(added) >= room:
-                break
-            try:
-                merged = merge3(self.lineage.source_of(base), source,
-                                self.lineage.source_of(donor_id))
-            except (MergeConflict, LineageError, PatchError):
-                continue
-            if merged != source and merged not in tried:
-                source = merged
-                added.append(donor)
-        return source, added
 
     def _common_ancestor(self, donor: Record, mine: set[bytes]) -> bytes | None:
         """The first ancestor on the donor's first-parent chain that is ours too (the

@@ -80,7 +80,6 @@ class LoopConfig:
     trust: TrustRules = field(default_factory=TrustRules)
     claim_check_s: float = 3.0    # this far (and 4x) into a run, yield it to a peer running it
     merge_share: float = 0.15     # share of steps that try a merge with a kept sibling
-    merge_stack: int = 1          # kept siblings folded into one merge at most
     port_share: float = 0.1       # share of steps that try an edit kept in another arena
     speculate_share: float = 0.0  # share of steps that may build on a better claim by a
                                   # stranger before it is verified (see speculative_parent)
@@ -460,7 +459,7 @@ class ResearchLoop:
         busy = {desc for pid, desc in self.busy() if pid == parent.id}
         with self.scores.consistent():
             if roll < c.merge_share:
-                return self.crossovers.merge(parent, tried, busy, stack=c.merge_stack)
+                return self.crossovers.merge(parent, tried, busy)
             return self.crossovers.port(parent, self.arena, tried, busy)
 
     def _seeds_run_elsewhere(self) -> set[int]:
