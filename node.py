@@ -409,6 +409,8 @@ def prepare_trainer(trainer, settings: Settings) -> str | None:
     except ImportError as e:
         return (f"cannot prepare the training data: {e} "
                 "(reinstall Loopy's dependencies: pip install -e .)")
+    except KeyboardInterrupt:
+        return "stopped while preparing the training data; nothing was recorded"
     return None
 
 
