@@ -123,3 +123,14 @@ def test_libp2p_logging_is_tamed_and_throttled():
         ours.removeHandler(collected)
     assert len(collected.records) == 1
     assert collected.records[0].levelno == logging.ERROR
+
+
+def test_yamux_batches_window_updates_unless_the_environment_says_otherwise(monkeypatch):
+    """py-libp2p's default sends a WINDOW_UPDATE after every read (most frames on a gossip
+    connection); swarm.host turns it off. The knob is read per call: if a py-libp2p
+    upgrade renames it, this fails rather than the cost silently coming back."""
+    from libp2p.stream_muxer.yamux import yamux
+
+    assert not yamux._yamux_release_on_read()
+    monkeypatch.setenv("PY_YAMUX_RELEASE_ON_READ", "1")  # a user's own setting wins
+    assert yamux._yamux_release_on_read()
