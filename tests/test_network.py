@@ -486,6 +486,53 @@ async def test_a_pubsub_task_scheduled_as_pubsub_stops_is_dropped_not_raised():
         guarded.manager.run_task(trio.sleep, 0)  # dropped
 
 
+def test_gossip_cache_answers_iwant_by_our_message_ids():
+    """py-libp2p keys its message cache by sender + seqno whatever msg_id_constructor
+    says; IHAVE then advertised ids that no peer's seen-cache knows (each one drew an
+    IWANT and a resend), and an IWANT by our id found nothing."""
+    from libp2p.pubsub.pb import rpc_pb2
+
+    router = gossip_mod.build_router()
+    gossip_mod.cache_by_message_id(router)
+    msg = rpc_pb2.Message(from_id=b"peer", seqno=b"\x00\x01", data=b"record",
+                          topicIDs=["loopy/1/t"])
+    router.mcache.put(msg)
+    router.mcache.put(msg)  # once only
+    mid = message_id(msg)
+    assert router.mcache.get(mid) is msg
+    assert router.mcache.window("loopy/1/t") == [mid]
+    for _ in range(router.mcache.history_size):
+        router.mcache.shift()
+    assert router.mcache.get(mid) is None  # still expires
+
+
+async def test_idontwant_is_sent_for_large_messages_only():
+    """py-libp2p sends IDONTWANT to every mesh peer for every forwarded message; for a
+    few hundred bytes the notice costs what it saves."""
+    import inspect
+
+    from libp2p.pubsub.gossipsub import GossipSub
+    from libp2p.pubsub.pb import rpc_pb2
+
+    # The hook this relies on: py-libp2p's publish emits through this method.
+    assert "self._emit_idontwant_for_message(" in inspect.getsource(GossipSub.publish)
+    router = gossip_mod.build_router()
+    emitted = []
+
+    async def forward(forwarder, msg):  # py-libp2p's publish, reduced to the call
+        await router._emit_idontwant_for_message(message_id(msg), msg.topicIDs)
+
+    async def emit(msg_id, topics):
+        emitted.append(msg_id)
+    router.publish, router._emit_idontwant_for_message = forward, emit
+    gossip_mod.idontwant_only_for_large(router, min_bytes=1024)
+    small = rpc_pb2.Message(data=b"x" * 300, topicIDs=["t"])
+    large = rpc_pb2.Message(data=b"x" * 2000, topicIDs=["t"])
+    await router.publish(ID(b"\x00\x01"), small)
+    await router.publish(ID(b"\x00\x01"), large)
+    assert emitted == [message_id(large)]
+
+
 def test_only_a_stopped_service_drops_tasks():
     class Manager:
         error: Exception
