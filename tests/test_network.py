@@ -698,3 +698,31 @@ def test_three_processes_in_a_line_survive_a_sigkill(tmp_path, node_processes):
     a.has_record(3, timeout=40)
     c.has_record(3, timeout=40)
     assert a.records == b2.records == c.records
+
+
+async def test_the_signed_sender_record_is_built_once_per_ttl(monkeypatch):
+    """Pubsub attaches our signed peer record to every RPC; building it re-reads the
+    host's addresses each time, so it is reused for a few seconds."""
+    import libp2p.pubsub.gossipsub as libp2p_gossipsub
+    import libp2p.pubsub.pubsub as libp2p_pubsub
+    from libp2p.peer.envelope import consume_envelope
+
+    assert libp2p_pubsub.env_to_send_in_RPC is gossip_mod.cached_sender_record
+    assert libp2p_gossipsub.env_to_send_in_RPC is gossip_mod.cached_sender_record
+    built = []
+    monkeypatch.setattr(gossip_mod, "_build_sender_record",
+                        lambda host: built.append(host) or (b"env%d" % len(built), True))
+    clock = [100.0]
+    monkeypatch.setattr(gossip_mod.time, "monotonic", lambda: clock[0])
+    a, b = object.__new__(type("HostA", (), {})), object.__new__(type("HostB", (), {}))
+    assert gossip_mod.cached_sender_record(a) == (b"env1", True)
+    assert gossip_mod.cached_sender_record(a) == (b"env1", False)
+    assert gossip_mod.cached_sender_record(b) == (b"env2", True)  # per host
+    clock[0] += gossip_mod.SENDER_RECORD_TTL_S + 1
+    assert gossip_mod.cached_sender_record(a) == (b"env3", True)
+    monkeypatch.undo()
+    # The real thing still builds a valid signed record for a real host.
+    async with open_host(NodeIdentity.generate().seed, LOOP) as host:
+        envelope, _ = gossip_mod.cached_sender_record(host)
+        record = consume_envelope(envelope, "libp2p-peer-record")[1]
+        assert record.peer_id == host.get_id()
