@@ -27,6 +27,7 @@ What this module adds on top of py-libp2p's gossipsub, and why:
   message), paced publishing (py-libp2p drops an RPC when a peer's 32-slot
   outbound queue is full), and subscription readers that drain promptly and
   skip our own publishes.
+- py-libp2p's own costs and races that we contain are in `swarm.pubsub_fixes`.
 """
 from __future__ import annotations
 
@@ -34,10 +35,8 @@ import hashlib
 import logging
 import math
 import random
-import contextvars
 import re
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -46,16 +45,14 @@ from typing import Any
 
 import trio
 
-import libp2p.pubsub.gossipsub as libp2p_gossipsub_module
 import libp2p.pubsub.pubsub as libp2p_pubsub_module
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
-from libp2p.pubsub.mcache import CacheEntry
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
-from libp2p.tools.anyio_service import LifecycleError, background_trio_service
 
+from swarm.pubsub_fixes import cache_by_message_id, idontwant_only_for_large, running_service
 from swarm.ratelimit import RecordRateLimit
 
 log = logging.getLogger("loopy.swarm.gossip")
@@ -408,116 +405,6 @@ def forgive_ignored(pubsub: Pubsub, router: GossipSub, validator: RecordValidato
     scorer.on_invalid_message = on_invalid_message  # type: ignore[method-assign]
 
 
-IDONTWANT_MIN_BYTES = 1024  # go-libp2p's IDontWantMessageThreshold
-_forwarding_size: contextvars.ContextVar[int] = contextvars.ContextVar("forwarding_size",
-                                                                       default=0)
-
-
-def idontwant_only_for_large(router: GossipSub, min_bytes: int = IDONTWANT_MIN_BYTES) -> None:
-    """Send gossipsub v1.2 IDONTWANT only for messages of at least `min_bytes`.
-
-    py-libp2p 0.8.1 sends one to every v1.2 mesh peer for every message it forwards,
-    whatever its size; go-libp2p does so only from 1 KiB. For our records (an
-    announce is a few hundred bytes) the notice costs about what the message it
-    saves: a control RPC with a signed peer record, per mesh peer. Measured in the
-    32-node scaling bench's profile: 26 of the 41 s spent forwarding messages.
-    """
-    forward, emit = router.publish, router._emit_idontwant_for_message
-
-    async def publish(msg_forwarder: ID, pubsub_msg: Any) -> None:
-        token = _forwarding_size.set(pubsub_msg.ByteSize())
-        try:
-            await forward(msg_forwarder, pubsub_msg)
-        finally:
-            _forwarding_size.reset(token)
-
-    async def emit_if_large(msg_id: bytes, topic_ids: Any) -> None:
-        if _forwarding_size.get() >= min_bytes:
-            await emit(msg_id, topic_ids)
-
-    router.publish = publish  # type: ignore[method-assign]
-    router._emit_idontwant_for_message = emit_if_large  # type: ignore[method-assign]
-
-
-def cache_by_message_id(router: GossipSub) -> None:
-    """Key gossipsub's message cache by our message ids, as the rest of pubsub is.
-
-    py-libp2p 0.8.1's MessageCache keys messages by sender + seqno whatever
-    `msg_id_constructor` says, while the seen-cache and IWANT replies use our
-    content ids. So an IHAVE advertised ids no peer ever recognises as seen: each
-    one drew an IWANT and a resend of a message the peer already had.
-    """
-    cache = router.mcache
-
-    def put(msg: Any) -> None:
-        mid = message_id(msg)
-        if mid in cache.msgs:
-            return
-        cache.msgs[mid] = msg
-        cache.history[0].append(CacheEntry(mid, msg.topicIDs))
-
-    cache.put = put  # type: ignore[method-assign]
-
-
-SENDER_RECORD_TTL_S = 5.0
-_sender_records: "weakref.WeakKeyDictionary[Any, tuple[float, bytes]]" = \
-    weakref.WeakKeyDictionary()
-_build_sender_record = libp2p_pubsub_module.env_to_send_in_RPC
-
-
-def cached_sender_record(host: IHost) -> tuple[bytes, bool]:
-    """py-libp2p's `env_to_send_in_RPC`, reused for SENDER_RECORD_TTL_S per host.
-
-    Pubsub attaches our signed peer record to every RPC it sends, and building it
-    lists and re-parses the host's addresses each time (half a millisecond): 29 s of
-    a 534 s profile of 16 nodes. Our listen addresses do not change while a node
-    runs; a newly observed address reaches peers within the TTL.
-    """
-    now = time.monotonic()
-    hit = _sender_records.get(host)
-    if hit is not None and hit[0] > now:
-        return hit[1], False
-    envelope, fresh = _build_sender_record(host)
-    _sender_records[host] = (now + SENDER_RECORD_TTL_S, envelope)
-    return envelope, fresh
-
-
-# Both modules imported the function by name; replace it where they look it up.
-libp2p_pubsub_module.env_to_send_in_RPC = cached_sender_record
-libp2p_gossipsub_module.env_to_send_in_RPC = cached_sender_record
-
-
-def drop_tasks_after_stop(manager: Any, name: str) -> None:
-    """Make a py-libp2p service manager drop, not raise on, tasks scheduled as it stops.
-
-    py-libp2p 0.8.1 races at shutdown: pubsub's `continuously_read_stream` runs
-    in a swarm connection's task, not in pubsub's, and checks
-    `manager.is_running` before `manager.run_task(push_msg, ...)`. Between the
-    manager's nursery closing and `is_running` turning False, that call raises
-    `RuntimeError: Nursery is closed to new arrivals` (and after it,
-    `LifecycleError`) in the connection's task, which fails the host's Swarm
-    service and ends the whole node with it. A task that arrives once the
-    service stops could not have run anyway, so it is dropped.
-    """
-    schedule = manager._schedule_task
-
-    def schedule_unless_stopped(task: Any) -> None:
-        try:
-            schedule(task)
-        except (RuntimeError, LifecycleError) as error:
-            log.debug("%s stopping: dropped task %s (%s)", name, task, error)
-
-    manager._schedule_task = schedule_unless_stopped
-
-
-@asynccontextmanager
-async def running_service(service: Any, name: str) -> AsyncIterator[Any]:
-    """`background_trio_service(service)` with `drop_tasks_after_stop` applied."""
-    async with background_trio_service(service) as manager:
-        drop_tasks_after_stop(manager, name)
-        yield manager
-
-
 def build_router() -> GossipSub:
     return GossipSub(
         protocols=GOSSIP_PROTOCOLS,
@@ -704,7 +591,7 @@ async def open_gossip(host: IHost, *, genome: str, topics: Iterable[str], valida
                                 is_known=is_known)
     forgive_ignored(pubsub, router, validator)
     idontwant_only_for_large(router)
-    cache_by_message_id(router)
+    cache_by_message_id(router, message_id)
     gossip = Gossip(host, pubsub, router, genome=genome, validator=validator, guard=guard,
                     on_record=on_record)
     async with running_service(pubsub, "pubsub"), running_service(router, "gossipsub"):

@@ -22,6 +22,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import LifecycleError, background_trio_service
 
 from swarm import gossip as gossip_mod
+from swarm import pubsub_fixes
 from swarm import records as rec
 from swarm.discovery import Discovery, dialable, parse_peer_addr
 from swarm.gossip import (PeerGuard, RecordValidator, gossip_topic_for, heads_topic,
@@ -481,7 +482,7 @@ async def test_a_pubsub_task_scheduled_as_pubsub_stops_is_dropped_not_raised():
             plain.manager.run_task(trio.sleep, 0)
 
         guarded = Pubsub(host, gossip_mod.build_router(), msg_id_constructor=message_id)
-        async with gossip_mod.running_service(guarded, "pubsub"):
+        async with pubsub_fixes.running_service(guarded, "pubsub"):
             await guarded.wait_until_ready()
         guarded.manager.run_task(trio.sleep, 0)  # dropped
 
@@ -493,7 +494,7 @@ def test_gossip_cache_answers_iwant_by_our_message_ids():
     from libp2p.pubsub.pb import rpc_pb2
 
     router = gossip_mod.build_router()
-    gossip_mod.cache_by_message_id(router)
+    pubsub_fixes.cache_by_message_id(router, message_id)
     msg = rpc_pb2.Message(from_id=b"peer", seqno=b"\x00\x01", data=b"record",
                           topicIDs=["loopy/1/t"])
     router.mcache.put(msg)
@@ -525,7 +526,7 @@ async def test_idontwant_is_sent_for_large_messages_only():
     async def emit(msg_id, topics):
         emitted.append(msg_id)
     router.publish, router._emit_idontwant_for_message = forward, emit
-    gossip_mod.idontwant_only_for_large(router, min_bytes=1024)
+    pubsub_fixes.idontwant_only_for_large(router, min_bytes=1024)
     small = rpc_pb2.Message(data=b"x" * 300, topicIDs=["t"])
     large = rpc_pb2.Message(data=b"x" * 2000, topicIDs=["t"])
     await router.publish(ID(b"\x00\x01"), small)
@@ -541,7 +542,7 @@ def test_only_a_stopped_service_drops_tasks():
             raise self.error
 
     manager = Manager()
-    gossip_mod.drop_tasks_after_stop(manager, "stub")
+    pubsub_fixes.drop_tasks_after_stop(manager, "stub")
     manager.error = RuntimeError("Nursery is closed to new arrivals")
     manager._schedule_task("task")
     manager.error = LifecycleError("Cannot schedule task after stop")
@@ -707,22 +708,22 @@ async def test_the_signed_sender_record_is_built_once_per_ttl(monkeypatch):
     import libp2p.pubsub.pubsub as libp2p_pubsub
     from libp2p.peer.envelope import consume_envelope
 
-    assert libp2p_pubsub.env_to_send_in_RPC is gossip_mod.cached_sender_record
-    assert libp2p_gossipsub.env_to_send_in_RPC is gossip_mod.cached_sender_record
+    assert libp2p_pubsub.env_to_send_in_RPC is pubsub_fixes.cached_sender_record
+    assert libp2p_gossipsub.env_to_send_in_RPC is pubsub_fixes.cached_sender_record
     built = []
-    monkeypatch.setattr(gossip_mod, "_build_sender_record",
+    monkeypatch.setattr(pubsub_fixes, "_build_sender_record",
                         lambda host: built.append(host) or (b"env%d" % len(built), True))
     clock = [100.0]
-    monkeypatch.setattr(gossip_mod.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(pubsub_fixes.time, "monotonic", lambda: clock[0])
     a, b = object.__new__(type("HostA", (), {})), object.__new__(type("HostB", (), {}))
-    assert gossip_mod.cached_sender_record(a) == (b"env1", True)
-    assert gossip_mod.cached_sender_record(a) == (b"env1", False)
-    assert gossip_mod.cached_sender_record(b) == (b"env2", True)  # per host
-    clock[0] += gossip_mod.SENDER_RECORD_TTL_S + 1
-    assert gossip_mod.cached_sender_record(a) == (b"env3", True)
+    assert pubsub_fixes.cached_sender_record(a) == (b"env1", True)
+    assert pubsub_fixes.cached_sender_record(a) == (b"env1", False)
+    assert pubsub_fixes.cached_sender_record(b) == (b"env2", True)  # per host
+    clock[0] += pubsub_fixes.SENDER_RECORD_TTL_S + 1
+    assert pubsub_fixes.cached_sender_record(a) == (b"env3", True)
     monkeypatch.undo()
     # The real thing still builds a valid signed record for a real host.
     async with open_host(NodeIdentity.generate().seed, LOOP) as host:
-        envelope, _ = gossip_mod.cached_sender_record(host)
+        envelope, _ = pubsub_fixes.cached_sender_record(host)
         record = consume_envelope(envelope, "libp2p-peer-record")[1]
         assert record.peer_id == host.get_id()
