@@ -30,7 +30,7 @@ from typing import Awaitable, Callable, Protocol
 
 import trio
 
-from experiments.agents.base import (MAX_SOURCE_BYTES, Agent, Brief, Proposal, Tried,
+from experiments.agents.base import (Agent, Brief, Proposal, Tried, usable_source,
                                      validate_proposal)
 from experiments.crossover import Crossover, CrossoverFinder
 from experiments.programs import KnownPrograms, ProgramIndex, program_digest
@@ -506,17 +506,16 @@ class ResearchLoop:
                 lambda: self.agent.propose(parent_source, self.brief, history,
                                            parent_id=parent.id.hex(), rng=rng))
             # A program run before is refused before the (costly) static screen.
-            raw = proposal.source if isinstance(proposal, Proposal) and \
-                proposal.failure is None and isinstance(proposal.source, str) and \
-                len(proposal.source) <= MAX_SOURCE_BYTES else None   # (too big: refused below)
-            source = raw.replace("\r\n", "\n") if raw is not None else None
-            if source is not None and source.rstrip("\n") != parent_source.rstrip("\n"):
+            source = usable_source(parent_source, proposal)[0] if \
+                isinstance(proposal, Proposal) and proposal.failure is None else None
+            if source is not None:
                 reason = known.why_duplicate(source)
                 claim = self.claim_behind(source) if reason else None
                 if claim is not None:
                     return claim
                 if reason:
-                    proposal = Proposal(raw, proposal.desc, proposal.edit_key, reason)
+                    proposal = Proposal(proposal.source, proposal.desc, proposal.edit_key,
+                                        reason)
             proposal = validate_proposal(parent_source, proposal)
             if proposal.failure is None and proposal.desc in busy:
                 proposal.failure = "another live node announced this edit on this parent"

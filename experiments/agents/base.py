@@ -126,6 +126,23 @@ def _maybe_cosmetic(old: str, new: str) -> bool:
                                                            - {""})
 
 
+def usable_source(parent_source: str, proposal: Proposal) -> tuple[str | None, str]:
+    """The proposal's train.py with CRLF line ends made LF, if it passes the cheap checks
+    (present, not too large, no control characters, not the parent's); else (None, why).
+    The first half of `validate_proposal`, for callers that look before the costly half."""
+    src = proposal.source
+    if not isinstance(src, str) or not src.strip():
+        return None, "agent returned no train.py"
+    if len(src.encode("utf-8", errors="replace")) > MAX_SOURCE_BYTES:
+        return None, "train.py is too large"
+    if any(unicodedata.category(c) == "Cc" and c not in "\t\n\r\f" for c in src):
+        return None, "garbage: control characters in train.py"
+    src = src.replace("\r\n", "\n")
+    if src == parent_source or src.rstrip("\n") == parent_source.rstrip("\n"):
+        return None, "identical to the parent: no change"
+    return src, ""
+
+
 def validate_proposal(parent_source: str, proposal: object, *, screen: bool = True) -> Proposal:
     """The proposal if it is a usable new train.py, else a failed proposal saying why.
 
@@ -138,16 +155,9 @@ def validate_proposal(parent_source: str, proposal: object, *, screen: bool = Tr
     key = clean_line(key, 200) or None
     if proposal.failure is not None:
         return failed(str(proposal.failure), desc, key)
-    src = proposal.source
-    if not isinstance(src, str) or not src.strip():
-        return failed("agent returned no train.py", desc, key)
-    if len(src.encode("utf-8", errors="replace")) > MAX_SOURCE_BYTES:
-        return failed("train.py is too large", desc, key)
-    if any(unicodedata.category(c) == "Cc" and c not in "\t\n\r\f" for c in src):
-        return failed("garbage: control characters in train.py", desc, key)
-    src = src.replace("\r\n", "\n")
-    if src == parent_source or src.rstrip("\n") == parent_source.rstrip("\n"):
-        return failed("identical to the parent: no change", desc, key)
+    src, why_not = usable_source(parent_source, proposal)
+    if src is None:
+        return failed(why_not, desc, key)
     try:
         tree = ast.parse(src)
     except SyntaxError as exc:
