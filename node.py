@@ -266,6 +266,14 @@ class Local:
         from experiments.harness import _resolve
         return _resolve(settings.device, settings.dataset or None, settings.budget or None)[3]
 
+    def ran_with(self, settings: Settings) -> tuple[list[str], bool]:
+        """The topics and offline flag this node last ran with, else the settings'."""
+        try:
+            saved = json.loads(self.store.get_meta("node.ran_with") or "null")
+            return list(saved["topics"]), bool(saved["offline"])
+        except (ValueError, TypeError, KeyError):
+            return settings.topic, settings.offline
+
     def trust(self, settings: Settings):
         from swarm.trust import TrustPolicy, TrustRules
         return TrustPolicy(self.store, self.identity.public_key, TrustRules(k=settings.trust_k))
@@ -318,12 +326,15 @@ def snapshot(local: Local, arena: str, settings: Settings, loop=None, net=None) 
         recent.append({"id": r.id_hex, "author": r.author_peer_id, "desc": r.desc,
                        "status": status, "val_bpb": r.val_bpb, "delta": board.delta(r),
                        "kept": kept, "verified": bool(board.trusted(r))})
+    # read from the store, the node's own (last) run says what it works on, not our flags
+    topics, offline = (settings.topic, settings.offline) if loop is not None else \
+        local.ran_with(settings)
     snap = {
         "peer_id": local.identity.peer_id, "genome": local.genome, "arena": arena,
-        "topics": settings.topic, "records": local.store.count(),
+        "topics": topics, "records": local.store.count(),
         "experiments_local": len(local.store.experiments(arena=arena, local=True)),
         "best": best_json, "peers": [], "recent": recent, "current": None,
-        "verifying": [], "sigma": board.sigma(), "offline": settings.offline,
+        "verifying": [], "sigma": board.sigma(), "offline": offline,
     }
     if loop is not None:
         snap["current"] = loop.state.current
@@ -450,6 +461,8 @@ def build_loop(local: Local, settings: Settings, until: float | None):
                         speculate_share=settings.speculate_share,
                         trust=TrustRules(k=settings.trust_k))
     local.store.set_meta("node.arena", trainer.arena)
+    local.store.set_meta("node.ran_with", json.dumps({"topics": settings.topic,
+                                                      "offline": settings.offline}))
     return ResearchLoop(store=local.store, lineage=local.lineage, identity=local.identity,
                         genome=local.genome, root_id=local.root_id, trainer=trainer,
                         agent=agent, brief=load_brief(topic), config=config, home=local.home)
@@ -680,7 +693,7 @@ def cmd_verify(settings: Settings, args) -> int:
             print(f"note: the record was measured in {record.arena}, this node runs in "
                   f"{trainer.arena}: scores are not comparable, no attestation is made",
                   file=sys.stderr)
-        from experiments.loop import run_cancellable
+        from experiments.loop import MACHINE_FAILURES, run_cancellable
         from experiments.progress import RunProgress
         live = not settings.json and not settings.plain and sys.stdout.isatty()
         with RunProgress(live=live, plain=not settings.json) as progress:
@@ -690,11 +703,14 @@ def cmd_verify(settings: Settings, args) -> int:
         sigma = board.sigma()
         tolerance = board.rules.noise_k * (sigma or 0.0)
         holds = result.status == "ok" and result.val_bpb <= record.val_bpb + tolerance
-        verdict = "reproduced" if holds else "refuted"
+        # A crash or timeout here may be this machine's fault, not the claim's: no verdict
+        # (the running node checks itself with a baseline first; see ResearchLoop.verify).
+        machine_failure = result.status in MACHINE_FAILURES
+        verdict = None if machine_failure else "reproduced" if holds else "refuted"
         report = {"record": record.id_hex, "claimed": record.val_bpb,
                   "measured": result.val_bpb, "status": result.status, "sigma": sigma,
                   "verdict": verdict, "arena": trainer.arena, "reason": result.reason}
-        if trainer.arena == record.arena:
+        if trainer.arena == record.arena and verdict is not None:
             local.store.insert(make_attestation(
                 local.identity, genome=local.genome, target=record.id, arena=trainer.arena,
                 verdict=verdict, result=result.to_record_result()), local=True)
@@ -713,7 +729,9 @@ def cmd_verify(settings: Settings, args) -> int:
               + (f": {result.reason}" if result.status != "ok" else "") + ")")
         print(f"noise    sigma {fmt_bpb(sigma)} -> tolerance {tolerance:.4f}"
               if sigma else "noise    unknown in this arena (run `loopy start` first)")
-        print(f"verdict  {verdict}")
+        print(f"verdict  {verdict}" if verdict else
+              "verdict  none: the run failed on this machine, which may be the machine's "
+              "fault; no attestation made (check it with `loopy run` on the base genome)")
     return 0 if holds else 1
 
 

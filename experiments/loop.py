@@ -10,6 +10,13 @@ its parent by more than the arena's noise. The node runs baseline seeds itself
 while the arena has fewer than `baseline_repeats`, and adds one every
 `sigma_refresh` experiments so the noise estimate keeps improving.
 
+A run that fails on this machine is not evidence against anyone until the machine
+shows it can still train: after `root_failures` failed runs in a row, or a re-run of a
+peer's claim that crashed or timed out, the node runs a baseline of the unmodified
+genome (a health check) before it goes on. A re-run is attested `refuted` for a crash
+only when that check passes; when the check fails too, the node attests nothing, and
+`root_failures` failed baselines in a row stop it with the reason.
+
 No program is run twice (experiments/programs.py): a proposal whose train.py the arena
 already ran, or another live node announces it runs now, is refused like a duplicate edit.
 
@@ -45,6 +52,7 @@ INFLIGHT_KEY = "loop.inflight"
 BASELINE_RE = re.compile(r"^baseline seed=(\d+)$")
 VERIFY_RE = re.compile(r"^verify ([0-9a-f]{16}): ")
 PROGRAMS_PER_SLICE = 200     # records the program index reads between checkpoints
+MACHINE_FAILURES = ("crash", "timeout")  # statuses a broken machine gives any program
 YIELDED = "yielded: another node announced the same run on the same parent first"
 
 
@@ -84,7 +92,9 @@ class LoopConfig:
     speculate_share: float = 0.0  # share of steps that may build on a better claim by a
                                   # stranger before it is verified (see speculative_parent)
     root_failures: int = 3        # the unmodified genome failing this often in a row stops
-                                  # the loop: the machine, not an edit, is broken
+                                  # the loop: the machine, not an edit, is broken; and
+                                  # this many failed runs of any kind in a row call for a
+                                  # baseline (a health check) before the next edit
 
 
 @dataclass
@@ -139,6 +149,7 @@ class ResearchLoop:
         self.state = LoopState()
         self.stop_reason = ""  # set when the loop stops itself on an error (see serve)
         self._liars: tuple[int, set[bytes]] | None = None  # (store count, known liars)
+        self.failed_in_a_row = 0  # own runs that crashed or timed out since the last ok one
         self._cancel = threading.Event()
 
     # -- parent choice --------------------------------------------------------
@@ -297,6 +308,19 @@ class ResearchLoop:
                                        verify_desc(claim), parent)
         finally:
             self.state.verifying = []
+        if result.status in MACHINE_FAILURES:
+            # Our crash says nothing about the claim until this machine shows it can
+            # still train: refute only if the unmodified genome trains here now.
+            health = await self._run_baseline(self._free_seed())
+            if health.record is None or health.record.status != "ok":
+                entry = {"id": claim.id_hex, "desc": f"verify {claim.desc}",
+                         "status": "unattested", "val_bpb": None, "claimed": claim.val_bpb,
+                         "delta": None, "kept": False, "author": claim.author_peer_id,
+                         "reason": f"our re-run failed ({result.status}: {result.reason}) "
+                                   "and so did the health check, so no verdict"}
+                self.state.recent = ([entry] + self.state.recent)[:20]
+                self.on_event("verified", entry)
+                return health  # a failed baseline: serve() counts it towards stopping
         holds = result.status == "ok" and \
             result.val_bpb <= claim.val_bpb + self.config.rules.noise_k * sigma
         verdict = "reproduced" if holds else "refuted"
@@ -422,6 +446,10 @@ class ResearchLoop:
         seed = self._missing_baseline_seed()
         if seed is not None:
             return await self._run_baseline(seed)
+        if self.failed_in_a_row >= self.config.root_failures:
+            # Edits (or re-runs) keep failing: is it them or this machine? A node whose
+            # arena has peers' baselines runs none of its own, so ask now.
+            return await self._run_baseline(self._free_seed())
         claim = self.pending_claim() if self.verify_budget_left() else None
         if claim is not None:
             return await self.verify(claim)
@@ -474,19 +502,27 @@ class ResearchLoop:
     def _missing_baseline_seed(self) -> int | None:
         """A baseline seed the arena still needs and nobody runs: in a swarm that starts
         together, each node takes a different seed instead of all running the same ones."""
-        by_seed = self.scores.baselines()
         c, rules = self.config, self.config.rules
-        taken = set(by_seed) | self._seeds_run_elsewhere()
-        free = next(s for s in range(rules.seed, rules.seed + 10_000) if s not in taken)
+        taken = self._taken_seeds()
         if rules.seed not in taken:
             return rules.seed
         if len(taken) < rules.baseline_repeats:
-            return free
+            return self._free_seed(taken)
         local = len(self.store.experiments(arena=self.arena, local=True))
         if c.sigma_refresh and local and local % c.sigma_refresh == 0 and \
                 self.state.experiments_run:
-            return free
+            return self._free_seed(taken)
         return None
+
+    def _taken_seeds(self) -> set[int]:
+        return set(self.scores.baselines()) | self._seeds_run_elsewhere()
+
+    def _free_seed(self, taken: set[int] | None = None) -> int:
+        """The first baseline seed nobody ran or runs: a health check that passes also
+        refines the noise estimate."""
+        taken = self._taken_seeds() if taken is None else taken
+        seed = self.config.rules.seed
+        return next(s for s in range(seed, seed + 10_000) if s not in taken)
 
     async def _propose(self, parent: Candidate, parent_source: str
                        ) -> Proposal | Record | None:
@@ -636,11 +672,16 @@ class ResearchLoop:
                 self.state.current.update(fraction=fraction, loss=loss)
 
         try:
-            return await run_cancellable(
+            result = await run_cancellable(
                 lambda cancel: self.trainer.run(source, seed=seed, progress=progress,
                                                 cancel=cancel))
         finally:
             self.state.current = None
+        if result.status == "ok":
+            self.failed_in_a_row = 0
+        elif result.status in MACHINE_FAILURES:
+            self.failed_in_a_row += 1
+        return result
 
     async def _record(self, parents, patch, desc, agent, result) -> Record:
         record = make_experiment(self.identity, genome=self.genome, parents=parents,

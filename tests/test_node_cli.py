@@ -42,6 +42,8 @@ def test_start_records_every_experiment(researched_home):
     assert status["peers"] == []
     assert status["arena"].startswith("synthetic/")
     assert status["running"] is False
+    # what the node ran with, not the status command's defaults (topic general, online)
+    assert status["topics"] == ["optimizer"] and status["offline"] is True
     if status["best"] is not None:
         assert set(status["best"]) >= {"id", "val_bpb", "verified", "arena"}
 
@@ -149,3 +151,44 @@ def test_start_without_its_dataset_stops_with_a_clear_error_before_any_run(tmp_p
     assert "Traceback" not in out.stderr
     status = json.loads(loopy("status", "--json", home=tmp_path).stdout)
     assert status["records"] == 0
+
+
+@pytest.mark.parametrize("claim, verdict, code", [
+    ("honest", "reproduced", 0), ("overstated", "refuted", 1), ("crashes here", None, 1)])
+def test_verify_by_hand_attests_only_what_it_measured(researched_home, tmp_path, claim,
+                                                      verdict, code):
+    """A run that crashes here may be this machine's fault: no verdict, no attestation."""
+    from experiments.synthetic import SyntheticTrainer
+    from genome import base_train_source, genome_id, genome_root_id
+    from swarm.identity import NodeIdentity
+    from swarm.patch import make_patch
+    from swarm.records import make_experiment
+    from swarm.store import Store
+
+    home = tmp_path / "home"
+    shutil.copytree(researched_home, home)
+    base = base_train_source()
+    source = base.replace("WARMDOWN_FRAC = 0.5 ", "WARMDOWN_FRAC = 0.4 ")
+    if claim == "crashes here":
+        source += "\ndef broken(:\n"      # the synthetic trainer crashes on what won't parse
+    val = {"honest": 9.0, "overstated": 0.5, "crashes here": 1.5}[claim]
+    peer = NodeIdentity.load_or_create(tmp_path / "peer")
+    record = make_experiment(
+        peer, genome=genome_id(), parents=[genome_root_id()], topic="optimizer",
+        arena=SyntheticTrainer(0).arena, patch=make_patch(base, source), desc=claim,
+        agent="mutate", result={"status": "ok", "val_bpb": val, "train_s": 1.0,
+                                "total_s": 1.0, "tokens": 1, "steps": 1, "params": 1,
+                                "peak_mem_mb": 1.0})
+    store = Store.open(home, root_id=genome_root_id())
+    store.insert(record)
+    store.close()
+    out = loopy("verify", record.id_hex[:12], "--trainer", "synthetic", "--json", home=home)
+    assert out.returncode == code, out.stderr
+    report = json.loads(out.stdout)
+    assert report["verdict"] == verdict
+    store = Store.open(home, root_id=genome_root_id())
+    try:
+        verdicts = [a.verdict for a in store.attestations_for(record.id)]
+    finally:
+        store.close()
+    assert verdicts == ([verdict] if verdict else [])
