@@ -317,7 +317,9 @@ class ResearchLoop:
                          "status": "unattested", "val_bpb": None, "claimed": claim.val_bpb,
                          "delta": None, "kept": False, "author": claim.author_peer_id,
                          "reason": f"our re-run failed ({result.status}: {result.reason}) "
-                                   "and so did the health check, so no verdict"}
+                                   "and the health check " + ("failed" if health.record
+                                                              else "did not run") +
+                                   ": no verdict"}
                 self.state.recent = ([entry] + self.state.recent)[:20]
                 self.on_event("verified", entry)
                 return health  # a failed baseline: serve() counts it towards stopping

@@ -10,7 +10,8 @@ moves one fails a test instead of silently bringing the cost back):
   message, however small;
 - `cache_by_message_id`: a message cache keyed by sender + seqno while the rest of
   pubsub uses our content ids;
-- `cached_sender_record`: our signed peer record rebuilt for every RPC sent.
+- `cached_sender_record`: our signed peer record rebuilt for every RPC sent;
+- `read_rpc_buffered`: every inbound RPC read a byte at a time for its length prefix.
 
 Together with yamux's batched window updates (swarm/host.py) they cut the CPU per
 gossiped record of an in-process swarm by about 60 % (docs/SCALING.md).
@@ -28,10 +29,13 @@ from typing import Any
 import libp2p.pubsub.gossipsub as libp2p_gossipsub_module
 import libp2p.pubsub.pubsub as libp2p_pubsub_module
 from libp2p.abc import IHost
+from libp2p.exceptions import ParseError
+from libp2p.io.exceptions import IncompleteReadError, MessageTooLarge
 from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.mcache import CacheEntry
 from libp2p.tools.anyio_service import LifecycleError, background_trio_service
+from libp2p.utils.varint import decode_uvarint
 
 log = logging.getLogger("loopy.swarm.pubsub_fixes")
 
@@ -113,6 +117,58 @@ def cached_sender_record(host: IHost) -> tuple[bytes, bool]:
 # Both modules imported the function by name; replace it where they look it up.
 libp2p_pubsub_module.env_to_send_in_RPC = cached_sender_record
 libp2p_gossipsub_module.env_to_send_in_RPC = cached_sender_record
+
+
+RPC_READ_CHUNK = 64 * 1024   # one stream read serves several small RPCs
+_VARINT_MAX_BYTES = 10       # a 64-bit uvarint
+_read_buffers: "weakref.WeakKeyDictionary[Any, bytearray]" = weakref.WeakKeyDictionary()
+
+
+async def read_rpc_buffered(stream: Any, max_length: int) -> bytes:
+    """py-libp2p's `read_varint_prefixed_bytes_limited`, reading the stream in chunks.
+
+    Pubsub reads each inbound RPC's length prefix one byte per stream read, and each
+    read goes through the stream's state lock, yamux's lock and several debug
+    f-strings: most of the CPU of receiving a small record. Here one read of up to
+    RPC_READ_CHUNK bytes is kept in a per-stream buffer and serves the prefixes and
+    bodies of the RPCs it holds. Only pubsub's own read loop calls this, one per
+    stream, so nothing else reads the buffered bytes. Same errors, same limit: a
+    prefix over `max_length` is refused before its body is read.
+    """
+    if max_length <= 0:
+        raise ValueError("max_length must be greater than 0")
+    buf = _read_buffers.get(stream)
+    if buf is None:
+        buf = _read_buffers[stream] = bytearray()
+    while True:  # the length prefix
+        end = next((i for i in range(min(len(buf), _VARINT_MAX_BYTES)) if buf[i] < 0x80),
+                   None)
+        if end is not None:
+            break
+        if len(buf) >= _VARINT_MAX_BYTES:
+            raise ParseError("Varint decoding error: integer exceeds maximum size of 64 bits")
+        await _fill(stream, buf, "Stream ended while reading varint length prefix")
+    length = decode_uvarint(bytes(buf[:end + 1]))
+    if length > max_length:
+        raise MessageTooLarge(f"Message length {length} exceeds maximum allowed {max_length}")
+    start, stop = end + 1, end + 1 + length
+    while len(buf) < stop:
+        await _fill(stream, buf, f"Incomplete message: expected {length}, "
+                                 f"got {len(buf) - start}")
+    data = bytes(buf[start:stop])
+    del buf[:stop]
+    return data
+
+
+async def _fill(stream: Any, buf: bytearray, why: str) -> None:
+    chunk = await stream.read(RPC_READ_CHUNK)
+    if not chunk:
+        raise IncompleteReadError(why)
+    buf += chunk
+
+
+# pubsub imported the reader by name; replace it where pubsub looks it up.
+libp2p_pubsub_module.read_varint_prefixed_bytes_limited = read_rpc_buffered
 
 
 def drop_tasks_after_stop(manager: Any, name: str) -> None:

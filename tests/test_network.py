@@ -17,9 +17,12 @@ from pathlib import Path
 import pytest
 import trio
 
+from libp2p.exceptions import ParseError
+from libp2p.io.exceptions import IncompleteReadError, MessageTooLarge
 from libp2p.peer.id import ID
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import LifecycleError, background_trio_service
+from libp2p.utils.varint import encode_uvarint, encode_varint_prefixed
 
 from swarm import gossip as gossip_mod
 from swarm import pubsub_fixes
@@ -727,3 +730,52 @@ async def test_the_signed_sender_record_is_built_once_per_ttl(monkeypatch):
         envelope, _ = pubsub_fixes.cached_sender_record(host)
         record = consume_envelope(envelope, "libp2p-peer-record")[1]
         assert record.peer_id == host.get_id()
+
+
+class ChunkedStream:
+    """A stream that hands out its bytes in the given pieces, then EOF (b"")."""
+
+    def __init__(self, *pieces: bytes):
+        self.pieces, self.reads = list(pieces), 0
+
+    async def read(self, n=None):
+        self.reads += 1
+        if not self.pieces:
+            return b""
+        piece = self.pieces.pop(0)
+        if n is not None and len(piece) > n:
+            piece, rest = piece[:n], piece[n:]
+            self.pieces.insert(0, rest)
+        return piece
+
+
+async def test_inbound_rpcs_are_read_in_chunks_not_byte_by_byte():
+    import libp2p.pubsub.pubsub as libp2p_pubsub
+
+    assert libp2p_pubsub.read_varint_prefixed_bytes_limited is \
+        pubsub_fixes.read_rpc_buffered
+    bodies = [b"a" * 5, b"", b"b" * 300, b"c" * 70_000]   # 1, 1, 2 and 3-byte prefixes
+    wire = b"".join(encode_varint_prefixed(body) for body in bodies)
+    # one read holds the first three RPCs; the last comes split mid-prefix and mid-body
+    cut = sum(len(encode_varint_prefixed(body)) for body in bodies[:3])
+    stream = ChunkedStream(wire[:cut], wire[cut:cut + 1], wire[cut + 1:cut + 9000],
+                           wire[cut + 9000:])
+    got = [await pubsub_fixes.read_rpc_buffered(stream, 100_000) for _ in bodies]
+    assert got == bodies
+    assert stream.reads == 4          # py-libp2p's reader: 7 prefix reads + 4 body reads
+    with pytest.raises(IncompleteReadError):
+        await pubsub_fixes.read_rpc_buffered(stream, 100_000)   # EOF between RPCs
+
+
+@pytest.mark.parametrize("pieces, error", [
+    ((encode_uvarint(2000), b"x" * 2000), MessageTooLarge),    # over the limit
+    ((b"\xff" * 11,), ParseError),                             # a prefix that never ends
+    ((encode_varint_prefixed(b"x" * 500)[:100],), IncompleteReadError),  # cut mid-body
+    ((b"\x80",), IncompleteReadError),                         # cut mid-prefix
+])
+async def test_bad_inbound_rpcs_fail_as_py_libp2p_fails_them(pieces, error):
+    stream = ChunkedStream(*pieces)
+    with pytest.raises(error):
+        await pubsub_fixes.read_rpc_buffered(stream, 1000)
+    if error is MessageTooLarge:
+        assert stream.reads == 1      # refused on its prefix: the body is never read
