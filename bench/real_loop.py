@@ -111,6 +111,22 @@ def core_busy(before: dict, after: dict) -> dict[str, float]:
     return out
 
 
+BUSY_WARNING = 0.2   # another core busier than this: the run measures the load too
+
+
+def warn_if_busy(core: int, seconds: float = 3.0) -> None:
+    """Say so when other cores are busy: on a wall-clock budget they slow the node's core
+    (memory contention) and widen the noise bar 3 to 5 times (docs/BENCHMARKS.md)."""
+    before = cpu_times()
+    time.sleep(seconds)
+    busy = {name: share for name, share in core_busy(before, cpu_times()).items()
+            if name != f"cpu{core}" and share > BUSY_WARNING}
+    if busy:
+        print("warning: other cores are busy (" + ", ".join(
+            f"{name} {share:.0%}" for name, share in sorted(busy.items())) + "); the "
+            "scores will be noisier than on a quiet machine", file=sys.stderr, flush=True)
+
+
 def sample_load(stop: threading.Event, out: list, t0: float) -> None:
     while not stop.is_set():
         out.append((round(time.time() - t0, 1), *os.getloadavg()))
@@ -460,6 +476,7 @@ def main() -> int:
                 return 2
             print(f"preparing data in {home}", flush=True)
             prep_s = prepare_home(home, args.dataset)
+            warn_if_busy(args.core)
             print(f"running: {' '.join(node_command(home, args))}", flush=True)
             run = run_node(home, args)
             save_run(home, run, prep_s, args)

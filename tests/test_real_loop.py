@@ -121,3 +121,15 @@ def test_node_command_runs_baselines_plus_edits_pinned():
     assert cmd[:3] == ["taskset", "-c", "1"]
     assert cmd[cmd.index("--max-experiments") + 1] == "23"
     assert "--offline" in cmd and cmd[cmd.index("--budget") + 1] == "60s"
+
+
+@pytest.mark.parametrize("other_busy, warned", [(0.5, True), (0.05, False)])
+def test_a_busy_other_core_is_warned_about_before_the_run(monkeypatch, capsys, other_busy,
+                                                          warned):
+    readings = iter([{"cpu0": (0, 0), "cpu1": (0, 0)},
+                     {"cpu0": (int(100 * other_busy), 100), "cpu1": (100, 100)}])
+    monkeypatch.setattr(real_loop, "cpu_times", lambda: next(readings))
+    monkeypatch.setattr(real_loop.time, "sleep", lambda s: None)
+    real_loop.warn_if_busy(core=1)      # the node's own core (cpu1) is not counted
+    err = capsys.readouterr().err
+    assert ("cpu0 50%" in err and "noisier" in err) if warned else err == ""
