@@ -705,8 +705,8 @@ def cmd_verify(settings: Settings, args) -> int:
         holds = result.status == "ok" and result.val_bpb <= record.val_bpb + tolerance
         # A crash or timeout here may be this machine's fault, not the claim's: no verdict
         # (the running node checks itself with a baseline first; see ResearchLoop.verify).
-        machine_failure = result.status in MACHINE_FAILURES
-        verdict = None if machine_failure else "reproduced" if holds else "refuted"
+        verdict = None if result.status in MACHINE_FAILURES else \
+            "reproduced" if holds else "refuted"
         report = {"record": record.id_hex, "claimed": record.val_bpb,
                   "measured": result.val_bpb, "status": result.status, "sigma": sigma,
                   "verdict": verdict, "arena": trainer.arena, "reason": result.reason}

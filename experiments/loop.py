@@ -311,7 +311,7 @@ class ResearchLoop:
         if result.status in MACHINE_FAILURES:
             # Our crash says nothing about the claim until this machine shows it can
             # still train: refute only if the unmodified genome trains here now.
-            health = await self._run_baseline(self._free_seed())
+            health = await self._health_check()
             if health.record is None or health.record.status != "ok":
                 entry = {"id": claim.id_hex, "desc": f"verify {claim.desc}",
                          "status": "unattested", "val_bpb": None, "claimed": claim.val_bpb,
@@ -320,8 +320,7 @@ class ResearchLoop:
                                    "and the health check " + ("failed" if health.record
                                                               else "did not run") +
                                    ": no verdict"}
-                self.state.recent = ([entry] + self.state.recent)[:20]
-                self.on_event("verified", entry)
+                self._show("verified", entry)
                 return health  # a failed baseline: serve() counts it towards stopping
         holds = result.status == "ok" and \
             result.val_bpb <= claim.val_bpb + self.config.rules.noise_k * sigma
@@ -336,8 +335,7 @@ class ResearchLoop:
                  "val_bpb": result.val_bpb, "claimed": claim.val_bpb,
                  "delta": (result.val_bpb - claim.val_bpb) if result.val_bpb else None,
                  "kept": False, "reason": result.reason, "author": claim.author_peer_id}
-        self.state.recent = ([entry] + self.state.recent)[:20]
-        self.on_event("verified", entry)
+        self._show("verified", entry)
         return StepOutcome("verification", record=attestation, parent=parent,
                            reason=verdict)
 
@@ -451,7 +449,7 @@ class ResearchLoop:
         if self.failed_in_a_row >= self.config.root_failures:
             # Edits (or re-runs) keep failing: is it them or this machine? A node whose
             # arena has peers' baselines runs none of its own, so ask now.
-            return await self._run_baseline(self._free_seed())
+            return await self._health_check()
         claim = self.pending_claim() if self.verify_budget_left() else None
         if claim is not None:
             return await self.verify(claim)
@@ -515,6 +513,10 @@ class ResearchLoop:
                 self.state.experiments_run:
             return self._free_seed(taken)
         return None
+
+    async def _health_check(self) -> StepOutcome:
+        """A baseline of the unmodified genome at a fresh seed: can this machine train?"""
+        return await self._run_baseline(self._free_seed())
 
     def _taken_seeds(self) -> set[int]:
         return set(self.scores.baselines()) | self._seeds_run_elsewhere()
@@ -704,8 +706,12 @@ class ResearchLoop:
         entry = {"id": r.id_hex, "desc": r.desc, "status": status, "val_bpb": r.val_bpb,
                  "delta": outcome.delta, "kept": outcome.kept, "reason": outcome.reason,
                  "author": "self"}
+        self._show("finished", entry)
+
+    def _show(self, kind: str, entry: dict) -> None:
+        """One result for the live view's recent list and the event log."""
         self.state.recent = ([entry] + self.state.recent)[:20]
-        self.on_event("finished", entry)
+        self.on_event(kind, entry)
 
 
 async def _nothing(*args) -> None:

@@ -8,8 +8,9 @@ peer keys. py-libp2p's defaults differ in ways that matter (docs: NOTES-libp2p):
 - it offers mplex next to yamux unless `muxer_opt` is given;
 - it logs warnings bare and unthrottled to stderr (`tame_libp2p_logging`);
 - its yamux sends a WINDOW_UPDATE frame after every read of a stream by default
-  (`PY_YAMUX_RELEASE_ON_READ=1`), and pubsub reads each message's length prefix a
-  byte at a time: most frames on a gossip connection were window updates. We turn
+  (`PY_YAMUX_RELEASE_ON_READ=1`), and pubsub read each message's length prefix a
+  byte at a time (now in chunks: swarm/pubsub_fixes.py): most frames on a gossip
+  connection were window updates. We turn
   that off (unless the environment sets it), which gives go-yamux's batching: an
   update once half the window is consumed. Measured (`bench/bench_gossip.py
   --quick --sizes 10 25`, idle 2-core VM, two runs each): CPU per record 278 / 255

@@ -14,7 +14,7 @@ moves one fails a test instead of silently bringing the cost back):
 - `read_rpc_buffered`: every inbound RPC read a byte at a time for its length prefix.
 
 Together with yamux's batched window updates (swarm/host.py) they cut the CPU per
-gossiped record of an in-process swarm by about 60 % (docs/SCALING.md).
+gossiped record of an in-process swarm by about two thirds (docs/SCALING.md).
 """
 from __future__ import annotations
 
