@@ -11,7 +11,8 @@ moves one fails a test instead of silently bringing the cost back):
 - `cache_by_message_id`: a message cache keyed by sender + seqno while the rest of
   pubsub uses our content ids;
 - `cached_sender_record`: our signed peer record rebuilt for every RPC sent;
-- `read_rpc_buffered`: every inbound RPC read a byte at a time for its length prefix.
+- `read_rpc_buffered`: every inbound RPC read a byte at a time for its length prefix;
+- `survive_undecodable_rpcs`: an inbound RPC that is not protobuf ended the whole node.
 
 Together with yamux's batched window updates (swarm/host.py) they cut the CPU per
 gossiped record of an in-process swarm by about two thirds (docs/SCALING.md).
@@ -26,6 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+from google.protobuf.message import DecodeError
 import libp2p.pubsub.gossipsub as libp2p_gossipsub_module
 import libp2p.pubsub.pubsub as libp2p_pubsub_module
 from libp2p.abc import IHost
@@ -35,6 +37,7 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.mcache import CacheEntry
 from libp2p.tools.anyio_service import LifecycleError, background_trio_service
+from libp2p.pubsub.pubsub import Pubsub
 from libp2p.utils.varint import decode_uvarint
 
 log = logging.getLogger("loopy.swarm.pubsub_fixes")
@@ -169,6 +172,36 @@ async def _fill(stream: Any, buf: bytearray, why: str) -> None:
 
 # pubsub imported the reader by name; replace it where pubsub looks it up.
 libp2p_pubsub_module.read_varint_prefixed_bytes_limited = read_rpc_buffered
+
+
+_pubsub_stream_handler = Pubsub.stream_handler
+
+
+async def survive_undecodable_rpcs(self: Pubsub, stream: Any) -> None:
+    """Pubsub's stream handler, treating an RPC that does not decode like a bad prefix.
+
+    py-libp2p 0.8.1 catches its own ParseError on a pubsub stream but not protobuf's
+    DecodeError, which rose through the connection's task, failed the host's Swarm
+    service and ended the node: any peer could stop a node by sending one length-
+    prefixed RPC that is not protobuf. (One CI run hit it without an attacker: py-libp2p
+    can interleave the yamux frames of two writes to one stream when the first is larger
+    than the send window, as the 300 KiB message of a network test is.) Now the stream
+    is reset and the peer dropped from pubsub, as for a ParseError.
+    """
+    try:
+        await _pubsub_stream_handler(self, stream)
+    except DecodeError as error:
+        peer_id = stream.muxed_conn.peer_id
+        log.debug("undecodable pubsub RPC from %s (%s): stream reset", peer_id, error)
+        try:
+            await stream.reset()
+        except Exception:  # already gone: nothing left to reset
+            pass
+        self._handle_dead_peer(peer_id)
+
+
+# Pubsub registers `self.stream_handler` with the host when it is built.
+Pubsub.stream_handler = survive_undecodable_rpcs  # type: ignore[method-assign]
 
 
 def drop_tasks_after_stop(manager: Any, name: str) -> None:

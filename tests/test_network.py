@@ -779,3 +779,24 @@ async def test_bad_inbound_rpcs_fail_as_py_libp2p_fails_them(pieces, error):
         await pubsub_fixes.read_rpc_buffered(stream, 1000)
     if error is MessageTooLarge:
         assert stream.reads == 1      # refused on its prefix: the body is never read
+
+
+async def test_a_pubsub_rpc_that_is_not_protobuf_does_not_end_the_node(tmp_path):
+    """py-libp2p let protobuf's DecodeError out of the pubsub stream handler, which ended
+    the receiving node: one bad RPC from any peer stopped it."""
+    import libp2p.pubsub.pubsub as libp2p_pubsub
+
+    assert libp2p_pubsub.Pubsub.stream_handler is pubsub_fixes.survive_undecodable_rpcs
+    honest, evil = NodeIdentity.generate(), NodeIdentity.generate()
+    async with swarm_node(tmp_path / "a", identity=honest) as a, \
+            swarm_node(tmp_path / "b", bootstrap=a.listen_addrs()) as b, \
+            open_host(evil.seed, LOOP) as host:
+        await wait_for(lambda: subscribed(b, a))
+        await host.connect(parse_peer_addr(b.listen_addrs()[0]))
+        stream = await host.new_stream(ID.from_base58(b.peer_id),
+                                       list(gossip_mod.GOSSIP_PROTOCOLS))
+        await stream.write(encode_varint_prefixed(b"\xff" * 40))   # not an RPC
+        await trio.sleep(1.0)
+        record = experiment(honest, 7)
+        await a.publish(record)
+        await wait_for(lambda: b.store.has(record.id))      # b is still up and listening
