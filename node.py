@@ -48,6 +48,7 @@ class Settings:
     listen: str = "/ip4/0.0.0.0/tcp/4011"
     bootstrap: list[str] = field(default_factory=list)
     mdns: bool = False
+    lan: bool = False           # dial private/loopback/link-local addresses peers announce
     dashboard: int = 0          # 0: no dashboard
     dashboard_host: str = "127.0.0.1"
     verify_share: float = 0.25  # at most this share of runs re-run peers' claims
@@ -454,7 +455,19 @@ def build_loop(local: Local, settings: Settings, until: float | None):
     profile = getattr(trainer, "device", None) or getattr(trainer, "profile", "cpu")
     agent = make_agent(settings.agent, base_source=local.lineage.base_source, profile=profile)
     topic = settings.topic[0]
+    foreign_code = True
+    if settings.trainer == "genome":
+        from experiments.sandbox import missing_isolation
+        missing = missing_isolation()
+        if missing:
+            foreign_code = False
+            print("WARNING: this machine cannot fully isolate the programs it trains ("
+                  + "; ".join(missing) + "). The node runs only its own agent's edits of its "
+                  "own lineages: no re-runs of peers' claims, no merges, nothing built on "
+                  "peers' records. Its records say which isolation was missing.",
+                  file=sys.stderr, flush=True)
     config = LoopConfig(topic=topic, rules=ScoreRules(seed=settings.seed),
+                        foreign_code=foreign_code,
                         max_experiments=settings.max_experiments, until=until,
                         verify_share=settings.verify_share,
                         merge_share=settings.merge_share, port_share=settings.port_share,
@@ -531,7 +544,7 @@ async def run_node(local: Local, settings: Settings, loop) -> int:
                 net = await nursery.start(functools.partial(
                     serve_swarm, local.identity, local.store, genome=local.genome,
                     topics=settings.topic, listen=settings.listen,
-                    bootstrap=settings.bootstrap, mdns=settings.mdns))
+                    bootstrap=settings.bootstrap, mdns=settings.mdns, lan=settings.lan))
                 connect_to_swarm(loop, net)
                 if not live:
                     print("listening on " + " ".join(net.listen_addrs()), flush=True)
@@ -864,7 +877,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", action="append", default=None, metavar="MULTIADDR",
                    help="a peer to join through, /ip4/../tcp/../p2p/.. (repeatable)")
     p.add_argument("--mdns", action="store_const", const=True, default=None,
-                   help="discover peers on the LAN (binds every interface)")
+                   help="discover peers on the LAN (binds every interface; implies --lan)")
+    p.add_argument("--lan", action="store_const", const=True, default=None,
+                   help="a LAN swarm: dial the private, loopback and link-local addresses "
+                        "peers announce (default: only if we listen on that network)")
     p.add_argument("--dashboard", type=int, default=None, metavar="PORT",
                    help="serve the read-only web dashboard on this port (default: off)")
     p.add_argument("--dashboard-host", default=None, dest="dashboard_host", metavar="HOST",

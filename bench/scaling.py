@@ -246,6 +246,7 @@ async def ideal_swarm(base: Path, n: int, landscape: int, rep: int, max_rounds: 
             pending.append(record)
         loop.announce, loop.publish = announce, publish
         loop.busy = lambda i=i: {w for j, w in working.items() if j != i and w}
+        loop.firm_busy = loop.busy   # an honest bus: every peer's announce is trusted
         loop.running_programs = lambda i=i: {p for j, p in programs.items() if j != i and p}
         loop.verifiers = lambda i=i: _verifying(
             {loops[j].identity.public_key: w for j, w in working.items() if j != i and w})

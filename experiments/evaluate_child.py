@@ -1,30 +1,36 @@
-"""TRUSTED evaluation child: score one trained candidate, or reject it with a reason.
+"""TRUSTED evaluation child: score one exported candidate model, or reject it with a reason.
 
     python -I experiments/evaluate_child.py <eval.json>
 
-(`python -m experiments.evaluate_child <eval.json>` works too where the package is
-importable.) The harness runs this in a sandboxed child process (no network, node home
-hidden, validation data visible read-only). Its bytes are part of the genome id, together
-with genome/prepare.py: the evaluation settings below and the causality probe define
-what a score means.
+The harness runs this in a sandboxed child process that can read val.bin, the tokenizer
+and the exported graph, but no candidate code. Its bytes are part of the genome id,
+together with genome/prepare.py: the evaluation settings and the causality probe below
+define what a score means.
 
-Steps, in this order:
-1. Read eval.json (written by the harness) and delete it, so that the untrusted code
-   imported later cannot read the result nonce from it.
-2. Import torch and numpy, load the trusted prepare.py (by path, from the genome) and
-   the probe windows, and snapshot the functions the evaluation relies on (torch,
-   torch.nn.functional, Tensor methods, numpy, math, builtins, the trusted prepare).
-3. Import the candidate train.py by path as module `train`, with the workspace's copy of
-   prepare.py as module `prepare`; build the model with `build_model(run)`, load
-   `model.pt` with `torch.load(weights_only=True)` and `load_state_dict(strict=True)`.
-4. Check the snapshot is unchanged (no monkeypatching) and no torch function/dispatch
-   mode is active; run the causality probe (changing later tokens must not change earlier
-   logits; rows of a batch must not see each other; calls must not keep state); check
-   again; call the trusted `prepare.evaluate_bpb` through a guard that gives the model a
-   copy of its input and accepts only a plain, finite float tensor of the right shape;
-   check again.
-5. Write the result JSON (status ok | rejected | crash, val_bpb, params, reason, the
-   nonce) to the path eval.json named.
+What it trusts: this file, experiments/model_graph.py (next to it), the genome's
+prepare.py (loaded by path from the spec), torch, numpy, safetensors, and the data files.
+What it does not trust: everything in graph_dir (graph.json + weights.safetensors, written
+in the candidate's sandbox). That directory is only ever read as data by
+`model_graph.load_graph`, which validates it against an allowlist of pure ATen operators;
+nothing the candidate wrote is imported, executed or unpickled here.
+
+Steps:
+1. Read eval.json (written by the harness) and delete it.
+2. Load the trusted prepare.py and the tokenizer; load and validate the graph (a
+   GraphRejected is status `rejected` with its reason).
+3. Score val_bpb with the trusted `prepare.evaluate_bpb` on the fixed validation windows.
+   The metric calls the graph through `_ProbedScorer`, which returns the graph's logits
+   unchanged (so the score is exactly evaluate_bpb's) and, on a secret random quarter of the
+   scoring batches, runs the causality probe on that very batch: each row keeps its tokens
+   up to a random cut, gets other real validation text after it, and the rows are shuffled;
+   each row's logits up to its cut must equal those of the scoring pass. Rows whose windows
+   overlap are cut at one common position of the token file (`probe_cuts`), so no row can
+   find its own replaced future in another row's kept text.
+4. With spec "test": {"seed", "n_windows"}, also score the held-out test split
+   (`prepare.test_bpb`, windows drawn with that seed), probed the same way.
+5. Write the result JSON (status ok | rejected | crash | error, val_bpb, test_bpb, params,
+   probe_batches, probe_max_diff, eval_s, reason, the nonce) to the path eval.json named,
+   atomically. `error` means the evaluator itself failed, never the candidate.
 """
 from __future__ import annotations
 
@@ -35,9 +41,11 @@ import os
 import sys
 import time
 import traceback
+from pathlib import Path
 
 # Evaluation settings per hardware profile (never chosen by train.py). 256 windows of 256
-# tokens give a stable CPU score in a few seconds on 2 cores.
+# tokens give a stable CPU score in a few seconds on 2 cores. The exported graph has the
+# static input shape (batch_size, seq_len) of its profile.
 EVAL_SETTINGS = {
     "cpu": {"seq_len": 256, "batch_size": 16, "n_windows": 256},
     "mps": {"seq_len": 1024, "batch_size": 8, "n_windows": 512},
@@ -45,128 +53,16 @@ EVAL_SETTINGS = {
 }
 # Causality probe: relative + absolute tolerance on logits that must not change.
 PROBE_TOLERANCE = {"cpu": 1e-4, "mps": 1e-3, "cuda": 1e-3}
-PROBE_CUTS = ((0.0, 0.25), (0.25, 0.75), (0.75, 1.0))  # one cut point drawn in each range
-MAX_WEIGHTS_BYTES = 8 * 2**30
+PROBE_FRACTION = 0.25  # of the scoring batches, drawn from the secret probe seed
+MIN_PROBE_BATCHES = 2
 
 
 class Rejected(Exception):
-    """The candidate cheats or breaks the evaluation contract: no score, a reason."""
+    """The candidate breaks the evaluation contract: no score, a reason."""
 
 
-def _snapshot(objects: dict) -> dict:
-    """name -> (namespace object, {attr: value}) of everything the evaluator relies on."""
-    return {name: (obj, dict(vars(obj))) for name, obj in objects.items()}
-
-
-def _check_snapshot(snapshot: dict, stage: str, strict_new: frozenset) -> None:
-    for name, (obj, before) in snapshot.items():
-        now = vars(obj)
-        for key, value in before.items():
-            if key not in now or now[key] is not value:
-                raise Rejected(f"{name}.{key} was replaced or removed ({stage})")
-        if name in strict_new:
-            added = sorted(set(now) - set(before))
-            if added:
-                raise Rejected(f"{name}.{added[0]} was added ({stage})")
-
-
-def _check_modes(torch, stage: str) -> None:
-    C = torch._C
-    for what, probe in (("torch function mode", "_len_torch_function_stack"),
-                        ("torch dispatch mode", "_len_torch_dispatch_stack")):
-        length = getattr(C, probe, None)
-        if length is not None and length() != 0:
-            raise Rejected(f"a {what} is active ({stage})")
-
-
-class _Guard:
-    """What evaluate_bpb calls instead of the model: a copy in, a checked plain tensor out."""
-
-    def __init__(self, torch, model, vocab: int):
-        self.torch, self.model, self.vocab = torch, model, vocab
-
-    @property
-    def training(self):
-        return bool(self.model.training)
-
-    def eval(self):
-        self.model.eval()
-        return self
-
-    def train(self, mode: bool = True):
-        self.model.train(mode)
-        return self
-
-    def __call__(self, idx):
-        torch = self.torch
-        logits = self.model(idx.clone())
-        if type(logits) is not torch.Tensor:
-            raise Rejected(f"model returned {type(logits).__name__}, not a plain torch.Tensor")
-        shape = tuple(logits.shape)
-        if len(shape) != 3 or shape[:2] != tuple(idx.shape) or shape[2] < self.vocab:
-            raise Rejected(f"model returned logits of shape {shape}, expected "
-                           f"({idx.shape[0]}, {idx.shape[1]}, >={self.vocab})")
-        if not logits.is_floating_point():
-            raise Rejected(f"model returned {logits.dtype} logits, not floating point")
-        logits = logits.detach().float().clone()
-        if not bool(torch.isfinite(logits).all()):
-            raise Rejected("model returned non-finite logits")
-        return logits
-
-
-def causality_probe(torch, np, call, tokens, settings: dict, device, tolerance: float,
-                    rng) -> float:
-    """Raise Rejected if the model's logits depend on later tokens, other rows, or earlier calls.
-
-    Returns the largest relative change seen (a well-behaved model gives 0 or rounding noise).
-
-    Windows and replacement text come from the validation data itself (at positions drawn
-    from a per-run secret seed), so a probe batch looks exactly like an evaluation batch.
-    """
-    T, B = settings["seq_len"], settings["batch_size"]
-    if len(tokens) < T + 2:
-        raise ValueError("validation data is shorter than one evaluation window")
-
-    def windows():
-        starts = rng.integers(0, len(tokens) - T, size=B)
-        batch = np.stack([tokens[s:s + T] for s in starts]).astype(np.int64)
-        return torch.from_numpy(batch).to(device)
-
-    worst = [0.0]
-
-    def differs(a, b):
-        diff = float((a - b).abs().max()) if a.numel() else 0.0
-        scale = float(a.abs().max()) if a.numel() else 0.0
-        worst[0] = max(worst[0], diff / (1.0 + scale))
-        return diff > tolerance * (1.0 + scale), diff
-
-    x = windows()
-    base = call(x)
-    for low, high in PROBE_CUTS:
-        first = int(low * (T - 1))
-        cut = int(rng.integers(first, max(int(high * (T - 1)), first + 1)))
-        changed = x.clone()
-        changed[:, cut + 1:] = windows()[:, cut + 1:]
-        bad, diff = differs(base[:, :cut + 1], call(changed)[:, :cut + 1])
-        if bad:
-            raise Rejected(f"causality probe: logits at positions <= {cut} changed by {diff:.3g} "
-                           f"when only tokens after position {cut} changed")
-    if B > 1:
-        mixed = windows()
-        mixed[0] = x[0]
-        bad, diff = differs(base[0], call(mixed)[0])
-        if bad:
-            raise Rejected(f"causality probe: logits of one row changed by {diff:.3g} "
-                           f"when only the other rows of the batch changed")
-    bad, diff = differs(base, call(x))
-    if bad:
-        raise Rejected(f"causality probe: the same input gave logits that differ by {diff:.3g} "
-                       f"on a second call (the model keeps state between calls)")
-    return worst[0]
-
-
-def _load_module(name: str, path: str):
-    spec = importlib.util.spec_from_file_location(name, path)
+def _load_module(name: str, path) -> object:
+    spec = importlib.util.spec_from_file_location(name, str(path))
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
@@ -175,96 +71,185 @@ def _load_module(name: str, path: str):
     return module
 
 
-def _load_weights(torch, path: str):
-    st = os.lstat(path)
-    if not os.path.isfile(path) or os.path.islink(path):
-        raise ValueError("model.pt is not a regular file")
-    if st.st_size > MAX_WEIGHTS_BYTES:
-        raise ValueError(f"model.pt is {st.st_size} bytes, over the {MAX_WEIGHTS_BYTES}-byte limit")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    tensor_types = (torch.Tensor, torch.nn.Parameter)
-    if not isinstance(state, dict) or not all(
-            isinstance(k, str) and type(v) in tensor_types for k, v in state.items()):
-        raise ValueError("model.pt must hold a state_dict: a dict of names to tensors")
-    return state
+def _model_graph():
+    """experiments/model_graph.py: the package's module where there is one, else by path
+    (`python -I` puts neither the script's directory nor the checkout on sys.path)."""
+    if __package__:
+        from experiments import model_graph
+        return model_graph
+    return _load_module("loopy_model_graph", Path(__file__).resolve().with_name("model_graph.py"))
+
+
+def probe_plan(n_batches: int, rng) -> set:
+    """Indices of the scoring batches that get a causality probe: a quarter, at least 2."""
+    k = min(n_batches, max(MIN_PROBE_BATCHES, round(n_batches * PROBE_FRACTION)))
+    return {int(i) for i in rng.choice(n_batches, size=k, replace=False)}
+
+
+def probe_cuts(starts, seq_len: int, rng):
+    """Per row of a batch whose windows start at `starts`, the last position the probe keeps:
+    -1 (the whole row is replaced) .. seq_len-1 (nothing is); drawn from rng.
+
+    A lone window gets a cut in 0..seq_len-2. Windows that overlap share text, so one row's
+    later tokens could sit in another row's kept prefix and be read from there; overlapping
+    windows therefore form a cluster cut at one common position A of the token file: every
+    token the probe keeps in the cluster lies at or before A, every one it replaces after.
+    """
+    import numpy as np
+
+    starts = np.asarray(starts, dtype=np.int64)
+    cuts = np.empty(len(starts), dtype=np.int64)
+    order = np.argsort(starts, kind="stable")
+    first = 0
+    while first < len(order):
+        last, end = first + 1, starts[order[first]] + seq_len  # a window spans s..s+seq_len
+        while last < len(order) and starts[order[last]] <= end:
+            end = max(end, starts[order[last]] + seq_len)
+            last += 1
+        cluster = order[first:last]
+        at = int(rng.integers(starts[cluster].min(), end - 1))
+        cuts[cluster] = np.clip(at - starts[cluster], -1, seq_len - 1)
+        first = last
+    return cuts
+
+
+class _ProbedScorer:
+    """What the trusted metric calls instead of the graph: the graph's own logits, and on
+    the planned batches a causality probe of that very batch (raises Rejected).
+
+    `starts` are the metric's window starts in `tokens`, in the order it scores them; every
+    batch is checked against them, so the probe knows where each row's text comes from.
+    """
+
+    training = False
+
+    def __init__(self, graph, tokens, starts, plan: set, tolerance: float, rng, what: str):
+        self.graph, self.tokens, self.starts, self.plan = graph, tokens, starts, plan
+        self.tolerance, self.rng, self.what = tolerance, rng, what
+        self.calls = self.rows = self.probed = 0
+        self.worst = 0.0
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def __call__(self, x):
+        import numpy as np
+
+        batch, starts = self.calls, self.starts[self.rows:self.rows + len(x)]
+        self.calls, self.rows = self.calls + 1, self.rows + len(x)
+        T = x.shape[1]
+        expected = np.stack([self.tokens[s:s + T] for s in starts]) if len(starts) else None
+        if len(starts) != len(x) or not np.array_equal(x.cpu().numpy(), expected):
+            raise RuntimeError(f"the {self.what} metric scored windows other than expected")
+        logits = self.graph(x)
+        if batch in self.plan:
+            self._probe(batch, x, logits, starts)
+            self.probed += 1
+        return logits
+
+    def _probe(self, batch: int, x, logits, starts) -> None:
+        import numpy as np
+        import torch
+
+        rows, T = x.shape
+        rng, tokens = self.rng, self.tokens
+        cuts = probe_cuts(starts, T, rng)
+        # Replacement text comes from elsewhere in the file, never from this batch's span.
+        low, high = int(starts.min()), int(starts.max()) + T + 1
+        left, right = max(0, low - T + 1), max(0, len(tokens) - T + 1 - high)
+        draws = rng.integers(0, left + right if left + right else len(tokens) - T + 1, size=rows)
+        changed = x.cpu().numpy().copy()
+        for r in range(rows):
+            other = int(draws[r]) if left + right == 0 or draws[r] < left else \
+                high + int(draws[r]) - left
+            changed[r, cuts[r] + 1:] = tokens[other + cuts[r] + 1:other + T]
+        perm = rng.permutation(rows)
+        if rows > 1 and (perm == np.arange(rows)).all():
+            perm = np.roll(perm, 1)  # every probe moves rows
+        out = self.graph(torch.from_numpy(changed[perm]).to(x.device))
+        out = out[torch.from_numpy(np.argsort(perm)).to(out.device)]  # back in scoring order
+        keep = (torch.arange(T)[None, :] <= torch.from_numpy(cuts)[:, None]).to(out.device)
+        diff = (logits.float() - out.float()).abs().amax(dim=-1).masked_fill(~keep, 0).amax(1)
+        scale = logits.float().abs().amax(dim=-1).masked_fill(~keep, 0).amax(1)
+        relative = diff / (1.0 + scale)
+        self.worst = max(self.worst, float(relative.max()))
+        bad = torch.nonzero(relative > self.tolerance).flatten()
+        if len(bad):
+            r = int(bad[0])
+            raise Rejected(f"causality probe ({self.what} batch {batch}): row {r}'s logits at "
+                           f"positions <= {int(cuts[r])} changed by {float(diff[r]):.3g} when "
+                           "only later tokens and the other rows of the batch changed")
+
+    def check_done(self) -> None:
+        if self.probed != len(self.plan) or self.rows != len(self.starts):
+            raise RuntimeError(f"the {self.what} metric scored {self.rows} of "
+                               f"{len(self.starts)} windows; {self.probed} of "
+                               f"{len(self.plan)} planned probes ran")
 
 
 def evaluate(spec: dict) -> dict:
     """The evaluation proper; returns the result dict (without the nonce)."""
-    t0 = time.time()
     import numpy as np
     import torch
-    import torch.nn.functional as F
-    import builtins
 
+    model_graph = _model_graph()
     trusted = _load_module("loopy_trusted_prepare", spec["trusted_prepare"])
-    profile = spec["profile"]
+    profile, device = spec["profile"], spec["device"]
     settings = EVAL_SETTINGS[profile]
-    device = torch.device(spec["device"])
-    if spec["device"] == "cpu":
+    B, T = settings["batch_size"], settings["seq_len"]
+    if device == "cpu":
         torch.set_num_threads(int(spec["threads"]))
     tokenizer = trusted.load_tokenizer(spec["tokenizer"])
-    probe_tokens = np.array(np.memmap(spec["val_bin"], dtype=trusted.TOKEN_DTYPE, mode="r"))
     rng = np.random.default_rng(int(spec["probe_seed"]))
-    os.environ[trusted.RUN_CONFIG_ENV] = spec["run_config"]
-    run = trusted.run_config(spec["run_config"])
-
-    snapshot = _snapshot({"torch": torch, "torch.nn.functional": F, "torch.Tensor": torch.Tensor,
-                          "torch._C.TensorBase": torch._C.TensorBase,
-                          "torch.nn.Module": torch.nn.Module, "numpy": np, "math": math,
-                          "builtins": builtins, "prepare": trusted})
-    strict_new = frozenset({"torch.Tensor", "torch._C.TensorBase", "torch.nn.Module", "builtins"})
-    tensor_type = torch.Tensor
-
     try:
-        _load_module("prepare", spec["prepare_py"])
-        train = _load_module("train", spec["train_py"])
-        build = getattr(train, "build_model", None)
-        if not callable(build):
-            return {"status": "crash", "reason": "train.py has no build_model(run)"}
-        model = build(run)
-        if not isinstance(model, torch.nn.Module):
-            return {"status": "crash", "reason": f"build_model returned "
-                                                 f"{type(model).__name__}, not a torch.nn.Module"}
-        model.load_state_dict(_load_weights(torch, spec["model_pt"]), strict=True)
-        model.to(device)
-        model.eval()
-        params = sum(int(p.numel()) for p in model.parameters())
-    except BaseException as e:  # SystemExit too: untrusted code must not end the evaluator
-        return {"status": "crash", "reason": f"loading the model failed: {_last_line(e)}"}
+        graph = model_graph.load_graph(
+            spec["graph_dir"], vocab_size=tokenizer.vocab_size, batch_size=B, seq_len=T,
+            device=device,
+            max_weight_bytes=int(spec.get("max_weight_bytes", model_graph.MAX_WEIGHT_BYTES)))
+    except model_graph.GraphRejected as e:
+        return {"status": "rejected", "reason": str(e)}
 
+    def scorer(bin_path, starts, what: str) -> _ProbedScorer:
+        tokens = np.memmap(bin_path, dtype=trusted.TOKEN_DTYPE, mode="r")
+        return _ProbedScorer(graph, tokens, starts, probe_plan(math.ceil(len(starts) / B), rng),
+                             PROBE_TOLERANCE[profile], rng, what)
+
+    def n_tokens(bin_path) -> int:
+        return os.path.getsize(bin_path) // np.dtype(trusted.TOKEN_DTYPE).itemsize
+
+    result = {"params": graph.params}
+    t_eval = time.time()
+    scorers = []
     try:
-        _check_snapshot(snapshot, "after building the model", strict_new)
-        _check_modes(torch, "after building the model")
-        if torch.Tensor is not tensor_type:
-            raise Rejected("torch.Tensor was replaced")
-        guard = _Guard(torch, model, tokenizer.vocab_size)
-        with torch.no_grad():
-            probe_diff = causality_probe(torch, np, guard, probe_tokens, settings, device,
-                                         PROBE_TOLERANCE[profile], rng)
-        _check_snapshot(snapshot, "after the causality probe", strict_new)
-        _check_modes(torch, "after the causality probe")
-        t_eval = time.time()
-        val_bpb = trusted.evaluate_bpb(guard, spec["val_bin"], tokenizer.token_bytes,
-                                       settings["batch_size"], settings["seq_len"], spec["device"],
-                                       settings["n_windows"])
-        _check_snapshot(snapshot, "after evaluation", strict_new)
-        _check_modes(torch, "after evaluation")
-    except Rejected as e:
-        return {"status": "rejected", "reason": str(e), "params": params}
-    except BaseException as e:
-        return {"status": "crash", "reason": f"evaluation failed: {_last_line(e)}",
-                "params": params}
-    if not isinstance(val_bpb, float) or not math.isfinite(val_bpb) or val_bpb <= 0:
-        return {"status": "rejected", "reason": f"evaluation gave val_bpb {val_bpb!r}",
-                "params": params}
-    return {"status": "ok", "val_bpb": val_bpb, "params": params, "probe_max_diff": probe_diff,
-            "eval_s": round(time.time() - t_eval, 3), "total_s": round(time.time() - t0, 3)}
-
-
-def _last_line(e: BaseException) -> str:
-    lines = [line.strip() for line in f"{type(e).__name__}: {e}".splitlines() if line.strip()]
-    return (lines[-1] if lines else type(e).__name__)[:500]
+        n_windows = settings["n_windows"]
+        starts = trusted.val_window_starts(n_tokens(spec["val_bin"]), T, n_windows)
+        scorers.append(scorer(spec["val_bin"], starts, "validation"))
+        val_bpb = trusted.evaluate_bpb(scorers[-1], spec["val_bin"], tokenizer.token_bytes, B, T,
+                                       device, n_windows)
+        scorers[-1].check_done()
+        test = spec.get("test")
+        if test is not None:
+            n_windows, seed = int(test["n_windows"]), int(test["seed"])
+            starts = trusted.test_window_starts(n_tokens(spec["test_bin"]), T, n_windows, seed)
+            scorers.append(scorer(spec["test_bin"], starts, "test"))
+            test_bpb = trusted.test_bpb(scorers[-1], spec["test_bin"], tokenizer.token_bytes, B,
+                                        T, device, n_windows, seed)
+            scorers[-1].check_done()
+    except (Rejected, model_graph.GraphRejected) as e:
+        return {**result, "status": "rejected", "reason": str(e)}
+    except model_graph.GraphRunError as e:
+        return {**result, "status": "crash", "reason": str(e)}
+    scores = {"val_bpb": val_bpb} | ({"test_bpb": test_bpb} if test is not None else {})
+    for name, value in scores.items():
+        if not isinstance(value, float) or not math.isfinite(value) or value <= 0:
+            return {**result, "status": "rejected", "reason": f"evaluation gave {name} {value!r}"}
+    return {**result, "status": "ok", **scores,
+            "probe_batches": sum(s.probed for s in scorers),
+            "probe_max_diff": max(s.worst for s in scorers),
+            "eval_s": round(time.time() - t_eval, 3)}
 
 
 def _write_json(path: str, obj: dict) -> None:
@@ -291,9 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     result["nonce"] = nonce
     _write_json(result_path, result)
     if result["status"] == "ok":
-        print(f"evaluation: ok val_bpb {result['val_bpb']:.6f} (probe max relative change "
-              f"{result['probe_max_diff']:.2g}, eval {result['eval_s']:.1f} s, "
-              f"child {result['total_s']:.1f} s)", flush=True)
+        test = f", test_bpb {result['test_bpb']:.6f}" if "test_bpb" in result else ""
+        print(f"evaluation: ok val_bpb {result['val_bpb']:.6f}{test} ({result['probe_batches']} "
+              f"batches probed, max relative change {result['probe_max_diff']:.2g}, "
+              f"eval {result['eval_s']:.1f} s)", flush=True)
     else:
         print(f"evaluation: {result['status']} ({result.get('reason', '')})", flush=True)
     return 0

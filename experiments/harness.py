@@ -1,23 +1,32 @@
-"""Run one experiment safely: static check -> training child -> evaluation child -> result.
+"""Run one experiment safely: static check -> training -> export -> evaluation -> result.
 
     result = run_experiment(source, home=home)             # a whole train.py
     result = run_patch(patch_text, home=home)              # an edit of the base genome
     result.status, result.val_bpb, result.to_record_result()
 
-Steps (DESIGN.md, "Experiments: running one edit safely"):
+The boundary (DESIGN.md, "Experiments: running one edit safely"): candidate code never
+shares a process with the validation data or the verdict.
 1. Static check (experiments/static_check.py): train.py only, size limit, AST screen.
-   Failures are `rejected` with the reason; nothing runs.
-2. Data: the trusted genome/prepare.py prepares (or finds cached) tokenizer and token files.
-3. A fresh workspace (experiments/workspace.py) and a training child, `python train.py`,
-   sandboxed (experiments/sandbox.py): no network, the node's home (keys, store,
-   validation data) and the raw corpus hidden, only the training tokens visible, a wall
-   limit of budget + grace, a memory limit. Its summary lines are parsed defensively and
-   are informational only: the printed val_bpb is ignored.
-4. An evaluation child (experiments/evaluate_child.py, trusted code) in a second sandbox
-   that can read the validation data: it rebuilds the model from train.py, loads the
-   weights, checks for monkeypatching, runs the causality probe and calls the trusted
-   evaluate_bpb. Its answer counts only if it carries this run's secret nonce.
-5. An `ExperimentResult`: status ok | crash | timeout | rejected, val_bpb (ok only),
+   Failures are `rejected` with the reason; nothing runs. The screen is a first filter,
+   not the defence: everything below holds for a program that passes it.
+2. Data: the trusted genome/prepare.py prepares (or finds cached) tokenizer and the
+   train, val and test token files, in the node's home.
+3. Training child, `python train.py` in a fresh workspace (experiments/workspace.py),
+   sandboxed (experiments/sandbox.py): it sees its workspace, the interpreter and
+   nothing else; no network. Its tokens come over a pipe from the harness's data feed
+   (experiments/data_feed.py), which counts the budget: exactly the token budget, or
+   batches until `budget` seconds after the first one; then the child has a short grace
+   to save its weights, and is killed after it. train_s, tokens and steps (batches
+   served) are the feed's measurements; what the child prints is informational.
+4. Export child (experiments/export_child.py, sandboxed the same way, no GPU): imports
+   the candidate to rebuild its model from the saved weights and writes it as data,
+   a graph of standard operators and safetensors weights (experiments/model_graph.py).
+5. Evaluation child (experiments/evaluate_child.py, trusted code only): reads the graph
+   as data, checks it (allowed operators, no state or randomness, shapes), checks
+   causality on its own scoring windows, computes val_bpb (and, given `test_seed`,
+   test_bpb on held-out windows) with the trusted metric. Its answer counts only if it
+   carries this run's secret nonce.
+6. An `ExperimentResult`: status ok | crash | timeout | rejected, val_bpb (ok only),
    times, tokens, steps, params, peak memory, reason, log tail, the isolation in force
    and the arena. `.to_record_result()` gives PROTOCOL.md's `result` map.
 
@@ -37,20 +46,27 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from experiments import evaluate_child
+from experiments import evaluate_child, export_child, model_graph
 from experiments.budget import Budget, default_budget, make_arena, parse_budget
+from experiments.data_feed import DataFeed
 from experiments.hardware import (cpu_threads, detect_device, eval_settings, hardware_class,
                                   profile as device_profile, total_memory_mb)
-from experiments.sandbox import run_sandboxed
+from experiments.model_store import ModelStore, model_key
+from experiments.sandbox import missing_isolation, run_sandboxed
 from experiments.static_check import check_patch, check_source
-from experiments.workspace import (LogFile, cleanup, create_workspace, prepare_eval_dir)
+from experiments.workspace import (MAX_WEIGHTS_BYTES, LogFile, cleanup, copy_model_files,
+                                   create_workspace, prepare_export_dir)
 
 STATUSES = ("ok", "crash", "timeout", "rejected")
 MAX_REASON = 500
-# Startup allowance on top of a time budget: interpreter, torch import, model build and,
-# on GPUs, torch.compile warmup (train.py does not count those against its budget).
+# Until the first batch: interpreter, torch import, model build and, on GPUs,
+# torch.compile warmup (the budget's clock starts at the first batch served).
 STARTUP_GRACE_S = {"cpu": 30.0, "cuda": 150.0, "mps": 60.0}
-GRACE_FRACTION = 0.10
+# After the budget ends: finish the step and save the weights. Short, because a program
+# could keep training on batches it held back.
+END_GRACE_S = {"cpu": 10.0, "cuda": 10.0, "mps": 10.0}
+END_GRACE_FRACTION = 0.02
+EXPORT_WALL_LIMIT_S = {"cpu": 120.0, "cuda": 300.0, "mps": 300.0}
 # Token budgets: the wall limit is a generous cap, TOKEN_CAP_FACTOR x the time the budget
 # takes at a typical speed for the device (tokens per second). Generous because a token
 # budget's score does not depend on speed: an honest run on a busy machine (measured: 10x
@@ -62,6 +78,8 @@ TOKEN_CAP_MIN_S = 180.0
 EVAL_WALL_LIMIT_S = {"cpu": 300.0, "cuda": 600.0, "mps": 600.0}
 DEFAULT_DATASETS = {"cpu": "embedded", "mps": "embedded", "cuda": "climbmix"}
 EVAL_CHILD = Path(evaluate_child.__file__).resolve()
+EXPORT_CHILD = Path(export_child.__file__).resolve()
+MODEL_GRAPH = Path(model_graph.__file__).resolve()
 MAX_RESULT_BYTES = 64 * 1024
 
 
@@ -78,6 +96,7 @@ class ExperimentResult:
     status: str
     arena: str
     val_bpb: float | None = None
+    test_bpb: float | None = None  # held-out test windows, when a test seed was given
     train_s: float = 0.0
     total_s: float = 0.0
     tokens: int | None = None
@@ -87,9 +106,10 @@ class ExperimentResult:
     reason: str = ""
     log_tail: str = ""
     isolation: list[str] = field(default_factory=list)
+    missing_isolation: list[str] = field(default_factory=list)  # layers the sandbox lacked
     run_id: str | None = None
     workspace: str | None = None  # kept only with keep_workspace=True
-    timings: dict = field(default_factory=dict)  # seconds per phase: prepare, train, eval
+    timings: dict = field(default_factory=dict)  # seconds: prepare, train, export, eval
 
     @property
     def overhead_s(self) -> float:
@@ -108,6 +128,8 @@ class ExperimentResult:
                 out[key] = int(value)
         if self.peak_mem_mb is not None:
             out["peak_mem_mb"] = float(self.peak_mem_mb)
+        if self.missing_isolation:
+            out["isolation"] = ("missing: " + "; ".join(self.missing_isolation))[:MAX_REASON]
         if self.status != "ok":
             out["reason"] = self.reason[:MAX_REASON] or self.status
         return out
@@ -253,10 +275,11 @@ def prepare_run_data(home: Path, dataset: str, progress=None) -> None:
 
 
 def training_wall_limit(budget: Budget, device: str) -> float:
-    """Seconds the training child may run: budget + grace, or a generous cap for tokens."""
+    """Seconds the training child may run at most: budget + grace, or a generous cap for
+    tokens (the feed's deadlines stop a time-budget child much earlier)."""
     startup = STARTUP_GRACE_S[device]
     if budget.kind == "time":
-        return startup + budget.value * (1 + GRACE_FRACTION)
+        return startup + budget.value * (1 + END_GRACE_FRACTION) + END_GRACE_S[device]
     expected = budget.value / TYPICAL_TOKENS_PER_S[device]
     return startup + max(TOKEN_CAP_MIN_S, TOKEN_CAP_FACTOR * expected)
 
@@ -301,7 +324,8 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
                    device: str = "auto", seed: int = 0, progress=None,
                    keep_workspace: bool = False, wall_limit_s: float | None = None,
                    mem_limit_mb: int | None = None, eval_wall_limit_s: float | None = None,
-                   genome_dir: Path | None = None, cancel=None) -> ExperimentResult:
+                   genome_dir: Path | None = None, cancel=None, test_seed: int | None = None,
+                   models: ModelStore | None = None) -> ExperimentResult:
     """Train and score one candidate train.py; see the module docstring.
 
     `dataset` None picks the device's default (embedded on CPU/MPS, climbmix on CUDA);
@@ -310,7 +334,9 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
     done, total)`, if present, gets data preparation and evaluation stages.
     `genome_dir` replaces the genome directory (tests use a small fake prepare.py).
     Setting `cancel` (a threading.Event) kills the running child and raises
-    ExperimentCancelled.
+    ExperimentCancelled. `test_seed` also scores the model on held-out test windows
+    drawn with that seed (`result.test_bpb`); `models` keeps the exported model of an
+    ok run for later scoring (see score_stored_model).
     """
     t0 = time.monotonic()
     device, dataset, budget, arena = _resolve(device, dataset, budget)
@@ -331,48 +357,59 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
     trusted_prepare_py = Path(prepare.__file__).resolve()
     data, vocab_size, bos_id = _prepare_data(prepare, home, dataset, progress)
     timings["prepare"] = round(time.monotonic() - t0, 3)
-    raw_corpus = trusted_prepare_py.parent / "data"
     profile = device_profile(device)
     threads = cpu_threads() if device == "cpu" else min(8, cpu_threads())
     settings = eval_settings(profile)
+    feed = DataFeed(data.train_bin, seed=seed, budget_kind=budget.kind,
+                    budget_value=budget.value, bos_id=bos_id, prepare=prepare)
     run_config = {"device": device, "profile": profile, "budget_kind": budget.kind,
-                  "budget_value": budget.value, "seed": seed, "train_bin": str(data.train_bin),
-                  "vocab_size": vocab_size, "bos_id": bos_id, "seq_len": settings["seq_len"],
-                  "threads": threads}
+                  "budget_value": budget.value, "seed": seed,
+                  "train_bin": "served-by-the-harness", "vocab_size": vocab_size,
+                  "bos_id": bos_id, "seq_len": settings["seq_len"], "threads": threads,
+                  "feed_fds": list(feed.child_fds())}
     mem_limit = mem_limit_mb or default_mem_limit_mb(device)
     ws = create_workspace(home, source, trusted_prepare_py, run_config)
-    hidden = [home, raw_corpus, data.val_bin]
     try:
-        # --- training child
+        # --- training child: its tokens come from the feed, which counts the budget
         log = LogFile(ws.train_log)
         output = _TrainingOutput(log, progress)
         limit = wall_limit_s or training_wall_limit(budget, device)
+        startup = STARTUP_GRACE_S[device]
+        grace = END_GRACE_S[device] + END_GRACE_FRACTION * (
+            budget.value if budget.kind == "time" else 0.0)
+
+        def deadline():
+            return feed.startup_deadline(startup) or feed.deadline(grace)
+
+        feed.start()
         try:
             train = run_sandboxed(
                 [sys.executable, "train.py"], cwd=ws.work,
                 env=_child_env(threads, ws.run_json, ws.work), wall_limit_s=limit,
-                mem_limit_mb=mem_limit, hide_paths=hidden,
-                reveal_paths=[data.train_bin, trusted_prepare_py],
+                mem_limit_mb=mem_limit, reveal_paths=[], pass_fds=feed.child_fds(),
+                on_start=feed.close_child_ends, deadline=deadline,
                 rlimit_as_mb=mem_limit + 4096 if device == "cpu" else None, on_line=output,
                 cancel=cancel)
         finally:
+            feed.stop()
             log.close()
         if train.cancelled:
             raise ExperimentCancelled("cancelled during training")
         timings["train"] = round(train.wall_s, 3)
-        train_s = output.number("training_seconds", high=train.wall_s)
+        fed = feed.measurements()
         measured = dict(
-            train_s=round(train_s if train_s is not None else train.wall_s, 3),
-            tokens=output.integer("total_tokens_M", 1e6), steps=output.integer("num_steps"),
-            params=output.integer("num_params_M", 1e6), log_tail=train.log_tail,
-            isolation=train.isolation, run_id=ws.run_id, timings=timings,
-            workspace=str(ws.root) if keep_workspace else None,
+            train_s=round(fed["train_s"], 3), tokens=fed["tokens"], steps=fed["batches"],
+            log_tail=train.log_tail, isolation=train.isolation,
+            missing_isolation=missing_isolation(), run_id=ws.run_id,
+            timings=timings, workspace=str(ws.root) if keep_workspace else None,
             peak_mem_mb=(output.number("peak_vram_mb") if device == "cuda" else None)
             or train.peak_rss_mb)
+        if fed["error"]:
+            return finish("crash", reason=f"bad request to the data feed: {fed['error']}",
+                          **measured)
         if train.timed_out:
-            return finish("timeout", reason=f"training ran past the wall limit of {limit:.0f} s "
-                                            f"(budget {budget.describe()} + grace); "
-                                            f"process group killed", **measured)
+            return finish("timeout", reason=_timeout_reason(fed, train.wall_s, limit, startup,
+                                                            grace, budget), **measured)
         if train.mem_exceeded:
             return finish("crash", reason=f"training exceeded the memory limit of {mem_limit} MB "
                                           f"(killed at {train.peak_rss_mb:.0f} MB)", **measured)
@@ -380,55 +417,137 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
             return finish("crash", reason=f"train.py exited with status {train.returncode}: "
                                           f"{_last_error_line(train.log_tail)}", **measured)
 
-        # --- evaluation child
-        try:
-            eval_dir = prepare_eval_dir(ws, source, trusted_prepare_py, ws.run_json)
-        except FileNotFoundError:
-            return finish("crash", reason="train.py exited normally but saved no out/model.pt",
-                          **measured)
-        except ValueError as e:
-            return finish("rejected", reason=str(e), **measured)
+        # --- export child: the trained model becomes data (a graph and its weights)
+        t_export = time.monotonic()
+        exported = _export(ws, source, trusted_prepare_py, run_config, settings, threads,
+                           mem_limit, device, cancel)
+        timings["export"] = round(time.monotonic() - t_export, 3)
+        measured["log_tail"] = (train.log_tail + exported.log_tail)[-4096:]
+        if exported.status != "ok":
+            return finish(exported.status, reason=exported.reason, **measured)
+
+        # --- evaluation child: trusted code scores the graph; no candidate code runs there
         stage = getattr(progress, "stage", None)
         if stage is not None:
             stage("evaluate", 0, 1)
         t_eval = time.monotonic()
-        verdict, eval_tail = _evaluate(ws, eval_dir, data, trusted_prepare_py, device, profile,
-                                       threads, mem_limit, hidden,
-                                       eval_wall_limit_s or EVAL_WALL_LIMIT_S[device], cancel)
+        verdict, eval_tail = _evaluate(ws.eval_log, exported.graph_dir, data,
+                                       trusted_prepare_py, device, profile, threads,
+                                       mem_limit, eval_wall_limit_s or EVAL_WALL_LIMIT_S[device],
+                                       cancel, test_seed)
         timings["eval"] = round(time.monotonic() - t_eval, 3)
-        measured["log_tail"] = (train.log_tail + eval_tail)[-4096:]
+        measured["log_tail"] = (measured["log_tail"] + eval_tail)[-4096:]
         if verdict.get("params") is not None:
             measured["params"] = verdict["params"]
         if verdict["status"] != "ok":
             return finish(verdict["status"], reason=verdict["reason"], **measured)
-        return finish("ok", val_bpb=verdict["val_bpb"], **measured)
+        if models is not None:
+            models.put(model_key(source, arena, seed), exported.graph_dir)
+        return finish("ok", val_bpb=verdict["val_bpb"], test_bpb=verdict.get("test_bpb"),
+                      **measured)
     finally:
+        feed.stop()
         cleanup(ws, keep=keep_workspace)
 
 
-def _evaluate(ws, eval_dir: Path, data, trusted_prepare_py: Path, device: str, profile: str,
-              threads: int, mem_limit: int, hidden: list, limit: float, cancel) -> tuple[dict, str]:
-    """Run the evaluation child; ({'status', 'reason'|'val_bpb', 'params'}, its log tail)."""
-    nonce = secrets.token_hex(16)
-    result_path = eval_dir / "result.json"
-    spec = {"nonce": nonce, "result_path": str(result_path),
-            "trusted_prepare": str(trusted_prepare_py),
-            "prepare_py": str(eval_dir / "prepare.py"), "train_py": str(eval_dir / "train.py"),
-            "model_pt": str(eval_dir / "model.pt"), "run_config": str(eval_dir / "run.json"),
-            "val_bin": str(data.val_bin), "tokenizer": str(data.tokenizer), "device": device,
-            "profile": profile, "threads": threads, "probe_seed": secrets.randbits(63)}
-    spec_path = eval_dir / "eval.json"
-    with open(spec_path, "x", encoding="utf-8") as f:
+def _timeout_reason(fed: dict, wall_s: float, limit: float, startup: float, grace: float,
+                    budget: Budget) -> str:
+    if wall_s < limit - 0.5 and fed["first_batch_time"] is None:
+        return f"train.py asked for no training data within {startup:.0f} s of starting"
+    if wall_s < limit - 0.5 and (fed["end_time"] is not None or budget.kind == "time"):
+        return (f"train.py did not exit within {grace:.0f} s of the end of its budget "
+                f"({budget.describe()}); process group killed")
+    return (f"training ran past the wall limit of {limit:.0f} s (budget {budget.describe()}); "
+            f"process group killed")
+
+
+@dataclass
+class _Exported:
+    status: str
+    reason: str = ""
+    graph_dir: Path | None = None
+    log_tail: str = ""
+
+
+def _export(ws, source: str, trusted_prepare_py: Path, run_config: dict, settings: dict,
+            threads: int, mem_limit: int, device: str, cancel) -> _Exported:
+    """Run the export child in a fresh directory; the graph lands in eval/ (copied safely).
+
+    The export child runs the candidate's build_model, so it is sandboxed like training:
+    it sees its own directory, model_graph.py and export_child.py, and no GPU (a trained
+    model exports on the CPU, and a program gets no extra GPU time after its budget)."""
+    export_dir = ws.root / "export"
+    try:
+        prepare_export_dir(ws, export_dir, source, trusted_prepare_py,
+                           dict(run_config, device="cpu", feed_fds=None,
+                                out_dir=str(export_dir / "out")))
+    except FileNotFoundError:
+        return _Exported("crash", "train.py exited normally but saved no out/model.pt")
+    except ValueError as e:
+        return _Exported("rejected", str(e))
+    spec = {"train_py": str(export_dir / "train.py"), "prepare_py": str(export_dir / "prepare.py"),
+            "run_config": str(export_dir / "run.json"), "model_pt": str(export_dir / "model.pt"),
+            "out_dir": str(export_dir / "out"), "batch_size": settings["batch_size"],
+            "seq_len": settings["seq_len"]}
+    with open(export_dir / "export.json", "x", encoding="utf-8") as f:
         json.dump(spec, f)
-    tokenizer_sidecar = data.tokenizer.with_name(data.tokenizer.name + ".sha256")
-    log = LogFile(ws.eval_log)
+    env = _child_env(threads, export_dir / "run.json", export_dir)
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    log = LogFile(ws.export_log)
     try:
         child = run_sandboxed(
-            [sys.executable, "-I", str(EVAL_CHILD), str(spec_path)], cwd=eval_dir,
+            [sys.executable, "-I", str(EXPORT_CHILD), str(export_dir / "export.json")],
+            cwd=export_dir, env=env, wall_limit_s=EXPORT_WALL_LIMIT_S[device],
+            mem_limit_mb=mem_limit, reveal_paths=[EXPORT_CHILD, MODEL_GRAPH],
+            rlimit_as_mb=mem_limit + 4096 if device == "cpu" else None, on_line=log.write,
+            cancel=cancel)
+    finally:
+        log.close()
+    if child.cancelled:
+        raise ExperimentCancelled("cancelled during export")
+    if child.timed_out:
+        return _Exported("timeout", f"exporting the model ran past "
+                                    f"{EXPORT_WALL_LIMIT_S[device]:.0f} s", log_tail=child.log_tail)
+    if child.mem_exceeded or child.returncode != 0:
+        why = "exceeded the memory limit" if child.mem_exceeded else \
+            _last_error_line(child.log_tail)
+        return _Exported("rejected", f"the trained model cannot be exported as a graph of "
+                                     f"standard operators: {why}", log_tail=child.log_tail)
+    try:
+        graph_dir = copy_model_files(export_dir / "out", ws.eval_dir)
+    except FileNotFoundError as e:
+        return _Exported("crash", f"the export wrote no model: {e}", log_tail=child.log_tail)
+    except ValueError as e:
+        return _Exported("rejected", str(e), log_tail=child.log_tail)
+    return _Exported("ok", graph_dir=graph_dir, log_tail=child.log_tail)
+
+
+def _evaluate(log_path: Path, graph_dir: Path, data, trusted_prepare_py: Path, device: str,
+              profile: str, threads: int, mem_limit: int, limit: float, cancel,
+              test_seed: int | None) -> tuple[dict, str]:
+    """Run the evaluation child on a graph dir; ({'status', 'reason'|'val_bpb', ...}, log tail)."""
+    nonce = secrets.token_hex(16)
+    result_path = graph_dir / "result.json"
+    spec = {"nonce": nonce, "result_path": str(result_path),
+            "trusted_prepare": str(trusted_prepare_py), "graph_dir": str(graph_dir),
+            "val_bin": str(data.val_bin), "tokenizer": str(data.tokenizer), "device": device,
+            "profile": profile, "threads": threads, "probe_seed": secrets.randbits(63),
+            "max_weight_bytes": MAX_WEIGHTS_BYTES}
+    if test_seed is not None:
+        spec["test"] = {"seed": int(test_seed), "n_windows": eval_settings(profile)["n_windows"]}
+        spec["test_bin"] = str(data.test_bin)
+    spec_path = graph_dir / "eval.json"
+    with open(spec_path, "w", encoding="utf-8") as f:
+        json.dump(spec, f)
+    tokenizer_sidecar = data.tokenizer.with_name(data.tokenizer.name + ".sha256")
+    reveal = [EVAL_CHILD, MODEL_GRAPH, trusted_prepare_py, data.val_bin, data.test_bin,
+              data.tokenizer] + ([tokenizer_sidecar] if tokenizer_sidecar.exists() else [])
+    log = LogFile(log_path)
+    try:
+        child = run_sandboxed(
+            [sys.executable, "-I", str(EVAL_CHILD), str(spec_path)], cwd=graph_dir,
             env=_child_env(threads), wall_limit_s=limit, mem_limit_mb=mem_limit,
-            hide_paths=[p for p in hidden if p != data.val_bin],
-            reveal_paths=[data.val_bin, data.tokenizer, trusted_prepare_py]
-            + ([tokenizer_sidecar] if tokenizer_sidecar.exists() else []),
+            reveal_paths=[p for p in reveal if Path(p).exists()],
             rlimit_as_mb=mem_limit + 4096 if device == "cpu" else None, on_line=log.write,
             cancel=cancel)
     finally:
@@ -474,15 +593,48 @@ def _read_verdict(path: Path, nonce: str) -> dict | None:
     if not (isinstance(params, int) and not isinstance(params, bool) and params >= 0):
         params = None
     if status == "ok":
-        bpb = result.get("val_bpb")
-        if isinstance(bpb, float) and math.isfinite(bpb) and bpb > 0:
-            return {"status": "ok", "val_bpb": bpb, "params": params}
-        return None
+        bpb, test = result.get("val_bpb"), result.get("test_bpb")
+        if not (isinstance(bpb, float) and math.isfinite(bpb) and bpb > 0):
+            return None
+        if test is not None and not (isinstance(test, float) and math.isfinite(test) and test > 0):
+            return None
+        return {"status": "ok", "val_bpb": bpb, "test_bpb": test, "params": params}
     if status in ("rejected", "crash", "error"):
         reason = result.get("reason")
         reason = reason[:MAX_REASON] if isinstance(reason, str) and reason else status
         return {"status": status, "reason": reason, "params": params}
     return None
+
+
+def score_stored_model(key: str, models: ModelStore, *, home, dataset: str | None = "embedded",
+                       budget=None, device: str = "auto", test_seed: int | None = None,
+                       cancel=None) -> dict | None:
+    """Score a model `run_experiment` kept (val and, given a seed, test windows) again.
+
+    None when the store no longer holds it; else the evaluation's verdict dict."""
+    import shutil
+    import tempfile
+
+    stored = models.get(key)
+    if stored is None:
+        return None
+    device, dataset, budget, _ = _resolve(device, dataset, budget)
+    prepare = _trusted_prepare(None)
+    data, _, _ = _prepare_data(prepare, Path(home).resolve(), dataset, None)
+    profile = device_profile(device)
+    threads = cpu_threads() if device == "cpu" else min(8, cpu_threads())
+    runs = Path(home).resolve() / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="score-", dir=runs))
+    try:
+        graph_dir = copy_model_files(stored, scratch / "eval")
+        verdict, _ = _evaluate(scratch / "eval.log", graph_dir, data,
+                               Path(prepare.__file__).resolve(), device, profile, threads,
+                               default_mem_limit_mb(device), EVAL_WALL_LIMIT_S[device], cancel,
+                               test_seed)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return verdict
 
 
 def run_patch(patch_text: str, *, home, base_source: str | None = None,

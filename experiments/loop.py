@@ -29,6 +29,7 @@ import json
 import math
 import random
 import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ from experiments.agents.base import (Agent, Brief, Proposal, Tried, usable_sourc
 from experiments.crossover import Crossover, CrossoverFinder
 from experiments.programs import KnownPrograms, ProgramIndex, program_digest
 from experiments.scoreboard import Candidate, Scoreboard, ScoreRules
+from swarm.announces import (EXPIRE_S, AnnounceLimits, AnnouncePolicy,  # noqa: F401
+                             announced_program, parse_working_on, seeds_of, working_on)
 from swarm.lineage import Lineage
 from swarm.patch import make_patch
 from swarm.records import Record, make_attestation, make_experiment
@@ -91,6 +94,9 @@ class LoopConfig:
     port_share: float = 0.1       # share of steps that try an edit kept in another arena
     speculate_share: float = 0.0  # share of steps that may build on a better claim by a
                                   # stranger before it is verified (see speculative_parent)
+    foreign_code: bool = True     # run programs holding other authors' edits (claims,
+                                  # re-runs, merges, peers' lineages); a node without full
+                                  # isolation (experiments/sandbox.py) sets it False
     root_failures: int = 3        # the unmodified genome failing this often in a row stops
                                   # the loop: the machine, not an edit, is broken; and
                                   # this many failed runs of any kind in a row call for a
@@ -138,6 +144,9 @@ class ResearchLoop:
         self.busy = busy or (lambda: set())
         self.verifiers = verifiers or (lambda: {})
         self.running_programs = running_programs or (lambda: set())
+        # (parent, desc) pairs announced by peers who earned our trust: the only hints
+        # that may defer a baseline (connect_to_swarm sets both from swarm.announces)
+        self.firm_busy: Callable[[], set[tuple[bytes, str]]] = lambda: set()
         self.programs = ProgramIndex(store, lineage, self.arena)
         self.publish = publish or _nothing
         self.announce = announce or _nothing
@@ -157,10 +166,14 @@ class ResearchLoop:
     def choose_parent(self) -> Candidate | None:
         """The best kept record, or (a share of the time) one of the top few.
 
-        Before the root has a score, the root itself (score NaN) when another live node
-        announced the arena's baseline seed: exploring the root meanwhile beats running
-        the same baseline twice, and the edit is judged once the baseline arrives."""
+        Before the root has a score, the root itself (score NaN) when a peer who earned
+        our trust announced the arena's baseline seed (a stranger's announce never defers
+        a baseline: swarm.announces): exploring the root meanwhile beats running the same
+        baseline twice, and the edit is judged once the baseline arrives."""
         found = self.scores.candidates()
+        if not self.config.foreign_code:
+            found = [c for c in found if self.own_lineage(c.id)]
+            return found[0] if found else None
         if not found:
             if self.config.rules.seed in self._seeds_run_elsewhere():
                 return Candidate(self.root_id, math.nan)
@@ -214,6 +227,18 @@ class ResearchLoop:
                     continue
                 found, found_key = r, key
         return Candidate(found.id, found.val_bpb, found) if found is not None else None
+
+    def own_lineage(self, record_id: bytes) -> bool:
+        """Whether every edit in the record's ancestry is ours: the only programs a node
+        without full isolation may run."""
+        if record_id == self.root_id:
+            return True
+        try:
+            chain = self.lineage.chain(record_id)
+        except Exception:  # a broken lineage is nobody's program to run
+            return False
+        me = self.identity.public_key  # a merge carries its donor's code: treat it as foreign
+        return all(r.author == me and len(r.parents) == 1 for r in chain)
 
     # -- verification ---------------------------------------------------------
 
@@ -304,8 +329,9 @@ class ResearchLoop:
         self.state.verifying = [job]
         try:
             parent = Candidate(claim.parents[0], self.scores.parent_score(claim) or 0.0)
+            test_seed = secrets.randbits(63) if hasattr(self.trainer, "test_score") else None
             result = await self._train(source, self.config.rules.seed,
-                                       verify_desc(claim), parent)
+                                       verify_desc(claim), parent, test_seed=test_seed)
         finally:
             self.state.verifying = []
         if result.status in MACHINE_FAILURES:
@@ -324,20 +350,54 @@ class ResearchLoop:
                 return health  # a failed baseline: serve() counts it towards stopping
         holds = result.status == "ok" and \
             result.val_bpb <= claim.val_bpb + self.config.rules.noise_k * sigma
+        reason = result.reason
+        record_result = result.to_record_result()
+        if holds and getattr(result, "test_bpb", None) is not None:
+            held_out = await self._held_out_check(claim, result, test_seed, sigma)
+            if held_out is not None:
+                holds, reason, extra = held_out
+                record_result.update(extra)
         verdict = "reproduced" if holds else "refuted"
+        if not holds and result.status == "ok":
+            record_result["reason"] = reason or "the re-run does not reproduce the claimed score"
         attestation = make_attestation(self.identity, genome=self.genome, target=claim.id,
-                                       arena=self.arena, verdict=verdict,
-                                       result=result.to_record_result())
+                                       arena=self.arena, verdict=verdict, result=record_result)
         self.store.insert(attestation, local=True)
         self.trust.save_reputations()
         await self.publish(attestation)
         entry = {"id": claim.id_hex, "desc": f"verify {claim.desc}", "status": verdict,
                  "val_bpb": result.val_bpb, "claimed": claim.val_bpb,
                  "delta": (result.val_bpb - claim.val_bpb) if result.val_bpb else None,
-                 "kept": False, "reason": result.reason, "author": claim.author_peer_id}
+                 "kept": False, "reason": reason, "author": claim.author_peer_id}
         self._show("verified", entry)
         return StepOutcome("verification", record=attestation, parent=parent,
                            reason=verdict)
+
+    async def _held_out_check(self, claim: Record, result, test_seed: int, sigma: float):
+        """Does the claim's gain over its parent hold on held-out test windows?
+
+        Both models are scored on the same test windows, drawn with our secret seed: a
+        gain that exists only on the public validation windows (learnt from them, or
+        found by selection among many tries) does not show there. None when the parent
+        has no test score here (it failed to train); else (holds, reason, result fields).
+        """
+        parent_id = claim.parents[0]
+        parent_source = self.lineage.source_of(parent_id) if parent_id != self.root_id \
+            else self.lineage.base_source
+        scores = await run_cancellable(
+            lambda cancel: self.trainer.test_score(parent_source, seed=self.config.rules.seed,
+                                                   test_seed=test_seed, cancel=cancel))
+        if scores is None:
+            return None
+        parent_val, parent_test = scores
+        val_gain = parent_val - result.val_bpb
+        test_gain = parent_test - result.test_bpb
+        fields = {"test_bpb": result.test_bpb, "test_parent_bpb": parent_test}
+        if test_gain >= val_gain - self.config.rules.noise_k * sigma:
+            return True, result.reason, fields
+        return False, (f"the gain does not hold on held-out test data: val gain "
+                       f"{val_gain:+.4f}, test gain {test_gain:+.4f} (noise sigma "
+                       f"{sigma:.4f})"), fields
 
     # -- history digest for the agent -----------------------------------------
 
@@ -450,7 +510,8 @@ class ResearchLoop:
             # Edits (or re-runs) keep failing: is it them or this machine? A node whose
             # arena has peers' baselines runs none of its own, so ask now.
             return await self._health_check()
-        claim = self.pending_claim() if self.verify_budget_left() else None
+        claim = self.pending_claim() if self.config.foreign_code and \
+            self.verify_budget_left() else None
         if claim is not None:
             return await self.verify(claim)
         parent = self.choose_parent()
@@ -459,7 +520,7 @@ class ResearchLoop:
         parent_source = self.lineage.source_of(parent.id) if parent.record else \
             self.lineage.base_source
         await self._index_programs()
-        crossover = self.find_crossover(parent)
+        crossover = self.find_crossover(parent) if self.config.foreign_code else None
         if crossover is not None:
             # a merge of two checked sources can still break (a name used twice, say)
             checked = validate_proposal(parent_source, Proposal(crossover.source,
@@ -490,28 +551,32 @@ class ResearchLoop:
                 return self.crossovers.merge(parent, tried, busy)
             return self.crossovers.port(parent, self.arena, tried, busy)
 
-    def _seeds_run_elsewhere(self) -> set[int]:
-        """Baseline seeds other live nodes announce they are running now."""
-        seeds = set()
-        for parent_id, desc in self.busy():
-            m = BASELINE_RE.match(desc)
-            if parent_id == self.root_id and m:
-                seeds.add(int(m.group(1)))
-        return seeds
+    def _seeds_run_elsewhere(self, hinted: bool = False) -> set[int]:
+        """Baseline seeds peers who earned our trust announce they are running now (these
+        may defer our run of a seed); with `hinted`, the seeds of every announce we honour
+        (swarm.announces: strangers' included), which only reorder our baselines."""
+        pairs = self.firm_busy() | (self.busy() if hinted else set())
+        return seeds_of(pairs, self.root_id)
 
     def _missing_baseline_seed(self) -> int | None:
-        """A baseline seed the arena still needs and nobody runs: in a swarm that starts
-        together, each node takes a different seed instead of all running the same ones."""
+        """A baseline seed the arena still needs. Announces never block one: a seed a peer
+        who earned our trust runs now counts as coming (a swarm splits the seeds), and a
+        seed anyone else announces only goes after the other seeds we need anyway; when
+        it is the last one we need, we run it ourselves."""
         c, rules = self.config, self.config.rules
         taken = self._taken_seeds()
+        hinted = self._seeds_run_elsewhere(hinted=True)
+        need = rules.baseline_repeats - len(taken)
         if rules.seed not in taken:
+            if rules.seed in hinted and need > 1:
+                return self._free_seed(taken | {rules.seed}, avoid=hinted)
             return rules.seed
-        if len(taken) < rules.baseline_repeats:
-            return self._free_seed(taken)
+        if need > 0:
+            return self._free_seed(taken, avoid=hinted)
         local = len(self.store.experiments(arena=self.arena, local=True))
         if c.sigma_refresh and local and local % c.sigma_refresh == 0 and \
                 self.state.experiments_run:
-            return self._free_seed(taken)
+            return self._free_seed(taken, avoid=hinted)
         return None
 
     async def _health_check(self) -> StepOutcome:
@@ -521,12 +586,16 @@ class ResearchLoop:
     def _taken_seeds(self) -> set[int]:
         return set(self.scores.baselines()) | self._seeds_run_elsewhere()
 
-    def _free_seed(self, taken: set[int] | None = None) -> int:
-        """The first baseline seed nobody ran or runs: a health check that passes also
-        refines the noise estimate."""
+    def _free_seed(self, taken: set[int] | None = None, avoid: set[int] = frozenset()
+                   ) -> int:
+        """The first baseline seed nobody ran or runs (and, if possible, not in `avoid`):
+        a health check that passes also refines the noise estimate. Never fails: the
+        sets are finite, however many keys announce seeds."""
         taken = self._taken_seeds() if taken is None else taken
         seed = self.config.rules.seed
-        return next(s for s in range(seed, seed + 10_000) if s not in taken)
+        while seed in taken or seed in avoid:
+            seed += 1
+        return seed
 
     async def _propose(self, parent: Candidate, parent_source: str
                        ) -> Proposal | Record | None:
@@ -577,6 +646,8 @@ class ResearchLoop:
         trust in its author if it holds), where running it as a new edit would measure
         nothing new. Refusing it instead, as a duplicate, left 16-node swarms slower:
         those copies had been the nodes' own checks of the best claim."""
+        if not self.config.foreign_code:
+            return None
         ran = self.programs.run_by(source, self._run_counts())
         record = self.store.get(ran) if ran is not None else None
         if record is None or record.val_bpb is None:
@@ -642,10 +713,11 @@ class ResearchLoop:
 
     async def _train_claimed(self, source: str, seed: int, desc: str, parent: Candidate,
                              program: str | None = None):
-        """`_train`, but None when, `claim_check_s` (or 4x that) into the run, another live
-        node turns out to run the same work on the same parent and wins the tie (see
-        yield_to_peer): two nodes that chose in the same moment, before either heard the
-        other's announce, would otherwise both run it to the end."""
+        """`_train`, but None when, `claim_check_s` (or 4x that) into the run, a peer who
+        earned our trust turns out to run the same work and announced it before we did
+        (swarm.announces.AnnouncePolicy.should_yield): two nodes that chose in the same
+        moment, before either heard the other's announce, would otherwise both run it to
+        the end. A copied announce never stops our run."""
         if not self.config.claim_check_s:
             return await self._train(source, seed, desc, parent, program)
         result = None
@@ -655,8 +727,7 @@ class ResearchLoop:
                     # again later: an announce can take seconds on a loaded network
                     for wait in (1, 3):
                         await trio.sleep(wait * self.config.claim_check_s)
-                        if yield_to_peer(self.store, self.identity.public_key, parent.id,
-                                         desc, program):
+                        if announce_policy(self).should_yield(parent.id, desc, program):
                             yielded.cancel()
                             return
                 nursery.start_soon(watch)
@@ -665,7 +736,7 @@ class ResearchLoop:
         return None if yielded.cancelled_caught else result
 
     async def _train(self, source: str, seed: int, desc: str, parent: Candidate,
-                     program: str | None = None):
+                     program: str | None = None, test_seed: int | None = None):
         self.state.current = {"desc": desc, "parent": parent.id.hex(), "started": time.time(),
                               "fraction": 0.0, "loss": None}
         self.on_event("started", self.state.current)
@@ -676,9 +747,10 @@ class ResearchLoop:
                 self.state.current.update(fraction=fraction, loss=loss)
 
         try:
+            extra = {"test_seed": test_seed} if test_seed is not None else {}
             result = await run_cancellable(
                 lambda cancel: self.trainer.run(source, seed=seed, progress=progress,
-                                                cancel=cancel))
+                                                cancel=cancel, **extra))
         finally:
             self.state.current = None
         if result.status == "ok":
@@ -718,50 +790,36 @@ async def _nothing(*args) -> None:
     return None
 
 
-_WORKING_ON = re.compile(r"^([0-9a-f]{64}) (?:#([0-9a-f]{16}) )?(.*)$", re.S)
+# The working_on conventions (`working_on`, `parse_working_on`, `announced_program`) and
+# what announces may do to the loop live in swarm.announces: announces are hints, never
+# vetoes. The functions below are the loop's views of that policy.
 
 
-def working_on(parent_id: bytes, desc: str, program: str | None = None) -> str:
-    """What an announce says a node is running: `<parent hex> <description>`, or, for an
-    edit, `<parent hex> #<program digest> <description>` so that nodes on other parents
-    can tell when they are about to run the same program."""
-    tag = f"#{program} " if program else ""
-    return f"{parent_id.hex()} {tag}{desc}"[:1000]
+def announce_policy(loop: "ResearchLoop", expire_s: float = EXPIRE_S) -> AnnouncePolicy:
+    """The announce policy of `loop`'s node: its arena, its reputations, its trust rules."""
+    rules = loop.config.trust
+    return AnnouncePolicy(loop.store, loop.identity.public_key, arena=loop.arena,
+                          reputations=loop.trust.reputations,
+                          limits=AnnounceLimits(expire_s=expire_s,
+                                                trust_threshold=rules.trust_threshold,
+                                                liar_threshold=rules.liar_threshold))
 
 
-def parse_working_on(text: str) -> tuple[bytes, str] | None:
-    """(parent, description) of an announce's `working_on`; None if it is not ours."""
-    m = _WORKING_ON.match(text or "")
-    return (bytes.fromhex(m.group(1)), m.group(3)) if m else None
-
-
-def announced_program(text: str) -> str | None:
-    """The program digest an announce's `working_on` carries, if any."""
-    m = _WORKING_ON.match(text or "")
-    return m.group(2) if m else None
+def _policy(store: Store, me: bytes, max_age_s: float, arena: str | None = None,
+            reputations=None) -> AnnouncePolicy:
+    return AnnouncePolicy(store, me, arena=arena, reputations=reputations,
+                          limits=AnnounceLimits(expire_s=max_age_s))
 
 
 def yield_to_peer(store: Store, me: bytes, parent_id: bytes, desc: str,
-                  program: str | None = None, max_age_s: float = 900.0) -> bool:
-    """Whether another live node announces `desc` on `parent_id` (or, given `program`, the
-    same program on any parent) too, and it has the lower key: of two nodes that see each
-    other run the same thing, exactly the higher key yields.
-    (Keys, not announce times: a periodic re-announce renews the time, and clocks differ.)"""
-    now_ms = time.time() * 1000
-    mine, theirs = False, []
-    for a in store.announces():
-        if now_ms - a.t > max_age_s * 1000:
-            continue
-        text = a.working_on or ""
-        same = parse_working_on(text) == (parent_id, desc) or \
-            (program is not None and announced_program(text) == program)
-        if not same:
-            continue
-        if a.author == me:
-            mine = True
-        else:
-            theirs.append(a.author)
-    return mine and any(other < me for other in theirs)
+                  program: str | None = None, max_age_s: float = EXPIRE_S, *,
+                  arena: str | None = None, reputations=None) -> bool:
+    """Whether to stop our run of `desc` on `parent_id` (or, given `program`, of the same
+    program on any parent) for another node's announce of it: only when its author earned
+    our trust and we received its announce before we announced the run ourselves (local
+    receipt clock; see swarm.announces). A copied announce never cancels our run."""
+    return _policy(store, me, max_age_s, arena, reputations).should_yield(
+        parent_id, desc, program)
 
 
 def verify_desc(claim: Record) -> str:
@@ -770,54 +828,52 @@ def verify_desc(claim: Record) -> str:
 
 
 def _live_announces(store: Store, me: bytes, max_age_s: float):
-    """(author, working_on) of other nodes' announces younger than `max_age_s`."""
-    now_ms = time.time() * 1000
-    for a in store.announces():
-        if a.author != me and now_ms - a.t <= max_age_s * 1000:
-            yield a.author, a.working_on or ""
+    """(author, working_on) of the other nodes' announces this node honours: received
+    within `max_age_s` by our clock, weighted and capped (swarm.announces)."""
+    for hint in _policy(store, me, max_age_s).hints():
+        yield hint.author, hint.text
 
 
-def verifiers_from_announces(store: Store, me: bytes, max_age_s: float = 900.0
+def verifiers_from_announces(store: Store, me: bytes, max_age_s: float = EXPIRE_S
                              ) -> dict[str, set[bytes]]:
-    """Claim id prefix -> keys of the other live nodes that announce re-running it now."""
-    out: dict[str, set[bytes]] = {}
-    for author, text in _live_announces(store, me, max_age_s):
-        parsed = parse_working_on(text)
-        m = VERIFY_RE.match(parsed[1]) if parsed else None
-        if m:
-            out.setdefault(m.group(1), set()).add(author)
-    return out
+    """Claim id prefix -> keys of the other live nodes that announce re-running it now
+    (honoured hints only; the loop counts only peers it trusts among them)."""
+    return _policy(store, me, max_age_s).verifiers()
 
 
 def connect_to_swarm(loop: ResearchLoop, net) -> None:
     """The loop publishes what it records, announces what it runs (with its best verified
-    head), and avoids the work that live peers announce. `net`: a running
-    swarm.network.SwarmNode (its `publish` and `announce`)."""
-    store, me = loop.store, loop.identity.public_key
+    head), and avoids the work that live peers announce, as far as the announce policy
+    honours it. `net`: a running swarm.network.SwarmNode (its `publish` and `announce`)."""
 
     async def announce(working_on: str) -> None:
         best = loop.scores.best()
         head = best.id if best is not None and best.record is not None else None
         await net.announce(arena=loop.arena, working_on=working_on, head=head)
 
+    policy = announce_policy(loop)
     loop.publish = net.publish
     loop.announce = announce
-    loop.busy = lambda: busy_from_announces(store, me)
-    loop.verifiers = lambda: verifiers_from_announces(store, me)
-    loop.running_programs = lambda: programs_from_announces(store, me)
+    # hints, never vetoes: weighted by what we know of each author, capped per author
+    # and for strangers together, fresh by our own receipt clock (swarm.announces)
+    loop.busy = policy.busy
+    loop.firm_busy = lambda: policy.busy(firm_only=True)
+    loop.verifiers = policy.verifiers
+    loop.running_programs = policy.programs
 
 
-def busy_from_announces(store: Store, me: bytes, max_age_s: float = 900.0
+def busy_from_announces(store: Store, me: bytes, max_age_s: float = EXPIRE_S
                         ) -> set[tuple[bytes, str]]:
-    """(parent, edit) pairs that other live nodes announce they are running now."""
-    return {parsed for _, text in _live_announces(store, me, max_age_s)
-            if (parsed := parse_working_on(text))}
+    """(parent, edit) pairs that other live nodes announce they are running now (honoured
+    hints only)."""
+    return _policy(store, me, max_age_s).busy()
 
 
-def programs_from_announces(store: Store, me: bytes, max_age_s: float = 900.0) -> set[str]:
-    """Digests of the programs other live nodes announce they are running now."""
-    return {program for _, text in _live_announces(store, me, max_age_s)
-            if (program := announced_program(text))}
+def programs_from_announces(store: Store, me: bytes, max_age_s: float = EXPIRE_S
+                            ) -> set[str]:
+    """Digests of the programs other live nodes announce they are running now (honoured
+    hints only)."""
+    return _policy(store, me, max_age_s).programs()
 
 
 async def run_cancellable(fn: Callable[[threading.Event], object], grace_s: float = 15.0):

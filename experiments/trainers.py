@@ -9,7 +9,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from experiments.harness import _resolve, prepare_run_data, run_experiment
+from experiments.harness import _resolve, prepare_run_data, run_experiment, score_stored_model
+from experiments.model_store import ModelStore, model_key
 
 
 class GenomeTrainer:
@@ -20,6 +21,7 @@ class GenomeTrainer:
         self.home = Path(home)
         self.device, self.dataset, self.budget, self.arena = _resolve(device, dataset, budget)
         self.label = f"genome on {self.device}"
+        self.models = ModelStore(self.home / "models")
 
     def prepare(self, progress=None) -> None:
         """The tokenizer and token files, before the first run: a node that cannot get
@@ -27,12 +29,31 @@ class GenomeTrainer:
         prepare_run_data(self.home, self.dataset, progress)
 
     def run(self, source: str, *, seed: int, progress=None,
-            cancel: threading.Event | None = None):
+            cancel: threading.Event | None = None, test_seed: int | None = None):
         # A set `cancel` kills the child and raises ExperimentCancelled: the loop is
         # being cancelled then, so nothing is recorded for this run.
         return run_experiment(source, home=self.home, dataset=self.dataset,
                               budget=self.budget, device=self.device, seed=seed,
-                              progress=progress, cancel=cancel)
+                              progress=progress, cancel=cancel, test_seed=test_seed,
+                              models=self.models)
+
+    def test_score(self, source: str, *, seed: int, test_seed: int,
+                   cancel: threading.Event | None = None) -> tuple[float, float] | None:
+        """(val_bpb, test_bpb) of `source` trained at `seed`, on the test windows of
+        `test_seed`: from the model this node kept of that run, else trained again.
+        None when it does not train to an ok result."""
+        key = model_key(source, self.arena, seed)
+        verdict = score_stored_model(key, self.models, home=self.home, dataset=self.dataset,
+                                     budget=self.budget, device=self.device,
+                                     test_seed=test_seed, cancel=cancel)
+        if verdict is None:
+            result = self.run(source, seed=seed, cancel=cancel, test_seed=test_seed)
+            if result.status != "ok" or result.test_bpb is None:
+                return None
+            return result.val_bpb, result.test_bpb
+        if verdict.get("status") != "ok" or verdict.get("test_bpb") is None:
+            return None
+        return verdict["val_bpb"], verdict["test_bpb"]
 
 
 def make_trainer(kind: str, home: Path, *, dataset: str | None = None, budget=None,

@@ -1,20 +1,24 @@
 """A fresh, private workspace for one experiment: `home/runs/<id>/`.
 
     home/runs/<id>/
-        train.log, eval.log     the children's output (kept after cleanup)
+        train.log, export.log, eval.log   the children's output (kept after cleanup)
         work/                   the training child's cwd: the only place it may write
             train.py            the candidate
             prepare.py          a copy of the trusted genome/prepare.py
             run.json            the RunConfig train.py reads (via LOOPY_RUN_CONFIG)
             out/                where train.py saves model.pt
-        eval/                   the evaluation child's cwd, filled by the harness:
+        export/                 the export child's cwd, filled by the harness:
             train.py, prepare.py, run.json   fresh copies (never the training child's files)
             model.pt            copied out of work/out/ without following links
+            out/                where the export writes graph.json + weights.safetensors
+        eval/                   the evaluation child's cwd: the graph files, copied out
+                                of export/out/ the same way, and nothing else
 
-Everything under work/ belongs to untrusted code once training starts, so the harness
-reads only `work/out/model.pt` from it, through `copy_weights`, which refuses links,
-non-regular files, hard links and oversized files. Logs live outside work/ so that the
-child cannot point them elsewhere. `cleanup` removes work/ and eval/ and keeps the logs.
+Everything under work/ and export/ belongs to untrusted code once its child starts, so
+the harness reads only single named files from them, through `copy_weights` and
+`copy_model_files`, which refuse links, non-regular files, hard links and oversized
+files. Logs live outside the children's directories so that a child cannot point them
+elsewhere. `cleanup` removes work/, export/ and eval/ and keeps the logs.
 """
 from __future__ import annotations
 
@@ -32,7 +36,8 @@ MAX_LOG_BYTES = 1 << 20  # per log file; the rest of a chatty run is dropped
 MAX_WEIGHTS_BYTES = 8 * 2**30
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RUN_CONFIG_KEYS = ("device", "profile", "budget_kind", "budget_value", "seed", "out_dir",
-                   "train_bin", "vocab_size", "bos_id", "seq_len", "threads")
+                   "train_bin", "vocab_size", "bos_id", "seq_len", "threads", "feed_fds")
+MODEL_FILES = ("graph.json", "weights.safetensors")
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,10 @@ class Workspace:
     @property
     def eval_log(self) -> Path:
         return self.root / "eval.log"
+
+    @property
+    def export_log(self) -> Path:
+        return self.root / "export.log"
 
 
 def new_run_id() -> str:
@@ -99,31 +108,32 @@ def create_workspace(home, source: str, prepare_py: Path, run_config: dict,
     return ws
 
 
-def copy_weights(ws: Workspace, dest: Path, max_bytes: int = MAX_WEIGHTS_BYTES) -> None:
-    """Copy work/out/model.pt to dest, refusing anything but a plain, private, regular file.
+def _copy_plain_file(directory: Path, relpath: str, dest: Path, max_bytes: int) -> None:
+    """Copy directory/relpath to dest, refusing anything but a plain, private, regular file.
 
-    Raises FileNotFoundError when there is no model.pt, ValueError when it is not
-    acceptable; each path component is opened without following symlinks.
-    """
+    Raises FileNotFoundError when it is missing, ValueError when it is not acceptable;
+    each path component is opened without following symlinks."""
     nofollow = os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    *dirs, name = relpath.split("/")
     fds = []
     try:
-        fds.append(os.open(ws.work, os.O_RDONLY | os.O_DIRECTORY | nofollow))
+        fds.append(os.open(directory, os.O_RDONLY | os.O_DIRECTORY | nofollow))
         try:
-            fds.append(os.open("out", os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=fds[-1]))
-            src = os.open("model.pt", os.O_RDONLY | os.O_NONBLOCK | nofollow, dir_fd=fds[-1])
+            for part in dirs:
+                fds.append(os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=fds[-1]))
+            src = os.open(name, os.O_RDONLY | os.O_NONBLOCK | nofollow, dir_fd=fds[-1])
         except FileNotFoundError:
-            raise FileNotFoundError("train.py saved no out/model.pt") from None
+            raise FileNotFoundError(f"no {relpath}") from None
         except OSError as e:  # ELOOP (a symlink), ENOTDIR, ...
-            raise ValueError(f"out/model.pt cannot be opened safely: {e.strerror}") from None
+            raise ValueError(f"{relpath} cannot be opened safely: {e.strerror}") from None
         fds.append(src)
         st = os.fstat(src)
         if not stat.S_ISREG(st.st_mode):
-            raise ValueError("out/model.pt is not a regular file")
+            raise ValueError(f"{relpath} is not a regular file")
         if st.st_nlink != 1:
-            raise ValueError("out/model.pt is a hard link")
+            raise ValueError(f"{relpath} is a hard link")
         if st.st_size > max_bytes:
-            raise ValueError(f"out/model.pt is {st.st_size} bytes, over the {max_bytes}-byte limit")
+            raise ValueError(f"{relpath} is {st.st_size} bytes, over the {max_bytes}-byte limit")
         with open(dest, "xb") as out:
             copied = 0
             while True:
@@ -132,21 +142,42 @@ def copy_weights(ws: Workspace, dest: Path, max_bytes: int = MAX_WEIGHTS_BYTES) 
                     break
                 copied += len(chunk)
                 if copied > max_bytes:
-                    raise ValueError("out/model.pt grew past the size limit while being copied")
+                    raise ValueError(f"{relpath} grew past the size limit while being copied")
                 out.write(chunk)
     finally:
         for fd in fds:
             os.close(fd)
 
 
-def prepare_eval_dir(ws: Workspace, source: str, prepare_py: Path, run_config_path: Path) -> Path:
-    """Fill eval/ with fresh trusted copies and the trained weights; return the eval dir."""
-    ws.eval_dir.mkdir(mode=0o755)
-    _write_text(ws.eval_dir / "train.py", source)
-    shutil.copyfile(prepare_py, ws.eval_dir / "prepare.py")
-    shutil.copyfile(run_config_path, ws.eval_dir / "run.json")
-    copy_weights(ws, ws.eval_dir / "model.pt")
-    return ws.eval_dir
+def copy_weights(ws: Workspace, dest: Path, max_bytes: int = MAX_WEIGHTS_BYTES) -> None:
+    """Copy work/out/model.pt to dest (see _copy_plain_file)."""
+    try:
+        _copy_plain_file(ws.work, "out/model.pt", dest, max_bytes)
+    except FileNotFoundError:
+        raise FileNotFoundError("train.py saved no out/model.pt") from None
+
+
+def prepare_export_dir(ws: Workspace, export_dir: Path, source: str, prepare_py: Path,
+                       run_config: dict) -> Path:
+    """Fill export/ with fresh trusted copies and the trained weights; return it."""
+    export_dir.mkdir(mode=0o755)
+    (export_dir / "out").mkdir(mode=0o755)
+    _write_text(export_dir / "train.py", source)
+    shutil.copyfile(prepare_py, export_dir / "prepare.py")
+    _write_text(export_dir / "run.json",
+                json.dumps({k: run_config[k] for k in RUN_CONFIG_KEYS}, indent=1))
+    copy_weights(ws, export_dir / "model.pt")
+    return export_dir
+
+
+def copy_model_files(src_dir: Path, dest_dir: Path,
+                     max_bytes: int = MAX_WEIGHTS_BYTES) -> Path:
+    """Copy graph.json and weights.safetensors out of an untrusted directory; return dest."""
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        _copy_plain_file(Path(src_dir), name, dest_dir / name, max_bytes)
+    return dest_dir
 
 
 class LogFile:
@@ -185,6 +216,6 @@ def cleanup(ws: Workspace, keep: bool = False) -> None:
     """Remove work/ and eval/ (unless keep); the logs stay for later inspection."""
     if keep:
         return
-    for path in (ws.work, ws.eval_dir):
+    for path in (ws.work, ws.root / "export", ws.eval_dir):
         if os.path.lexists(path):
             shutil.rmtree(path, onerror=_make_writable)

@@ -5,8 +5,9 @@ only relays and verifies records starts fast.
 
 - `genome_root_id()`: sha256 of the base `genome/train.py` bytes (32 raw
   bytes), the first parent of every root edit.
-- `genome_id()`: 16 hex chars naming the trusted code (prepare.py and the
-  harness's evaluation child); nodes with different ids never mix results.
+- `genome_id()`: 16 hex chars naming the trusted code that defines a score (prepare.py,
+  the data feed, the model-graph checks and the evaluation child); nodes with different
+  ids never mix results.
 - `program_brief(topic)`: the agent's standing brief plus the topic's focus.
 """
 
@@ -22,7 +23,8 @@ DATA_DIR = GENOME_DIR / "data"
 TOPICS_DIR = GENOME_DIR / "topics"
 
 # The trusted code whose bytes define the genome id, in this order.
-GENOME_ID_FILES = ("genome/prepare.py", "experiments/evaluate_child.py")
+GENOME_ID_FILES = ("genome/prepare.py", "experiments/evaluate_child.py",
+                   "experiments/model_graph.py", "experiments/data_feed.py")
 GENOME_ID_DOMAIN = b"loopy-genome/1\0"
 
 TOPIC_RE = re.compile(r"[a-z0-9-]{1,32}")

@@ -39,6 +39,7 @@ import os
 import pickle
 import re
 import secrets
+import struct
 import threading
 import time
 import urllib.error
@@ -68,6 +69,11 @@ TOKEN_DTYPE = np.uint16
 
 EMBEDDED_DIR = Path(__file__).resolve().parent / "data"
 EMBEDDED_FILES = {"train": "embedded-train.jsonl.xz", "val": "embedded-val.jsonl.xz"}
+# The held-out test split: documents of the train file whose index mod 10 is in
+# TEST_SLOTS (30 % of the chapters, spread over every book). No run trains on them and
+# they compress to about 650 KB, over 4x the patch limit, so no patch can carry them.
+TEST_EVERY, TEST_SLOTS = 10, (1, 4, 7)
+SPLITS = ("train", "val", "test")
 
 DATA_URL_ENV = "LOOPY_DATA_URL"
 RUN_CONFIG_ENV = "LOOPY_RUN_CONFIG"
@@ -82,6 +88,7 @@ class ShardedDataset:
     filename: str            # format string with {i}
     num_train_shards: int    # train shards are 0 .. num_train_shards-1
     val_shard: int           # one fixed shard, never used for training
+    test_shard: int          # the held-out test split: one shard no run trains on
     default_shards: int      # train shards downloaded unless told otherwise
     text_column: str = "text"
     sha256: tuple[tuple[int, str], ...] = ()  # pinned (index, hex) where known
@@ -100,8 +107,9 @@ DATASETS = {
         name="climbmix",
         base_url="https://huggingface.co/datasets/karpathy/climbmix-400b-shuffle/resolve/main",
         filename="shard_{i:05d}.parquet",
-        num_train_shards=6542,
+        num_train_shards=6541,
         val_shard=6542,
+        test_shard=6541,
         default_shards=10,
     ),
 }
@@ -214,14 +222,21 @@ def _embedded_checksums(corpus_dir: Path) -> dict[str, str]:
     return out
 
 
+def _is_test_document(index: int) -> bool:
+    return index % TEST_EVERY in TEST_SLOTS
+
+
 def _embedded_documents(corpus_dir: Path, split: str) -> Iterator[str]:
-    path = corpus_dir / EMBEDDED_FILES[split]
+    """Documents of one split; "tokenizer" is the whole train file (train + test)."""
+    path = corpus_dir / EMBEDDED_FILES["val" if split == "val" else "train"]
     try:
         with lzma.open(path, "rt", encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
                 doc = json.loads(line)
                 if not (isinstance(doc, dict) and isinstance(doc.get("text"), str)):
                     raise ValueError(f"line {number} is not a {{name, text}} object")
+                if split in ("train", "test") and _is_test_document(number - 1) != (split == "test"):
+                    continue
                 yield doc["text"]
     except (OSError, EOFError, lzma.LZMAError, UnicodeDecodeError, ValueError) as e:
         raise CorpusError(f"cannot read embedded corpus {path}: {e}; rebuild it with "
@@ -534,6 +549,7 @@ class DataPaths:
     tokenizer: Path
     train_bin: Path
     val_bin: Path
+    test_bin: Path
 
 
 def prepare_data(home: Path, dataset: str = "embedded", progress: Progress | None = None, *,
@@ -563,11 +579,13 @@ def _prepare(home: Path, dataset: str, progress: Progress | None, *,
 
     if spec is None:
         sums = _embedded_checksums(corpus_dir)
-        corpus = {"train": {"embedded": sums["train"]}, "val": {"embedded": sums["val"]}}
+        corpus = {"train": {"embedded": sums["train"]}, "val": {"embedded": sums["val"]},
+                  "test": {"embedded": sums["train"]}}
         # read (and decompress) only when a cache must be rebuilt
         load = functools.cache(lambda split: list(_embedded_documents(corpus_dir, split)))
-        documents = {split: (lambda split=split: iter(load(split))) for split in ("train", "val")}
-        counts = {split: (lambda split=split: len(load(split))) for split in ("train", "val")}
+        names = ("tokenizer",) + SPLITS
+        documents = {split: (lambda split=split: iter(load(split))) for split in names}
+        counts = {split: (lambda split=split: len(load(split))) for split in names}
     else:
         n = spec.default_shards if num_shards is None else num_shards
         if not (isinstance(n, int) and 1 <= n <= spec.num_train_shards):
@@ -576,14 +594,17 @@ def _prepare(home: Path, dataset: str, progress: Progress | None, *,
         shard_dir = out / "shards"
         fetched = {split: [_ensure_shard(spec, i, shard_dir, base_url, progress,
                                          attempts, backoff_s) for i in indices]
-                   for split, indices in (("train", range(n)), ("val", [spec.val_shard]))}
+                   for split, indices in (("train", range(n)), ("val", [spec.val_shard]),
+                                          ("test", [spec.test_shard]))}
         corpus = {split: {p.name: d for p, d in shards} for split, shards in fetched.items()}
+        fetched["tokenizer"] = fetched["train"]
         documents = {split: (lambda split=split: _parquet_documents(
-            [p for p, _ in fetched[split]], spec.text_column)) for split in ("train", "val")}
+            [p for p, _ in fetched[split]], spec.text_column)) for split in fetched}
         counts = {split: (lambda shards=shards: sum(_parquet_rows(p) for p, _ in shards))
                   for split, shards in fetched.items()}
 
-    paths = DataPaths(dataset, out / "tokenizer.pkl", out / "train.bin", out / "val.bin")
+    paths = DataPaths(dataset, out / "tokenizer.pkl", out / "train.bin", out / "val.bin",
+                      out / "test.bin")
     tok_inputs = {"format": TOKENIZER_FORMAT, "vocab_size": vocab_size, "text_cap": text_cap,
                   "pattern": SPLIT_PATTERN, "special_tokens": list(SPECIAL_TOKENS),
                   "corpus": corpus["train"]}
@@ -595,7 +616,7 @@ def _prepare(home: Path, dataset: str, progress: Progress | None, *,
             tokenizer = None
     if tokenizer is None:
         progress("train tokenizer", 0, 1)
-        state = _train_tokenizer(documents["train"](), vocab_size, text_cap)
+        state = _train_tokenizer(documents["tokenizer"](), vocab_size, text_cap)
         blob = pickle.dumps(state, protocol=4)
         _atomic_write_bytes(paths.tokenizer, blob)
         _write_sidecar(paths.tokenizer, hashlib.sha256(blob).hexdigest(), tok_inputs)
@@ -603,8 +624,11 @@ def _prepare(home: Path, dataset: str, progress: Progress | None, *,
         progress("train tokenizer", 1, 1)
     tok_sha = json.loads(_sidecar(paths.tokenizer).read_text())["sha256"]
 
-    for split, path in (("train", paths.train_bin), ("val", paths.val_bin)):
+    for split, path in (("train", paths.train_bin), ("val", paths.val_bin),
+                        ("test", paths.test_bin)):
         inputs = {"tokenizer_sha256": tok_sha, "corpus": corpus[split], "dtype": "uint16"}
+        if spec is None and split != "val":
+            inputs["split"] = {"test_every": TEST_EVERY, "test_slots": list(TEST_SLOTS), "is": split}
         if not _cache_valid(path, inputs):
             _write_token_file(path, documents[split](), tokenizer, progress,
                               f"tokenise {split}", counts[split]())
@@ -629,6 +653,7 @@ class RunConfig:
     bos_id: int
     seq_len: int
     threads: int
+    feed_fds: tuple[int, int] | None = None  # (request write, batch read): see make_dataloader
 
 
 def _field(raw: dict, key: str, kind, check=lambda v: True, why: str = ""):
@@ -653,6 +678,14 @@ def run_config(path: str | os.PathLike | None = None) -> RunConfig:
     budget = _field(raw, "budget_value", (int, float) if kind == "time" else int,
                     lambda v: 0 < v < 1e15 and math.isfinite(v), "a positive number")
     vocab = _field(raw, "vocab_size", int, lambda v: 0 < v < 2 ** 16)
+    feed_fds = raw.get("feed_fds")
+    if feed_fds is not None:
+        if not (isinstance(feed_fds, list) and len(feed_fds) == 2 and feed_fds[0] != feed_fds[1]
+                and all(isinstance(v, int) and not isinstance(v, bool) and 2 < v < 2 ** 31
+                        for v in feed_fds)):
+            raise ValueError(f"run config: bad 'feed_fds' ({feed_fds!r}): "
+                             "two distinct file descriptors above 2")
+        feed_fds = tuple(feed_fds)
     return RunConfig(
         device=_field(raw, "device", str, lambda v: v in DEVICES, "/".join(DEVICES)),
         profile=_field(raw, "profile", str, lambda v: v in DEVICES, "/".join(DEVICES)),
@@ -665,20 +698,53 @@ def run_config(path: str | os.PathLike | None = None) -> RunConfig:
         bos_id=_field(raw, "bos_id", int, lambda v: 0 <= v < vocab),
         seq_len=_field(raw, "seq_len", int, lambda v: 0 < v <= 1 << 20),
         threads=_field(raw, "threads", int, lambda v: 0 < v <= 4096),
+        feed_fds=feed_fds,
     )
 
 
 # ---------------------------------------------------------------------------
-# Dataloader: BOS-aligned best-fit packing with a process-wide token budget
+# Dataloader: BOS-aligned best-fit packing; under the harness, batches come
+# from the harness over a pipe (the feed), which also enforces the budget
 # ---------------------------------------------------------------------------
 
 _meter_lock = threading.Lock()
 _tokens_served = 0
 
+# The feed protocol, spoken between the training child (make_dataloader) and
+# the harness (experiments/data_feed.py, which imports these constants from the
+# trusted copy of this file). The child writes a request, the harness answers
+# with a reply header and, when the status is FEED_OK, B*(T+1) tokens: B
+# row-major rows of T+1 little-endian uint16, x = rows[:, :-1], y = rows[:, 1:].
+FEED_REQUEST = struct.Struct("<4sII")    # magic, B, T
+FEED_REPLY = struct.Struct("<4sIII")     # magic, status, B, T
+FEED_REQUEST_MAGIC = b"LFq1"
+FEED_REPLY_MAGIC = b"LFb1"
+FEED_OK, FEED_END, FEED_ERROR = 0, 1, 2  # END: the budget is spent, for good
+FEED_TOKEN_DTYPE = np.dtype("<u2")
+
 
 def tokens_served() -> int:
-    """Training tokens served in this process by all dataloaders (B*T each)."""
+    """Training tokens received by this process from all dataloaders (B*T each).
+
+    Informational under the harness: the harness counts what it serves."""
     return _tokens_served
+
+
+def document_bounds(tokens: np.ndarray, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end offsets of the documents in a token array (each starts
+    with BOS and holds at least one more token)."""
+    if len(tokens) == 0:
+        raise ValueError("train.bin is empty")
+    chunk = 1 << 26  # scan a large memmap in pieces, not one huge mask
+    starts = np.concatenate([np.flatnonzero(tokens[at:at + chunk] == bos_id) + at
+                             for at in range(0, len(tokens), chunk)])
+    if len(starts) == 0 or starts[0] != 0:
+        raise ValueError("train.bin must start with BOS (rebuild it with prepare_data)")
+    ends = np.append(starts[1:], len(tokens))
+    keep = ends - starts >= 2  # a document needs at least one token after BOS
+    if not keep.any():
+        raise ValueError("train.bin holds no documents")
+    return starts[keep], ends[keep]
 
 
 class _Pieces:
@@ -689,18 +755,10 @@ class _Pieces:
     starts at a BOS and no text of a long document is skipped.
     """
 
-    def __init__(self, tokens: np.ndarray, bos_id: int, row_len: int, seed: int):
+    def __init__(self, tokens: np.ndarray, bos_id: int, row_len: int, seed: int,
+                 bounds: tuple[np.ndarray, np.ndarray] | None = None):
         self.tokens, self.bos, self.row_len = tokens, bos_id, row_len
-        chunk = 1 << 26  # scan a large memmap in pieces, not one huge mask
-        starts = np.concatenate([np.flatnonzero(tokens[at:at + chunk] == bos_id) + at
-                                 for at in range(0, len(tokens), chunk)] or [np.zeros(0, np.int64)])
-        if len(starts) == 0 or starts[0] != 0:
-            raise ValueError("train.bin must start with BOS (rebuild it with prepare_data)")
-        ends = np.append(starts[1:], len(tokens))
-        keep = ends - starts >= 2  # a document needs at least one token after BOS
-        self.starts, self.ends = starts[keep], ends[keep]
-        if len(self.starts) == 0:
-            raise ValueError("train.bin holds no documents")
+        self.starts, self.ends = bounds if bounds is not None else document_bounds(tokens, bos_id)
         self.rng = np.random.default_rng(seed)
 
     def __iter__(self) -> Iterator[np.ndarray]:
@@ -717,57 +775,33 @@ class _Pieces:
                     at += self.row_len - 1
 
 
-class _PackedLoader:
-    """Iterator of (x, y) int64 (B, T) batches; see make_dataloader."""
+class RowPacker:
+    """Rows of seq_len+1 tokens, packed best-fit from _Pieces (numpy only).
+
+    One deterministic stream of rows per (tokens, seed, seq_len): the local
+    loader and the harness's feed both draw from it, so a batch size does not
+    change which rows come next, only how many are taken at a time.
+    """
 
     BUFFER = 1000  # pieces to choose from when filling a row
 
-    def __init__(self, train_bin, batch_size, seq_len, device, seed):
-        import torch
-
-        if not all(isinstance(v, int) and v > 0 for v in (batch_size, seq_len)):
-            raise ValueError("batch_size and seq_len must be positive ints")
-        self.B, self.T = batch_size, seq_len
-        self.device = torch.device(device)
-        tokens = np.memmap(train_bin, dtype=TOKEN_DTYPE, mode="r")
-        if len(tokens) == 0:
-            raise ValueError(f"{train_bin} is empty")
-        # train.bin starts with BOS by construction; the run config, when
-        # there is one, must agree.
-        bos_id = int(tokens[0])
-        config = run_config() if os.environ.get(RUN_CONFIG_ENV) else None
-        if config is not None and config.bos_id != bos_id:
-            raise ValueError(f"{train_bin} starts with token {bos_id}, "
-                             f"but the run config says BOS is {config.bos_id}")
-        self.pieces = iter(_Pieces(tokens, bos_id, seq_len + 1, seed))
+    def __init__(self, tokens: np.ndarray, bos_id: int, seq_len: int, seed: int, *,
+                 buffer: int = BUFFER, bounds: tuple[np.ndarray, np.ndarray] | None = None):
+        self.row_len, self.buffer_size = seq_len + 1, buffer
+        self.pieces = iter(_Pieces(tokens, bos_id, self.row_len, seed, bounds))
         self.lengths: list[int] = []         # sorted piece lengths
         self.buffer: list[np.ndarray] = []   # pieces, in the same order
-        self.budget = None
-        if config is not None and config.budget_kind == "tokens":
-            self.budget = int(config.budget_value)
-        self.torch = torch
-        self.cuda = self.device.type == "cuda"
-        if self.cuda:
-            # Two pinned buffers, alternated; an event says when the copy out
-            # of one has finished so that it can be refilled.
-            self.pinned = [torch.empty((2, self.B, self.T), dtype=torch.int64, pin_memory=True)
-                           for _ in range(2)]
-            self.events = [None, None]
-            self.flip = 0
-
-    def __iter__(self):
-        return self
 
     def _refill(self) -> None:
-        while len(self.buffer) < self.BUFFER:
+        while len(self.buffer) < self.buffer_size:
             piece = next(self.pieces)
             at = bisect.bisect_right(self.lengths, len(piece))
             self.lengths.insert(at, len(piece))
             self.buffer.insert(at, piece)
 
     def _row(self, row: np.ndarray) -> None:
-        """Fill one row of T+1 tokens: largest piece that fits, repeatedly;
-        when none fits, the shortest piece is cropped to fill the rest."""
+        """Fill one row: largest piece that fits, repeatedly; when none fits,
+        the shortest piece is cropped to fill the rest."""
         pos, capacity = 0, len(row)
         while pos < capacity:
             self._refill()
@@ -780,16 +814,31 @@ class _PackedLoader:
             row[pos:pos + take] = piece[:take]
             pos += take
 
-    def __next__(self):
-        global _tokens_served
-        step = self.B * self.T
-        with _meter_lock:
-            if self.budget is not None and _tokens_served + step > self.budget:
-                raise BudgetExhausted(f"token budget of {self.budget} served")
-            _tokens_served += step
-        rows = np.empty((self.B, self.T + 1), dtype=np.int64)
-        for row in rows:
+    def rows(self, count: int) -> np.ndarray:
+        """The next count rows, int64 (count, seq_len+1)."""
+        out = np.empty((count, self.row_len), dtype=np.int64)
+        for row in out:
             self._row(row)
+        return out
+
+
+class _OnDevice:
+    """(B, T+1) token rows -> (x, y) int64 (B, T) tensors on device."""
+
+    def __init__(self, batch_size: int, seq_len: int, device):
+        import torch
+
+        self.torch, self.device = torch, torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            # Two pinned buffers, alternated; an event says when the copy out
+            # of one has finished so that it can be refilled.
+            self.pinned = [torch.empty((2, batch_size, seq_len), dtype=torch.int64, pin_memory=True)
+                           for _ in range(2)]
+            self.events = [None, None]
+            self.flip = 0
+
+    def __call__(self, rows: np.ndarray):
         if self.cuda:
             buf = self.pinned[self.flip]
             if self.events[self.flip] is not None:
@@ -802,63 +851,211 @@ class _PackedLoader:
             self.events[self.flip] = event
             self.flip ^= 1
             return on_device[0], on_device[1]
-        x = self.torch.from_numpy(np.ascontiguousarray(rows[:, :-1]))
-        y = self.torch.from_numpy(np.ascontiguousarray(rows[:, 1:]))
+        x = self.torch.from_numpy(np.ascontiguousarray(rows[:, :-1], dtype=np.int64))
+        y = self.torch.from_numpy(np.ascontiguousarray(rows[:, 1:], dtype=np.int64))
         if self.device.type != "cpu":
             x, y = x.to(self.device), y.to(self.device)
         return x, y
 
 
+def _check_shape(batch_size, seq_len) -> None:
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v < 2 ** 31
+               for v in (batch_size, seq_len)):
+        raise ValueError("batch_size and seq_len must be positive ints")
+
+
+class _PackedLoader:
+    """Iterator of (x, y) batches read from train_bin here; see make_dataloader."""
+
+    BUFFER = RowPacker.BUFFER
+
+    def __init__(self, train_bin, batch_size, seq_len, device, seed, config):
+        _check_shape(batch_size, seq_len)
+        self.B, self.T = batch_size, seq_len
+        tokens = np.memmap(train_bin, dtype=TOKEN_DTYPE, mode="r")
+        if len(tokens) == 0:
+            raise ValueError(f"{train_bin} is empty")
+        # train.bin starts with BOS by construction; the run config, when
+        # there is one, must agree.
+        bos_id = int(tokens[0])
+        if config is not None and config.bos_id != bos_id:
+            raise ValueError(f"{train_bin} starts with token {bos_id}, "
+                             f"but the run config says BOS is {config.bos_id}")
+        self.packer = RowPacker(tokens, bos_id, seq_len, seed, buffer=self.BUFFER)
+        self.budget = None
+        if config is not None and config.budget_kind == "tokens":
+            self.budget = int(config.budget_value)
+        self.out = _OnDevice(batch_size, seq_len, device)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        global _tokens_served
+        step = self.B * self.T
+        with _meter_lock:
+            if self.budget is not None and _tokens_served + step > self.budget:
+                raise BudgetExhausted(f"token budget of {self.budget} served")
+            _tokens_served += step
+        return self.out(self.packer.rows(self.B))
+
+
+class FeedError(DataError):
+    """The harness's feed refused a request or went away."""
+
+
+_feed_lock = threading.Lock()  # loaders of one process share the pipes
+
+
+class _FeedLoader:
+    """Iterator of (x, y) batches asked of the harness over the feed pipes."""
+
+    def __init__(self, fds: tuple[int, int], batch_size, seq_len, device):
+        _check_shape(batch_size, seq_len)
+        self.B, self.T = batch_size, seq_len
+        self.request_fd, self.data_fd = fds
+        self.request = FEED_REQUEST.pack(FEED_REQUEST_MAGIC, batch_size, seq_len)
+        self.payload = bytearray(batch_size * (seq_len + 1) * FEED_TOKEN_DTYPE.itemsize)
+        self.ended = False
+        self.out = _OnDevice(batch_size, seq_len, device)
+
+    def __iter__(self):
+        return self
+
+    def _read_exactly(self, view: memoryview) -> None:
+        got = 0
+        while got < len(view):
+            n = os.readv(self.data_fd, [view[got:]])
+            if n == 0:
+                raise FeedError("the harness closed the data feed")
+            got += n
+
+    def __next__(self):
+        global _tokens_served
+        if self.ended:
+            raise BudgetExhausted("the harness ended the training budget")
+        with _feed_lock:
+            try:
+                sent = 0
+                while sent < len(self.request):
+                    sent += os.write(self.request_fd, self.request[sent:])
+                header = bytearray(FEED_REPLY.size)
+                self._read_exactly(memoryview(header))
+                magic, status, B, T = FEED_REPLY.unpack(header)
+                if magic != FEED_REPLY_MAGIC or status not in (FEED_OK, FEED_END, FEED_ERROR):
+                    raise FeedError("the data feed sent a malformed reply")
+                if status == FEED_ERROR:
+                    raise FeedError(f"the harness refused the batch request "
+                                    f"B={self.B} T={self.T} (see the harness log)")
+                if status == FEED_END:
+                    self.ended = True
+                    raise BudgetExhausted("the harness ended the training budget")
+                if (B, T) != (self.B, self.T):
+                    raise FeedError(f"the data feed answered B={B} T={T} "
+                                    f"for B={self.B} T={self.T}")
+                self._read_exactly(memoryview(self.payload))
+            except BrokenPipeError as e:
+                raise FeedError("the harness closed the data feed") from e
+            except OSError as e:
+                raise FeedError(f"the data feed failed: {e}") from e
+            rows = np.frombuffer(self.payload, dtype=FEED_TOKEN_DTYPE).reshape(self.B, self.T + 1)
+            batch = self.out(rows)  # copies out of payload before the next request reuses it
+        with _meter_lock:
+            _tokens_served += self.B * self.T
+        return batch
+
+
 def make_dataloader(train_bin, batch_size: int, seq_len: int, device, seed: int) -> Iterator:
-    """Infinite iterator of (x, y) int64 tensors (B, T) on device.
+    """Iterator of (x, y) int64 tensors (B, T) on device.
 
     Every row of T+1 tokens starts at a BOS; pieces of documents are packed
-    best-fit (deterministic given seed). Each batch adds B*T to the
-    process-wide `tokens_served()`. Under a token budget (run config
-    budget_kind "tokens") a batch is served only while the total stays within
-    the budget; after that the iterator raises BudgetExhausted, a
-    StopIteration, so `for x, y in loader:` simply ends.
+    best-fit (deterministic given seed). Each batch adds B*T to
+    `tokens_served()`.
+
+    Under the harness (run config with feed_fds) the batches come from the
+    harness, which packs them from its own train.bin with this same code and
+    seed, and counts and enforces the budget; train_bin is not read. When it
+    says the budget is spent the iterator raises BudgetExhausted, a
+    StopIteration, so `for x, y in loader:` simply ends; a refused request or
+    a closed feed raises FeedError.
+
+    Without feed_fds (tests, tools) train_bin is read here, and under a token
+    budget in the run config a batch is served only while the process-wide
+    total stays within it; a time budget does not stop this loader.
     """
-    return _PackedLoader(train_bin, batch_size, seq_len, device, seed)
+    config = run_config() if os.environ.get(RUN_CONFIG_ENV) else None
+    if config is not None and config.feed_fds is not None:
+        return _FeedLoader(config.feed_fds, batch_size, seq_len, device)
+    return _PackedLoader(train_bin, batch_size, seq_len, device, seed, config)
 
 
 # ---------------------------------------------------------------------------
 # Evaluation: the one ground-truth metric
 # ---------------------------------------------------------------------------
 
+def val_window_starts(n_tokens: int, seq_len: int, n_windows: int) -> np.ndarray:
+    """The fixed validation windows: n_windows starts evenly spaced over val.bin."""
+    return np.linspace(0, n_tokens - (seq_len + 1), n_windows).round().astype(np.int64)
+
+
+def test_window_starts(n_tokens: int, seq_len: int, n_windows: int, seed: int) -> np.ndarray:
+    """Test windows drawn at random over test.bin; the seed is the scorer's secret."""
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.integers(0, n_tokens - seq_len, size=n_windows)).astype(np.int64)
+
+
 def evaluate_bpb(model, val_bin, token_bytes, batch_size: int, seq_len: int, device,
                  n_windows: int) -> float:
-    """Bits per byte of model on n_windows fixed windows of val.bin.
+    """Bits per byte of model on n_windows fixed windows of val.bin (val_window_starts)."""
+    tokens = np.memmap(val_bin, dtype=TOKEN_DTYPE, mode="r")
+    _check_eval_args(tokens, batch_size, seq_len, n_windows)
+    starts = val_window_starts(len(tokens), seq_len, n_windows)
+    return bpb_on_windows(model, tokens, starts, token_bytes, batch_size, seq_len, device)
 
-    Windows of seq_len+1 tokens start at evenly spaced positions over
-    val.bin (deterministic). model(idx) must return a plain torch.Tensor of
-    logits (B, T, V) with V >= the vocab size; cross-entropy is computed here
-    in float32. Targets whose byte count is 0 (special tokens) are excluded
-    from both sums. Raises ValueError on wrong shapes or non-finite logits.
+
+def test_bpb(model, test_bin, token_bytes, batch_size: int, seq_len: int, device,
+             n_windows: int, seed: int) -> float:
+    """Bits per byte of model on n_windows random windows of the held-out test.bin."""
+    tokens = np.memmap(test_bin, dtype=TOKEN_DTYPE, mode="r")
+    _check_eval_args(tokens, batch_size, seq_len, n_windows)
+    starts = test_window_starts(len(tokens), seq_len, n_windows, seed)
+    return bpb_on_windows(model, tokens, starts, token_bytes, batch_size, seq_len, device)
+
+
+def _check_eval_args(tokens, batch_size: int, seq_len: int, n_windows: int) -> None:
+    for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("n_windows", n_windows)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{name} must be a positive int")
+    if len(tokens) < seq_len + 1:
+        raise ValueError(f"the token file has {len(tokens)} tokens, fewer than seq_len+1")
+
+
+def bpb_on_windows(model, tokens, starts, token_bytes, batch_size: int, seq_len: int,
+                   device) -> float:
+    """Bits per byte of model on the windows of seq_len+1 tokens at `starts`.
+
+    model(idx) must return a plain torch.Tensor of logits (B, T, V) with V >= the vocab
+    size; cross-entropy is computed here in float32. Targets whose byte count is 0
+    (special tokens) are excluded from both sums. Raises ValueError on wrong shapes or
+    non-finite logits.
     """
     import torch
     import torch.nn.functional as F
 
-    for name, value in (("batch_size", batch_size), ("seq_len", seq_len), ("n_windows", n_windows)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive int")
     device = torch.device(device)
-    tokens = np.memmap(val_bin, dtype=TOKEN_DTYPE, mode="r")
     byte_counts = np.asarray(token_bytes, dtype=np.int64)
     vocab = len(byte_counts)
-    if len(tokens) < seq_len + 1:
-        raise ValueError(f"val.bin has {len(tokens)} tokens, fewer than seq_len+1")
     if int(tokens.max()) >= vocab:
-        raise ValueError("val.bin holds token ids outside the tokenizer's vocab")
-    starts = np.linspace(0, len(tokens) - (seq_len + 1), n_windows).round().astype(np.int64)
+        raise ValueError("the token file holds token ids outside the tokenizer's vocab")
     byte_table = torch.from_numpy(byte_counts).to(device)
 
     total_nats, total_bytes = 0.0, 0
     was_training = getattr(model, "training", False)
-    model.eval()
+    if hasattr(model, "eval"):
+        model.eval()
     try:
         with torch.no_grad():
-            for first in range(0, n_windows, batch_size):
+            for first in range(0, len(starts), batch_size):
                 batch_starts = starts[first:first + batch_size]
                 windows = np.stack([tokens[s:s + seq_len + 1] for s in batch_starts])
                 windows = torch.from_numpy(windows.astype(np.int64)).to(device)
@@ -881,7 +1078,8 @@ def evaluate_bpb(model, val_bin, token_bytes, batch_size: int, seq_len: int, dev
                 total_nats += float(nats[counted].double().sum())
                 total_bytes += int(target_bytes.sum())
     finally:
-        model.train(was_training)
+        if hasattr(model, "train"):
+            model.train(was_training)
     if total_bytes == 0:
         raise ValueError("evaluation windows hold no countable target bytes")
     return total_nats / (math.log(2) * total_bytes)
@@ -916,7 +1114,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}")
         return 1
     tokenizer = load_tokenizer(paths.tokenizer)
-    for label, path in (("train", paths.train_bin), ("val", paths.val_bin)):
+    for label, path in (("train", paths.train_bin), ("val", paths.val_bin),
+                        ("test", paths.test_bin)):
         print(f"{label}: {path} ({path.stat().st_size // 2} tokens)")
     print(f"tokenizer: {paths.tokenizer} (vocab {tokenizer.vocab_size}, bos {tokenizer.bos_id})")
     print(f"seconds: {time.monotonic() - started:.1f}")

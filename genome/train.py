@@ -285,8 +285,12 @@ def autocast_dtype(device):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def compile_or_eager(raw_model, x, y, autocast):
-    """torch.compile the model and run one step to force compilation; train eagerly if it fails."""
+def compile_or_eager(raw_model, batch_size, seq_len, vocab_size, device, autocast):
+    """torch.compile the model on a dummy batch, before the first real one: the budget's
+    clock starts at the first batch the harness serves. Eager if compilation fails."""
+    generator = torch.Generator(device=device).manual_seed(0)  # leaves the seeded stream alone
+    x, y = (torch.randint(vocab_size, (batch_size, seq_len), device=device, generator=generator)
+            for _ in range(2))
     try:
         model = torch.compile(raw_model)
         with autocast:
@@ -356,22 +360,27 @@ def main():
     print(f"profile {run.profile} on {device}: {num_params / 1e6:.2f}M parameters, "
           f"budget {run.budget_value:g} {'s' if run.budget_kind == 'time' else 'tokens'}", flush=True)
 
-    # --- data: the loader stops itself (BudgetExhausted) once a token budget is served
+    model = raw_model
+    if p["COMPILE"]:
+        model = compile_or_eager(raw_model, p["BATCH_SIZE"], p["SEQ_LEN"], run.vocab_size, device,
+                                 autocast)
+
+    # --- data: the harness serves it and ends it (BudgetExhausted) once the budget is spent;
+    # a time budget runs from the first batch, by the harness's clock
     batches = make_dataloader(run.train_bin, p["BATCH_SIZE"], p["SEQ_LEN"], device, run.seed)
     batch = next(batches)
-    model = compile_or_eager(raw_model, *batch, autocast) if p["COMPILE"] else raw_model
+    t_first = time.time()
 
     def budget_progress(train_seconds):
         used = train_seconds if run.budget_kind == "time" else tokens_served()
         return min(used / run.budget_value, 1.0)
 
     # --- loop
-    step = tokens = timed_tokens = 0
+    step = tokens = 0
     train_seconds = smooth_loss = train_loss = 0.0
     first_loss = None
     next_report = 0.0
     while batch is not None:
-        t0 = time.time()
         progress = budget_progress(train_seconds)
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * lr_multiplier(progress)
@@ -381,7 +390,7 @@ def main():
                 loss = model(x, y)
             scaler.scale(loss / p["GRAD_ACCUM"]).backward()
             tokens += y.numel()
-            batch = next(batches, None)  # None once the token budget is spent (BudgetExhausted)
+            batch = next(batches, None)  # None once the budget is spent (BudgetExhausted)
             if batch is None:
                 break
         scaler.step(optimizer)
@@ -390,9 +399,7 @@ def main():
         loss_value = loss.item()
         synchronize(device)
         step += 1
-        if step > 10:  # the first steps (allocation, autotuning) do not count against the budget
-            train_seconds += time.time() - t0
-            timed_tokens += y.numel() * p["GRAD_ACCUM"]
+        train_seconds = time.time() - t_first
 
         # Fail loudly and early: a diverged run wastes the rest of its budget.
         if first_loss is None:
@@ -415,7 +422,7 @@ def main():
     # --- summary
     synchronize(device)
     torch.save(raw_model.state_dict(), Path(run.out_dir) / "model.pt")
-    flops = flops_per_token(raw_model, p["SEQ_LEN"]) * timed_tokens / max(train_seconds, 1e-9)
+    flops = flops_per_token(raw_model, p["SEQ_LEN"]) * tokens / max(train_seconds, 1e-9)
     mfu = 100 * flops / peak_flops(device) if peak_flops(device) else 0.0
     print("---")
     print("val_bpb:          nan")  # the harness measures it: train.py never sees validation data

@@ -14,6 +14,8 @@ Policy (no network):
 - `trust.py`: `TrustPolicy`, `TrustRules` - what counts as verified, per-peer reputation.
 - `ratelimit.py`: `RateLimiter`, `RecordLimits`, `RecordRateLimit` - token buckets per
   peer: sync requests, and valid records accepted per minute per forwarder and author.
+- `announces.py`: `AnnouncePolicy`, `AnnounceLimits`, `working_on` and its parsers -
+  announces as weighted, capped hints (never vetoes), judged by local receipt time.
 
 State (SQLite and text, no network):
 - `store.py`: `Store` (WAL, migrations, queries), `Peer`, `StoreError`.

@@ -9,7 +9,8 @@ What this module adds on top of py-libp2p's gossipsub, and why:
 - `RecordValidator`: decode + verify (an injected `validate(data, topic)`),
   then check that the record's genome and kind/topic belong on the gossip
   topic it came on, then admit it under the per-forwarder and per-author
-  record limits (`swarm.ratelimit`). It never raises: an exception escaping a
+  record limits (`swarm.ratelimit`) and the storage budgets for strangers'
+  records (`swarm.admission`). It never raises: an exception escaping a
   py-libp2p topic validator takes the whole node down, and any peer can send
   garbage.
 - `forgive_ignored`: py-libp2p 0.8.1 knows only accept and reject, and a
@@ -264,14 +265,19 @@ class RecordValidator:
 
     def __init__(self, validate: ValidateFn, genome: str, guard: PeerGuard, my_id: ID, *,
                  limit: RecordRateLimit | None = None,
-                 is_known: Callable[[bytes], bool] = lambda _id: False) -> None:
+                 is_known: Callable[[bytes], bool] = lambda _id: False,
+                 admit: Callable[[Any, str], Any] | None = None) -> None:
         self.validate = validate
         self.genome = genome
         self.guard = guard
         self.my_id = my_id
         self.limit = limit or RecordRateLimit()
         self.is_known = is_known
+        # admit(record, forwarder) -> None, or why not (a storage budget): IGNORE too
+        self.admit = admit
         self.accepted: OrderedDict[bytes, Any] = OrderedDict()
+        self.forwarders: OrderedDict[bytes, str] = OrderedDict()  # message id -> peer
+        self.storage_dropped = 0
         self.rejected = 0
         self.rate_limited = 0
         self.ignored: tuple[bytes, ID, str] | None = None  # (message id, forwarder, topic)
@@ -285,9 +291,16 @@ class RecordValidator:
         if record is not None:
             if forwarder != self.my_id and not self._admit(forwarder, record, msg):
                 return False
-            self.accepted[message_id(msg)] = record
+            mid = message_id(msg)
+            self.accepted[mid] = record
+            try:
+                self.forwarders[mid] = forwarder.to_base58()
+            except Exception:
+                pass
             while len(self.accepted) > 4096:
                 self.accepted.popitem(last=False)
+            while len(self.forwarders) > 4096:
+                self.forwarders.popitem(last=False)
             return True
         self.rejected += 1
         try:
@@ -303,6 +316,9 @@ class RecordValidator:
             peer = forwarder.to_base58()
             drop = self.limit.admit_gossip(peer, record.author_peer_id,
                                            new=not self.is_known(record.id))
+            if drop is None and self.admit is not None:
+                drop = self.admit(record, peer)  # a storage budget: nobody's fault
+                self.storage_dropped += drop is not None
             if drop is None:
                 return True
             if drop.strike:
@@ -326,8 +342,13 @@ class RecordValidator:
         if len(topics) != 1:
             return "message must carry exactly one topic", None
         data = bytes(msg.data)
+        # cheapest checks first: size and topic before any decoding, and decoding
+        # checks the signature before the patch is parsed (records.decode_envelope)
         if len(data) > MAX_ENVELOPE:
             return "envelope too large", None
+        parsed = parse_topic(topics[0])
+        if parsed is None or parsed[0] != self.genome:
+            return "not a topic of this swarm", None
         record, reason = self.validate(data, topics[0])
         if record is None:
             return reason or "invalid record", None
@@ -463,7 +484,9 @@ class Gossip:
     async def _read(self, subscription: Any, topic: str) -> None:
         my_id = self.my_id.to_bytes()
         async for msg in subscription:
-            record = self.validator.accepted.pop(message_id(msg), None)
+            mid = message_id(msg)
+            record = self.validator.accepted.pop(mid, None)
+            forwarder = self.validator.forwarders.pop(mid, None)
             if msg.from_id == my_id:
                 continue  # our own publish, already stored by publish()
             if record is None:  # evicted from the cache under a burst: check again
@@ -472,7 +495,7 @@ class Gossip:
                     continue
             self.received += 1
             try:
-                self.on_record(record, ID(msg.from_id).to_base58())
+                self.on_record(record, forwarder or ID(msg.from_id).to_base58())
             except Exception:  # a storage hiccup must not stop the reader
                 log.exception("storing a gossiped record failed")
 
@@ -565,15 +588,19 @@ class Gossip:
 async def open_gossip(host: IHost, *, genome: str, topics: Iterable[str], validate: ValidateFn,
                       on_record: Callable[[Any, str], None],
                       guard: PeerGuard | None = None, limit: RecordRateLimit | None = None,
-                      is_known: Callable[[bytes], bool] = lambda _id: False
+                      is_known: Callable[[bytes], bool] = lambda _id: False,
+                      admit: Callable[[Any, str], Any] | None = None
                       ) -> AsyncIterator[Gossip]:
     """Run gossipsub on a running `host`, subscribed to `topics` plus `heads`.
 
     `validate(data, gossip_topic)` decodes and verifies an envelope and
-    returns `(record, "")` or `(None, reason)`; `on_record(record, author
-    peer id)` receives every valid record heard from others within the
-    `limit` (default limits if None); `is_known(record id)`: whether the store
-    already has a record.
+    returns `(record, "")` or `(None, reason)`; `on_record(record, peer id)`
+    receives every valid record heard from others within the `limit` (default
+    limits if None), with the peer that handed it to us (its author's peer id
+    when that is not known); `is_known(record id)`: whether the store already
+    has a record; `admit(record, forwarder)`: None to accept a valid record
+    within the limits, else a `Drop` (a storage budget: swarm.admission), which
+    is an IGNORE like a rate-limit drop.
     """
     if not valid_genome(genome):
         raise ValueError(f"genome id must be 16 hex chars, got {genome!r}")
@@ -588,7 +615,7 @@ async def open_gossip(host: IHost, *, genome: str, topics: Iterable[str], valida
     pubsub = Pubsub(host, router, strict_signing=True, msg_id_constructor=message_id,
                     seen_ttl=300)
     validator = RecordValidator(validate, genome, guard, host.get_id(), limit=limit,
-                                is_known=is_known)
+                                is_known=is_known, admit=admit)
     forgive_ignored(pubsub, router, validator)
     idontwant_only_for_large(router)
     cache_by_message_id(router, message_id)

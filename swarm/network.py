@@ -30,13 +30,26 @@ What happens underneath:
   dropped without blame and counted per peer (`connected_peers()`,
   `rate_limit.counts()`); pass `rate_limit=RecordRateLimit(RecordLimits(...))`
   to change the limits;
+- what the node stores of strangers' records (authors it does not trust) is
+  budgeted in bytes per sending peer, per author and for all strangers
+  together (`swarm.admission`: the store grows by at most 160 MiB in an hour
+  of attack); records whose parents or target it lacks wait in a bounded
+  quarantine (`swarm.quarantine`) until those arrive; every `retention.interval_s`
+  the strangers' records nothing it protects needs are pruned beyond a quota
+  (`swarm.retention`); the peers it trusts are re-read from its own
+  attestations (`swarm.trust`) every `MAINTAIN_S`;
+- the sync server answers `heads` from an index kept up to date insert by
+  insert (`swarm.heads`) and shares its streams and bytes fairly
+  (`swarm.sync`); a catch-up pulls at most 32 MiB of answers;
 - a peer whose records keep failing verification (gossip or sync), that
   keeps flooding over the record limits, or whose gossipsub score falls
   under the publish threshold is banned for an hour: blacklisted,
   disconnected, never redialled;
 - discovery keeps bootstrap peers connected, redials peers that went away
   with exponential backoff, and remembers every peer in the store's peers
-  table, so a restarted node rejoins without bootstrap addresses.
+  table, so a restarted node rejoins without bootstrap addresses; it never
+  dials private, loopback or link-local addresses learned from strangers
+  unless it listens on that network itself or `lan=True` (or `mdns=True`).
 
 The store is used from the trio thread only (it owns one SQLite connection).
 """
@@ -56,12 +69,18 @@ from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.peer.id import ID
 
 from swarm import records as rec
+from swarm import retention
+from swarm.admission import Admission, Ingest, StorageBudgets
 from swarm.discovery import Discovery, dialable, parse_peer_addr, strip_p2p
 from swarm.gossip import (HEADS, Gossip, PeerGuard, gossip_topic_for, jittered, open_gossip,
                           placement_error, valid_topic)
+from swarm.heads import HeadsIndex
 from swarm.host import DEFAULT_LISTEN, host_addrs, open_host
+from swarm.quarantine import Quarantine, QuarantineLimits
 from swarm.ratelimit import RecordRateLimit
-from swarm.sync import PROTOCOL_ID, SyncServer, catch_up, open_session
+from swarm.retention import RetentionPolicy
+from swarm.sync import MAX_CATCH_UP_BYTES, PROTOCOL_ID, SyncServer, catch_up, open_session
+from swarm.trust import TrustPolicy, TrustRules
 
 log = logging.getLogger("loopy.swarm.network")
 
@@ -71,6 +90,8 @@ SYNC_PEERS_PER_ROUND = 3
 MAX_PARALLEL_CATCH_UPS = 2
 MAX_RECORDS_PER_CATCH_UP = 100_000
 MAX_SYNC_HEADS = 30_000
+CATCH_UP_DEADLINE_S = 300.0  # one catch-up, whatever the peer does
+MAINTAIN_S = 30.0  # refresh trust, expire quarantined records and wanted ids
 
 
 @dataclass(frozen=True)
@@ -142,7 +163,11 @@ class SwarmNode:
                  topics: Sequence[str], guard: PeerGuard, discovery: Discovery,
                  validate: Callable[[bytes, str], tuple[Any, str]],
                  sync_interval: float, announce_interval: float,
-                 rate_limit: RecordRateLimit | None = None) -> None:
+                 rate_limit: RecordRateLimit | None = None,
+                 budgets: StorageBudgets | None = None,
+                 quarantine: QuarantineLimits | None = None,
+                 retention_policy: RetentionPolicy | None = None,
+                 trust_rules: TrustRules | None = None) -> None:
         self.identity = identity
         self.store = store
         self.host = host
@@ -158,6 +183,16 @@ class SwarmNode:
         self.gossip: Gossip | None = None
         self.sync_server = SyncServer(heads_for=self._heads_for, get_records=self._get_records,
                                       is_banned=guard.is_banned)
+        # storage under a Sybil flood: budgets for strangers, quarantine, retention
+        self.trust = TrustPolicy(store, identity.public_key, trust_rules)
+        self.trusted: frozenset[bytes] = frozenset({identity.public_key})
+        self.admission = Admission(budgets, trusted=lambda author: author in self.trusted)
+        self.quarantine = Quarantine(quarantine)
+        self.ingest = Ingest(store, self.admission, self.quarantine)
+        self.retention = retention_policy or RetentionPolicy()
+        self.heads = HeadsIndex(store, limit=MAX_SYNC_HEADS)
+        self.last_prune: retention.PruneReport | None = None
+        self.refresh_trust()
         self.records_from_gossip = 0
         self.records_from_sync = 0
         self.catch_ups = 0
@@ -167,7 +202,6 @@ class SwarmNode:
         self._sync_requests, self._sync_queue = trio.open_memory_channel[str](256)
         self._announce_state: dict[str, Any] | None = None
         self._announce_changed = trio.Event()
-        self._heads_cache: dict[tuple[str, ...], tuple[int, list[bytes]]] = {}
 
     # ------------------------------------------------------------------ public API
 
@@ -224,53 +258,58 @@ class SwarmNode:
 
     async def connect(self, addr: str) -> str:
         """Dial a peer multiaddr (with `/p2p/<id>`) now; returns its peer id."""
-        info = parse_peer_addr(addr)
+        info = self.discovery.add_explicit(addr)  # the caller chose it: always dialable
         with trio.fail_after(15):
             await self.host.connect(info)
-        self.discovery.note_addrs(info.peer_id.to_base58(), [str(a) for a in info.addrs])
         return info.peer_id.to_base58()
+
+    def refresh_trust(self) -> None:
+        """Re-read whom we trust (us, and authors whose claims we reproduced up to the
+        trust threshold): their records bypass the storage budgets and are never
+        pruned, and what they reference is `needed`."""
+        rules = self.trust.rules
+        reps = self.trust.reputations()
+        self.trusted = frozenset({self.identity.public_key} | {
+            author for author, rep in reps.items() if rep >= rules.trust_threshold})
+        self.store.trusted_authors = self.trusted
+
+    def prune_now(self, now_ms: int | None = None) -> "retention.PruneReport":
+        """Delete strangers' records nothing we protect needs, beyond the quota."""
+        self.refresh_trust()
+        report = retention.prune(self.store, keep_authors=self.trusted,
+                                 policy=self.retention, now_ms=now_ms)
+        self.last_prune = report
+        return report
 
     # ------------------------------------------------------------------ records in
 
-    def _on_gossip(self, record: Any, _origin: str) -> None:
+    def _on_gossip(self, record: Any, forwarder: str) -> None:
         self.records_from_gossip += 1
         author = record.author_peer_id
         self._last_seen[author] = time.time()
-        self.store.insert(record)
+        # the gossip validator charged the storage budgets already
+        self.ingest.offer(record, forwarder, admitted=True)
         if record.kind == "announce":
             self.discovery.note_addrs(author, list(record.addrs))
 
-    def _store_synced(self, records: list[Any]) -> None:
-        """Store a verified sync batch, less what its authors' sync limits drop (they
-        are not the serving peer's fault, so not reported: a later sync asks again)."""
+    def _store_synced(self, records: list[Any], peer: str = "") -> int:
+        """Store a verified sync batch, less what its authors' sync limits and the storage
+        budgets drop (they are not the serving peer's fault, so not reported: a later
+        sync asks again); records whose parents we lack go to quarantine. Returns how
+        many records were stored (quarantined ones released by the batch included)."""
         admitted = [r for r in records if self.rate_limit.admit_synced(r.author_peer_id) is None]
-        self.records_from_sync += self.store.insert_many(admitted)
+        stored = self.ingest.offer_many(admitted, peer)
+        self.records_from_sync += stored
+        return stored
 
     # ------------------------------------------------------------------ serving sync
 
     def _heads_for(self, topics: Sequence[str]) -> list[bytes]:
         """Experiment heads in `topics` (all topics if empty), then the attestations of
-        experiments in them: what a late joiner needs, besides ancestors it can ask for."""
+        experiments in them: what a late joiner needs, besides ancestors it can ask for.
+        From the heads index (swarm.heads), kept up to date insert by insert."""
         wanted_topics = sorted({t for t in topics if valid_topic(t) and t != HEADS})
-        key, count = tuple(wanted_topics), self.store.count()
-        cached = self._heads_cache.get(key)
-        if cached is not None and cached[0] == count:  # any insert changes the count
-            return cached[1]
-        ids: list[bytes] = []
-        for topic in wanted_topics or [None]:
-            ids.extend(r.id for r in self.store.heads(topic=topic, limit=MAX_SYNC_HEADS))
-        topic_set = set(wanted_topics)
-        for attestation in self.store.since(0, kind="attestation"):
-            if len(ids) >= MAX_SYNC_HEADS:
-                break
-            target = self.store.get(attestation.target)
-            if not topic_set or (target is not None and target.topic in topic_set):
-                ids.append(attestation.id)
-        ids = list(dict.fromkeys(ids))[:MAX_SYNC_HEADS]
-        if len(self._heads_cache) >= 64:  # bounded: peers choose the topic lists
-            self._heads_cache.clear()
-        self._heads_cache[key] = (count, ids)
-        return ids
+        return self.heads.answer(wanted_topics)
 
     def _get_records(self, ids: Sequence[bytes]) -> list[bytes]:
         out = []
@@ -306,13 +345,17 @@ class SwarmNode:
         self._catching_up.add(peer)
         try:
             async with self._catch_up_slots:
-                async with open_session(self.host, ID.from_base58(peer)) as session:
-                    result = await catch_up(
-                        session, self.topics, missing=self.store.missing,
-                        wanted=self.store.wanted, verify=lambda env: self.validate(env, ""),
-                        store=self._store_synced,
-                        report=lambda reason: self.guard.report(peer, f"sync: {reason}"),
-                        max_records=MAX_RECORDS_PER_CATCH_UP)
+                with trio.fail_after(CATCH_UP_DEADLINE_S):
+                    async with open_session(self.host, ID.from_base58(peer)) as session:
+                        result = await catch_up(
+                            session, self.topics, missing=self.ingest.unknown,
+                            wanted=self.store.wanted, verify=lambda env: self.validate(env, ""),
+                            store=lambda records: self._store_synced(records, peer),
+                            report=lambda reason: self.guard.report(peer, f"sync: {reason}"),
+                            on_missed=self.store.missed,
+                            keep_going=lambda: self.admission.budget_left() >= 1 << 20,
+                            max_records=MAX_RECORDS_PER_CATCH_UP,
+                            max_bytes=MAX_CATCH_UP_BYTES)
             self.catch_ups += 1
             if result.stored:
                 log.info("synced %d records from %s", result.stored, peer)
@@ -335,6 +378,22 @@ class SwarmNode:
             async with trio.open_nursery() as nursery:
                 for peer in peers[:SYNC_PEERS_PER_ROUND]:
                     nursery.start_soon(self._catch_up_with, peer)
+
+    async def _maintain(self) -> None:
+        """Every MAINTAIN_S: whom we trust, expired quarantine and wanted ids; every
+        `retention.interval_s`: prune."""
+        last_prune = time.monotonic()
+        while True:
+            await trio.sleep(jittered(MAINTAIN_S))
+            try:
+                self.refresh_trust()
+                self.quarantine.expire()
+                self.store.expire_wanted()
+                if time.monotonic() - last_prune >= self.retention.interval_s:
+                    last_prune = time.monotonic()
+                    self.prune_now()
+            except Exception:  # a storage hiccup must not stop the node
+                log.exception("store maintenance failed")
 
     def _make_announce(self) -> Any:
         state = self._announce_state or {}
@@ -359,13 +418,17 @@ class SwarmNode:
 @asynccontextmanager
 async def open_swarm_node(identity: Any, store: Any, *, genome: str, topics: Sequence[str],
                           listen: str = DEFAULT_LISTEN, bootstrap: Sequence[str] = (),
-                          mdns: bool = False,
+                          mdns: bool = False, lan: bool = False,
                           validate: Callable[[bytes, str], tuple[Any, str]] | None = None,
                           sync_interval: float = SYNC_INTERVAL_S,
                           announce_interval: float = ANNOUNCE_INTERVAL_S,
                           target_peers: int = 8,
                           guard: PeerGuard | None = None,
-                          rate_limit: RecordRateLimit | None = None
+                          rate_limit: RecordRateLimit | None = None,
+                          budgets: StorageBudgets | None = None,
+                          quarantine: QuarantineLimits | None = None,
+                          retention_policy: RetentionPolicy | None = None,
+                          trust_rules: TrustRules | None = None
                           ) -> AsyncIterator[SwarmNode]:
     """Run a swarm node for the duration of the block (see the module docstring).
 
@@ -374,7 +437,10 @@ async def open_swarm_node(identity: Any, store: Any, *, genome: str, topics: Seq
     is always joined); `validate(data, topic)` defaults to
     `records.decode_envelope` with our genome id; `rate_limit` to
     `RecordRateLimit()` with the default `RecordLimits` (see swarm.ratelimit for
-    why they never cut honest traffic).
+    why they never cut honest traffic); `budgets`, `quarantine` and
+    `retention_policy`: what it stores of strangers' records (swarm.admission,
+    swarm.quarantine, swarm.retention); `trust_rules`: whom it trusts (swarm.trust); `lan=True` lets discovery dial private,
+    loopback and link-local addresses peers announce (swarm.discovery).
     """
     topics = sorted({t for t in topics if t != HEADS})
     for topic in topics:
@@ -386,29 +452,38 @@ async def open_swarm_node(identity: Any, store: Any, *, genome: str, topics: Seq
     guard = guard or PeerGuard()
     async with open_host(identity.seed, listen, mdns=mdns) as host:
         discovery = Discovery(host, bootstrap=bootstrap, peer_book=StorePeerBook(store),
-                              is_banned=guard.is_banned, target_peers=target_peers)
+                              is_banned=guard.is_banned, target_peers=target_peers,
+                              lan=lan or mdns)
         node = SwarmNode(identity, store, host, genome=genome, topics=topics, guard=guard,
                          discovery=discovery, validate=validate, sync_interval=sync_interval,
-                         announce_interval=announce_interval, rate_limit=rate_limit)
+                         announce_interval=announce_interval, rate_limit=rate_limit,
+                         budgets=budgets, quarantine=quarantine,
+                         retention_policy=retention_policy, trust_rules=trust_rules)
         host.set_stream_handler(PROTOCOL_ID, node.sync_server.handle_stream)
         notifee = _Notifee(node)
-        async with open_gossip(host, genome=genome, topics=topics, validate=validate,
-                               on_record=node._on_gossip, guard=guard,
-                               limit=node.rate_limit, is_known=store.has) as gossip:
-            node.gossip = gossip
-            host.get_network().register_notifee(notifee)
-            try:
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(node._sync_on_connect)
-                    nursery.start_soon(node._sync_periodically)
-                    nursery.start_soon(node._announce_periodically)
-                    await nursery.start(discovery.run)
-                    try:
-                        yield node
-                    finally:
-                        nursery.cancel_scope.cancel()
-            finally:
-                host.get_network().remove_notifee(notifee)
+        try:
+            async with open_gossip(host, genome=genome, topics=topics, validate=validate,
+                                   on_record=node._on_gossip, guard=guard,
+                                   limit=node.rate_limit, is_known=node.ingest.known,
+                                   admit=node.ingest.admit) as gossip:
+                node.gossip = gossip
+                host.get_network().register_notifee(notifee)
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(node._sync_on_connect)
+                        nursery.start_soon(node._sync_periodically)
+                        nursery.start_soon(node._announce_periodically)
+                        nursery.start_soon(node._maintain)
+                        await nursery.start(discovery.run)
+                        try:
+                            yield node
+                        finally:
+                            nursery.cancel_scope.cancel()
+                finally:
+                    host.get_network().remove_notifee(notifee)
+        finally:
+            node.ingest.close()
+            node.heads.close()
 
 
 async def serve_swarm(identity: Any, store: Any, *, genome: str, topics: Sequence[str],

@@ -2,7 +2,8 @@
 
 - `RateLimiter`: a token bucket per key (a peer id). Plain functions, an
   injectable clock, bounded under a flood of new keys. The sync server limits
-  requests per peer with it; `RecordRateLimit` builds on it.
+  requests (and bytes, `take`) per peer with it; `RecordRateLimit` and the storage
+  budgets of `swarm.admission` build on it.
 - `RecordLimits`: the numbers, with the reasoning for each default.
 - `RecordRateLimit`: admits or drops a *valid* record before it reaches the
   store. Over gossip it limits both the forwarding peer (the libp2p peer that
@@ -55,9 +56,13 @@ class RateLimiter:
 
     def allow(self, key: str) -> bool:
         """Take one token from `key`'s bucket if it has one."""
+        return self.take(key, 1.0)
+
+    def take(self, key: str, amount: float) -> bool:
+        """Take `amount` tokens from `key`'s bucket if it has that many (bytes, say)."""
         tokens = self.tokens(key)
-        allowed = tokens >= 1.0
-        self._buckets[key] = (tokens - 1.0 if allowed else tokens, self.clock())
+        allowed = tokens >= amount
+        self._buckets[key] = (tokens - amount if allowed else tokens, self.clock())
         if len(self._buckets) > self.max_keys:
             # Forget the keys idle longest; a forgotten key starts full again, which a
             # flooder cannot use: his own bucket is the one updated most recently.

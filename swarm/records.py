@@ -8,16 +8,20 @@ depend on re-encoding.
 
 `decode_envelope` is the one gate for untrusted bytes. For ANY input it returns a
 verified `Record` or raises `RecordError(reason)`, never another exception. It checks,
-cheapest first: the size limit, a strict msgpack decode (bounded lengths, no duplicate
-keys, no trailing bytes), the envelope's exact shape, the body's exact key set and value
-types for its kind (bool is not int; scores are finite floats), every limit, that the
+cheapest first, so that a maximum-size record with a bad signature costs about what a
+small one does to reject: the size limit, a strict msgpack decode (bounded lengths, no
+duplicate keys, no trailing bytes), the envelope's exact shape and its canonical bytes,
+the body's kind, genome, author and time (against the caller's genome and clock), the
+signature, and only then the body's exact key set and value types for its kind (bool
+is not int; scores are finite floats; the patch is parsed), every limit, and that the
 body is in the canonical encoding writers use (keys sorted, float64 scores, minimal
-integers: so one content has one id), the genome and time when the caller gives them,
-and finally the signature.
+integers: so one content has one id).
 
-Canonical body encoding is a receiver rule this module adds to PROTOCOL.md's writer
-rules: it refuses float32 scores and unsorted keys instead of accepting a second
-spelling of the same content under another id.
+Canonical encodings are receiver rules this module adds to PROTOCOL.md's writer rules:
+an envelope is accepted only as the exact bytes `encode_envelope` makes of its body and
+signature (keys `body`, `sig`, `v` in that order, shortest forms), and a body only in
+its canonical encoding; a second spelling of the same record would otherwise be a
+second gossip message (and, for a body, a second id).
 """
 from __future__ import annotations
 
@@ -366,6 +370,10 @@ _RESULT_FIELDS: dict[str, Callable] = {
     "status": _status,
     "val_bpb": _float, "train_s": _float, "total_s": _float, "peak_mem_mb": _float,
     "tokens": _int, "steps": _int, "params": _int, "reason": _reason,
+    # held-out test split (attestations): the claim and its parent on the same windows
+    "test_bpb": _float, "test_parent_bpb": _float,
+    # what the sandbox could not isolate, when that was not everything
+    "isolation": _reason,
 }
 
 
@@ -429,6 +437,12 @@ def decode_envelope(data: bytes, *, genome: str | None = None,
 
     `genome`: reject records of another genome id. `now_ms`: reject records timed more
     than 10 minutes in the future.
+
+    Cheapest checks first, so that a record costs little to reject whatever its size:
+    the size; the envelope's shape and its canonical bytes (one record, one spelling);
+    the body's kind, genome, author and time; the signature; and only then, for a body
+    its author really signed, the full schema (which parses the patch) and the body's
+    canonical encoding.
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise RecordError("envelope: not bytes")
@@ -446,19 +460,30 @@ def decode_envelope(data: bytes, *, genome: str | None = None,
         raise RecordError("envelope.body: expected bin")
     if type(sig) is not bytes or len(sig) != 64:
         raise RecordError("envelope.sig: expected 64 bytes")
+    if encode_envelope(body_bytes, sig) != data:
+        # any other spelling (key order, wider ints or bins) would be another gossip
+        # message, and another copy to store, of the same record
+        raise RecordError("envelope: not in canonical encoding (keys body, sig, v in "
+                          "that order, shortest msgpack forms)")
     body = _unpack(body_bytes, "body")
     if type(body) is not dict:
         raise RecordError("body: not a map")
-    _validate_body(body)
-    if encode_body(body) != body_bytes:
-        raise RecordError("body: not in canonical encoding (sorted keys, float64, "
-                          "minimal integers)")
+    # what the signature check needs, and what costs nothing to look at
+    _kind(body.get("kind"), "body.kind")
+    _genome(body.get("genome"), "body.genome")
+    _author(body.get("author"), "body.author")
+    _int(body.get("t"), "body.t")
     if genome is not None and body["genome"] != genome:
         raise RecordError(f"body.genome: {body['genome']} is not this swarm's genome")
     if now_ms is not None and body["t"] > now_ms + MAX_FUTURE_MS:
         raise RecordError("body.t: too far in the future")
     if not verify_signature(body["author"], SIGNING_DOMAIN + body_bytes, sig):
         raise RecordError("bad signature")
+    # the expensive part (patch parsing), for signed bodies only
+    _validate_body(body)
+    if encode_body(body) != body_bytes:
+        raise RecordError("body: not in canonical encoding (sorted keys, float64, "
+                          "minimal integers)")
     rid = record_id(body_bytes)
     if body["kind"] == "experiment" and rid in body["parents"]:
         raise RecordError("experiment lists itself as a parent")
@@ -490,7 +515,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-_FLOAT_FIELDS = ("val_bpb", "train_s", "total_s", "peak_mem_mb")
+_FLOAT_FIELDS = ("val_bpb", "train_s", "total_s", "peak_mem_mb", "test_bpb", "test_parent_bpb")
 
 
 def normalize_result(result: dict) -> dict:

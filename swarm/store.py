@@ -10,7 +10,18 @@ The store verifies nothing: callers insert `Record`s that `records.decode_envelo
 accepted (or that this node built). Inserts are idempotent. An experiment whose parents
 are unknown is kept, and its missing parents (except the genome root id) are listed in
 `wanted()` until they arrive; likewise an attestation's unknown target and an announced
-head. Only each author's newest `announce` is kept: it is presence, not history.
+head. (The node itself does not insert peers' records with unknown parents: they wait in
+`swarm.quarantine` until their parents arrive; `swarm.admission`.) Only each author's
+newest `announce` is kept: it is presence, not history; with it the store notes when
+this node first and last received the author's `working_on` and the promise it makes,
+and keeps a bounded number of announces (swarm.announces).
+
+Wanted ids are bounded: at most `MAX_WANTED`, each asked for with a back-off after a
+peer did not have it (`missed`), and dropped after `WANTED_MAX_TRIES` misses or
+`WANTED_TTL_S` unless a record of ours or of an author we trust needs it (`needed`).
+`prune` deletes strangers' records that nothing we protect needs (swarm.retention), and
+listeners (`add_listener`) hear of every committed insert and deletion (the sync
+server's heads index, swarm.heads).
 
 Threads: a Store owns one SQLite connection and must be used from the thread that
 opened it (sqlite3 enforces this). The node calls it from the trio thread; other threads
@@ -19,6 +30,7 @@ open their own Store on the same file (WAL lets readers run beside the writer).
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -26,9 +38,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Collection, Iterable, Iterator
 
+from swarm import announces as ann
 from swarm.records import KINDS, Record, load_stored
 
 STORE_FILE = "store.sqlite"
+
+log = logging.getLogger("loopy.swarm.store")
+
+# Wanted ids (see the module docstring). An id only strangers' records reference (or a
+# stranger's announced head) is asked for at most WANTED_MAX_TRIES times in all, across
+# every peer, and forgotten after an hour: invented ids cannot make each catch-up ask
+# each peer again. One our own or a trusted author's record needs is kept for a week.
+MAX_WANTED = 8192
+WANTED_TTL_S = 3600
+WANTED_NEEDED_TTL_S = 7 * 86400
+WANTED_MAX_TRIES = 6
+WANTED_BACKOFF_S = 30          # after a miss; doubling, at most WANTED_BACKOFF_MAX_S
+WANTED_BACKOFF_MAX_S = 900
+# What a stored record costs on disk beyond its body and envelope bytes (both are kept):
+# the row, its index entries, parent and attestation rows, and page slack. Measured
+# (bench of 2,000 inserts each of records from 0.4 to 22 KiB): 0.7-2.3 KiB; charged 3 KiB.
+STORED_ROW_OVERHEAD = 3072
 
 # (name, statements). Append only: never edit a migration that has shipped.
 MIGRATIONS: list[tuple[str, list[str]]] = [
@@ -89,6 +119,33 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             WHERE kind = 'experiment' AND status = 'ok'""",
         "CREATE INDEX IF NOT EXISTS records_by_kind_t ON records (kind, t)",
     ]),
+    # Announces are hints judged by when WE received them (swarm.announces): the current
+    # working_on of each author with its first and last local receipt, and the promises
+    # (announced runs) with whether their record came in time. Announces stored before
+    # carry no receipt history: drop them (they are presence, renewed every minute).
+    ("announce receipts and promises", [
+        "DELETE FROM records WHERE kind = 'announce'",
+        """CREATE TABLE announce_work (
+            author BLOB PRIMARY KEY, id BLOB NOT NULL, working_on TEXT NOT NULL,
+            since INTEGER NOT NULL, received_at INTEGER NOT NULL,
+            local INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID""",
+        "CREATE INDEX announce_work_received ON announce_work (received_at)",
+        """CREATE TABLE announce_promises (
+            author BLOB NOT NULL, since INTEGER NOT NULL, parent BLOB NOT NULL,
+            desc TEXT NOT NULL, target TEXT, deadline INTEGER NOT NULL,
+            kept INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (author, since)) WITHOUT ROWID""",
+    ]),
+    # Bounded wanted ids (tries and back-off, and whether a record we protect needs the
+    # id), and retention: one index in receipt order (appended to, so cheap to keep)
+    # that covers everything prune() reads of a record, its stored size included, so a
+    # prune never reads record bodies.
+    ("bounded wanted ids and retention", [
+        "ALTER TABLE wanted ADD COLUMN tries INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE wanted ADD COLUMN next_at INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE wanted ADD COLUMN needed INTEGER NOT NULL DEFAULT 0",
+        """CREATE INDEX records_retention ON records (received_at, kind, local, author, id,
+            (length(body) + length(envelope)))""",
+    ]),
 ]
 
 
@@ -116,6 +173,13 @@ class Store:
         self._depth = 0  # nesting of atomic()
         self.path = path
         self.root_id = root_id
+        # Authors whose records' missing parents and targets are `needed` wanted ids (ours
+        # always): the node sets it from its trust (swarm.network).
+        self.trusted_authors: frozenset[bytes] = frozenset()
+        self._listeners: list[Callable[[list[Record], list[bytes]], None]] = []
+        self._inserted: list[Record] = []   # this transaction's, for the listeners
+        self._removed: list[bytes] = []
+        self._new_wanted = 0  # wanted rows added since the table was last bounded
 
     # -- opening, migrations, transactions ------------------------------------
 
@@ -177,10 +241,37 @@ class Store:
             yield
         except BaseException:
             self._depth = 0
+            self._inserted, self._removed = [], []
             self._conn.execute("ROLLBACK")
             raise
         self._depth = 0
         self._conn.execute("COMMIT")
+        self._notify()
+
+    def add_listener(self, listener: Callable[[list[Record], list[bytes]], None]) -> None:
+        """Call `listener(inserted records, removed ids)` after every commit that inserted
+        or deleted records (announces included among inserts). Only this Store object's
+        writes: another connection's show in `data_version()`."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[list[Record], list[bytes]], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _notify(self) -> None:
+        inserted, removed = self._inserted, self._removed
+        self._inserted, self._removed = [], []
+        if not (inserted or removed):
+            return
+        for listener in list(self._listeners):
+            try:
+                listener(inserted, removed)
+            except Exception:  # a listener's bug must not undo or fail a committed write
+                log.exception("store listener failed")
+
+    def data_version(self) -> int:
+        """Changes when another connection commits to the file (not on our own writes)."""
+        return self._conn.execute("PRAGMA data_version").fetchone()[0]
 
     def schema_version(self) -> int:
         row = self._conn.execute("SELECT max(version) FROM schema_version").fetchone()
@@ -221,6 +312,7 @@ class Store:
 
     def _insert(self, record: Record, local: bool) -> bool:
         c = self._conn
+        now = _now_ms()
         if record.kind == "announce":
             newer = c.execute("SELECT 1 FROM records WHERE kind = 'announce' AND author = ? "
                               "AND (t > ? OR id = ?)",
@@ -229,44 +321,118 @@ class Store:
                 return False
             c.execute("DELETE FROM records WHERE kind = 'announce' AND author = ?",
                       (record.author,))
+            self._note_announce(record, local, now)
         cur = c.execute(
             "INSERT OR IGNORE INTO records (id, kind, author, t, arena, topic, val_bpb, status,"
             " body, envelope, received_at, local) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             (record.id, record.kind, record.author, record.t, record.body.get("arena"),
              record.topic, record.val_bpb, record.status, record.body_bytes, record.envelope,
-             _now_ms(), int(bool(local))))
+             now, int(bool(local))))
         if cur.rowcount == 0:
             if local:  # a record we made that came back to us first from a peer
                 c.execute("UPDATE records SET local = 1 WHERE id = ?", (record.id,))
             return False
-        c.execute("DELETE FROM wanted WHERE id = ?", (record.id,))
+        self._inserted.append(record)
+        row = c.execute("DELETE FROM wanted WHERE id = ? RETURNING needed",
+                        (record.id,)).fetchone()
+        # what this record references is needed when we protect the record itself
+        needed = bool(local) or record.author in self.trusted_authors or bool(row and row[0])
         if record.kind == "experiment":
             for position, parent in enumerate(record.parents):
                 c.execute("INSERT INTO parents (child, position, parent) VALUES (?, ?, ?)",
                           (record.id, position, parent))
-                self._want_if_missing(parent)
+                self._want_if_missing(parent, needed)
+            # the run its author announced, if any, came in time: a promise kept
+            c.execute("UPDATE announce_promises SET kept = 1 WHERE author = ? AND kept = 0 "
+                      "AND parent = ? AND desc = ? AND target IS NULL AND deadline >= ?",
+                      (record.author, record.parents[0], record.desc or "", now))
         elif record.kind == "attestation":
             c.execute("INSERT INTO attestations VALUES (?, ?, ?, ?, ?, ?)",
                       (record.id, record.target, record.author, record.verdict,
                        record.val_bpb, record.t))
-            self._want_if_missing(record.target)
+            self._want_if_missing(record.target, needed)
+            c.execute("UPDATE announce_promises SET kept = 1 WHERE author = ? AND kept = 0 "
+                      "AND target = ? AND deadline >= ?",
+                      (record.author, record.target.hex()[:16], now))
         elif record.kind == "announce" and record.head is not None:
-            self._want_if_missing(record.head)
+            self._want_if_missing(record.head, needed)
         return True
 
-    def _want_if_missing(self, record_id: bytes) -> None:
+    def _note_announce(self, record: Record, local: bool, now: int) -> None:
+        """Receipt times of an announce, the promise a new working_on makes, and the
+        bounds on both (swarm.announces)."""
+        c = self._conn
+        text = record.working_on or ""
+        row = c.execute("SELECT working_on, since FROM announce_work WHERE author = ?",
+                        (record.author,)).fetchone()
+        since = row[1] if row is not None and row[0] == text else now
+        c.execute("INSERT OR REPLACE INTO announce_work VALUES (?, ?, ?, ?, ?, ?)",
+                  (record.author, record.id, text, since, now, int(bool(local))))
+        promise = ann.promise_of(text) if since == now else None
+        if promise is not None:
+            deadline = since + int(ann.hold_s(record.body.get("arena")) * 1000)
+            c.execute("INSERT OR IGNORE INTO announce_promises (author, since, parent, desc,"
+                      " target, deadline) VALUES (?, ?, ?, ?, ?, ?)",
+                      (record.author, since, promise.parent, promise.desc, promise.target,
+                       deadline))
+            c.execute("DELETE FROM announce_promises WHERE author = ? AND since <= coalesce("
+                      "(SELECT since FROM announce_promises WHERE author = ? "
+                      "ORDER BY since DESC LIMIT 1 OFFSET ?), -1)",
+                      (record.author, record.author, ann.PROMISES_PER_AUTHOR))
+            self._prune_promises()
+        self._prune_announces(now, exclude=record.author)
+
+    def _prune_announces(self, now: int, exclude: bytes = b"") -> None:
+        """Drop announces received more than RETAIN_S ago, and beyond
+        MAX_STORED_ANNOUNCES those received longest ago (authors who kept a promise
+        last). Our own (`local`) announce stays."""
+        c = self._conn
+        cutoff = now - int(ann.RETAIN_S * 1000)
+        doomed = [row[0] for row in c.execute(
+            "SELECT author FROM announce_work WHERE received_at < ? AND local = 0",
+            (cutoff,))]
+        over = c.execute("SELECT count(*) FROM announce_work WHERE local = 0"
+                         ).fetchone()[0] - len(doomed) - ann.MAX_STORED_ANNOUNCES
+        if over > 0:
+            doomed += [row[0] for row in c.execute(
+                "SELECT w.author FROM announce_work w WHERE w.local = 0 AND w.received_at >= ?"
+                " AND w.author != ? ORDER BY EXISTS (SELECT 1 FROM announce_promises p "
+                "WHERE p.author = w.author AND p.kept = 1), w.received_at, w.author LIMIT ?",
+                (cutoff, exclude, over))]
+        for author in doomed:
+            c.execute("DELETE FROM records WHERE kind = 'announce' AND author = ?", (author,))
+            c.execute("DELETE FROM announce_work WHERE author = ?", (author,))
+
+    def _prune_promises(self) -> None:
+        """Keep at most MAX_PROMISES promises: the oldest unkept ones go first."""
+        c = self._conn
+        over = c.execute("SELECT count(*) FROM announce_promises").fetchone()[0] \
+            - ann.MAX_PROMISES
+        if over > 0:
+            c.execute("DELETE FROM announce_promises WHERE (author, since) IN (SELECT author,"
+                      " since FROM announce_promises ORDER BY kept, since LIMIT ?)", (over,))
+
+    def _want_if_missing(self, record_id: bytes, needed: bool = False) -> None:
         if record_id == self.root_id:
             return
         if self._conn.execute("SELECT 1 FROM records WHERE id = ?", (record_id,)).fetchone():
             return
-        self._conn.execute("INSERT OR IGNORE INTO wanted VALUES (?, ?)", (record_id, _now_ms()))
+        cur = self._conn.execute(
+            "INSERT INTO wanted (id, since, needed) VALUES (?, ?, ?) ON CONFLICT (id) "
+            "DO UPDATE SET needed = max(needed, excluded.needed)",
+            (record_id, _now_ms(), int(needed)))
+        self._new_wanted += cur.rowcount
+        if self._new_wanted >= 256:
+            self._bound_wanted(_now_ms())
 
-    def want(self, ids: Iterable[bytes]) -> int:
-        """Add ids learnt elsewhere (a peer's heads) to wanted unless stored; returns the
-        number of wanted ids afterwards."""
+    def want(self, ids: Iterable[bytes], needed: bool = False) -> int:
+        """Add ids learnt elsewhere (a peer's heads, a quarantined record's parents) to
+        wanted unless stored; `needed`: a record we protect needs them. Returns the number
+        of wanted ids afterwards."""
         with self.atomic():
             for record_id in ids:
-                self._want_if_missing(record_id)
+                self._want_if_missing(record_id, needed)
+            self._bound_wanted(_now_ms())
         return self._conn.execute("SELECT count(*) FROM wanted").fetchone()[0]
 
     def unwant(self, record_id: bytes) -> None:
@@ -274,11 +440,167 @@ class Store:
         with self.atomic():
             self._conn.execute("DELETE FROM wanted WHERE id = ?", (record_id,))
 
+    def missed(self, ids: Iterable[bytes], now_ms: int | None = None) -> None:
+        """A peer was asked for these wanted ids and did not send them: ask again only
+        after a back-off (30 s, doubling, at most 15 min), and forget an id no record we
+        protect needs after WANTED_MAX_TRIES misses."""
+        now = _now_ms() if now_ms is None else now_ms
+        with self.atomic():
+            for record_id in ids:
+                self._conn.execute(
+                    "UPDATE wanted SET next_at = ? + min(?, ? * (1 << min(tries, 20))), "
+                    "tries = tries + 1 WHERE id = ?",
+                    (now, WANTED_BACKOFF_MAX_S * 1000, WANTED_BACKOFF_S * 1000, record_id))
+            self._conn.execute("DELETE FROM wanted WHERE needed = 0 AND tries >= ?",
+                               (WANTED_MAX_TRIES,))
+
+    def expire_wanted(self, now_ms: int | None = None) -> int:
+        """Drop expired wanted ids and bound the table; returns how many are left."""
+        with self.atomic():
+            self._bound_wanted(_now_ms() if now_ms is None else now_ms)
+        return self._conn.execute("SELECT count(*) FROM wanted").fetchone()[0]
+
+    def _bound_wanted(self, now: int) -> None:
+        c = self._conn
+        self._new_wanted = 0
+        c.execute("DELETE FROM wanted WHERE (needed = 0 AND (since < ? OR tries >= ?)) "
+                  "OR since < ?", (now - WANTED_TTL_S * 1000, WANTED_MAX_TRIES,
+                                   now - WANTED_NEEDED_TTL_S * 1000))
+        over = c.execute("SELECT count(*) FROM wanted").fetchone()[0] - MAX_WANTED
+        if over > 0:  # the oldest of those nothing we protect needs go first
+            c.execute("DELETE FROM wanted WHERE id IN (SELECT id FROM wanted "
+                      "ORDER BY needed, since, id LIMIT ?)", (over,))
+
+    def is_needed(self, record_id: bytes) -> bool:
+        """Whether a record we protect (ours, or a trusted author's) references this
+        wanted id."""
+        row = self._conn.execute("SELECT needed FROM wanted WHERE id = ?",
+                                 (record_id,)).fetchone()
+        return bool(row and row[0])
+
     def mark_broken(self, record_id: bytes, reason: str) -> None:
         """Remember that a record's train.py cannot be rebuilt (its lineage is broken)."""
         with self.atomic():
             self._conn.execute("INSERT OR REPLACE INTO broken VALUES (?, ?, ?)",
                                (record_id, reason, _now_ms()))
+
+    # -- retention ------------------------------------------------------------
+
+    def stored_cost(self, record: Record) -> int:
+        """What a record costs on disk, as retention and admission count it."""
+        return len(record.body_bytes) + len(record.envelope) + STORED_ROW_OVERHEAD
+
+    def protected_ids(self, keep_authors: Iterable[bytes] = (), pins: Iterable[bytes] = (),
+                      received_after_ms: int | None = None) -> set[bytes]:
+        """Ids `prune` never deletes (see there): a set, for tests and status."""
+        with self.atomic():
+            self._mark_protected(keep_authors, pins, received_after_ms)
+            return {row[0] for row in self._conn.execute("SELECT id FROM temp.prune_keep")}
+
+    def _mark_protected(self, keep_authors: Iterable[bytes], pins: Iterable[bytes],
+                        received_after_ms: int | None) -> None:
+        """Fill temp.prune_keep: our records, records received after `received_after_ms`,
+        the experiments and attestations of `keep_authors`, `pins`, and every record
+        these reach through parents and attestation targets."""
+        c = self._conn
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS prune_authors "
+                  "(author BLOB PRIMARY KEY) WITHOUT ROWID")
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS prune_pins (id BLOB PRIMARY KEY) WITHOUT ROWID")
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS prune_keep (id BLOB PRIMARY KEY) WITHOUT ROWID")
+        for table in ("prune_authors", "prune_pins", "prune_keep"):
+            c.execute(f"DELETE FROM temp.{table}")
+        c.executemany("INSERT OR IGNORE INTO temp.prune_authors VALUES (?)",
+                      [(a,) for a in keep_authors])
+        c.executemany("INSERT OR IGNORE INTO temp.prune_pins VALUES (?)", [(i,) for i in pins])
+        cutoff = received_after_ms if received_after_ms is not None else 1 << 62
+        c.execute(
+            """INSERT INTO temp.prune_keep
+               WITH RECURSIVE keep(id) AS (
+                   SELECT id FROM records INDEXED BY records_retention
+                       WHERE kind != 'announce' AND (local = 1 OR received_at >= ?)
+                   UNION SELECT r.id FROM temp.prune_authors k
+                       JOIN records r INDEXED BY records_by_kind_author
+                       ON r.kind IN ('experiment', 'attestation') AND r.author = k.author
+                   UNION SELECT id FROM temp.prune_pins
+                   UNION SELECT p.parent FROM parents p JOIN keep ON p.child = keep.id
+                   UNION SELECT a.target FROM attestations a JOIN keep ON a.id = keep.id)
+               SELECT id FROM keep""", (cutoff,))
+
+    def prune(self, *, keep_authors: Iterable[bytes], pins: Iterable[bytes] = (),
+              quota_bytes: int, min_age_ms: int, now_ms: int | None = None
+              ) -> tuple[int, int, int]:
+        """Delete strangers' records that nothing protects, oldest received first, until
+        those left take at most `quota_bytes` (each counted at `stored_cost`).
+
+        Protected, never deleted: every record of ours (`local`), every experiment and
+        attestation authored by `keep_authors` (us and the peers we trust), the `pins`
+        (what the node works on now), every record received in the last `min_age_ms`,
+        and every record any of these reaches through parents and attestation targets
+        (so every lineage a protected record builds on, and every record an attestation
+        of ours or of a trusted peer is about). Announces are bounded apart (see
+        `_prune_announces`). A record anything protected references is itself protected,
+        so what is deleted is only ever referenced by other deleted records: a record goes
+        together with everything built on it or attesting it (all unprotected).
+
+        Returns (records deleted, their cost in bytes, cost of the unprotected records
+        left)."""
+        now = _now_ms() if now_ms is None else now_ms
+        cutoff = now - min_age_ms
+        c = self._conn
+        deleted, freed = 0, 0
+        with self.atomic():
+            self._mark_protected(keep_authors, pins, cutoff)
+            candidates = c.execute(
+                "SELECT id, length(body) + length(envelope) FROM records "
+                "INDEXED BY records_retention WHERE received_at < ? AND kind != 'announce' "
+                "AND local = 0 AND id NOT IN (SELECT id FROM temp.prune_keep) "
+                "ORDER BY received_at", (cutoff,)).fetchall()
+            total = sum(size + STORED_ROW_OVERHEAD for _, size in candidates)
+            gone: set[bytes] = set()
+            for record_id, _ in candidates:
+                if total <= quota_bytes:
+                    break
+                if record_id in gone:
+                    continue
+                subtree = c.execute(
+                    """WITH RECURSIVE sub(id) AS (
+                           SELECT ?
+                           UNION SELECT p.child FROM parents p JOIN sub ON p.parent = sub.id
+                           UNION SELECT a.id FROM attestations a JOIN sub ON a.target = sub.id)
+                       SELECT sub.id, length(r.body) + length(r.envelope),
+                              sub.id IN (SELECT id FROM temp.prune_keep)
+                       FROM sub JOIN records r ON r.id = sub.id""", (record_id,)).fetchall()
+                if any(kept for _, _, kept in subtree):  # cannot happen: kept is closed
+                    log.warning("prune: %s reaches a protected record; kept",
+                                record_id.hex()[:12])
+                    continue
+                for sub_id, size, _ in subtree:
+                    if sub_id in gone:
+                        continue
+                    gone.add(sub_id)
+                    for sql in ("DELETE FROM records WHERE id = ?",
+                                "DELETE FROM parents WHERE child = ?",
+                                "DELETE FROM attestations WHERE id = ?",
+                                "DELETE FROM broken WHERE id = ?"):
+                        c.execute(sql, (sub_id,))
+                    self._removed.append(sub_id)
+                    deleted += 1
+                    freed += size + STORED_ROW_OVERHEAD
+                    total -= size + STORED_ROW_OVERHEAD
+        return deleted, freed, total
+
+    def unprotected_bytes(self, keep_authors: Iterable[bytes] = (), pins: Iterable[bytes] = (),
+                          received_after_ms: int | None = None) -> int:
+        """The cost of the records `prune` could delete (all ages unless
+        `received_after_ms`)."""
+        with self.atomic():
+            self._mark_protected(keep_authors, pins, received_after_ms)
+            row = self._conn.execute(
+                "SELECT coalesce(sum(length(body) + length(envelope) + ?), 0) FROM records "
+                "INDEXED BY records_retention WHERE kind != 'announce' AND local = 0 "
+                "AND id NOT IN (SELECT id FROM temp.prune_keep)",
+                (STORED_ROW_OVERHEAD,)).fetchone()
+        return row[0]
 
     # -- reading records ------------------------------------------------------
 
@@ -476,14 +798,57 @@ class Store:
             (arena,))]
 
     def announces(self) -> list[Record]:
-        """Each author's newest announce, newest first."""
+        """Each author's newest announce, newest first (at most MAX_STORED_ANNOUNCES
+        of others', and ours)."""
         return self._records("SELECT envelope FROM records WHERE kind = 'announce' "
                              "ORDER BY t DESC, id")
 
-    def wanted(self) -> list[bytes]:
-        """Ids referenced by stored records but not stored, oldest request first."""
-        return [row[0] for row in self._conn.execute(
-            "SELECT id FROM wanted ORDER BY since, id")]
+    def live_announces(self, received_since_ms: int
+                       ) -> list[tuple[bytes, str | None, str, int, int]]:
+        """(author, arena, working_on, received_at, since) of the announces received at
+        or after `received_since_ms` by our clock, latest receipt first; `since`: when we
+        first received the author's current working_on. Nothing is decoded."""
+        return self._conn.execute(
+            "SELECT w.author, r.arena, w.working_on, w.received_at, w.since "
+            "FROM announce_work w INDEXED BY announce_work_received "
+            "JOIN records r ON r.id = w.id WHERE w.received_at >= ? "
+            "ORDER BY w.received_at DESC, w.author", (received_since_ms,)).fetchall()
+
+    def announce_tallies(self, authors: Iterable[bytes], now_ms: int | None = None
+                         ) -> dict[bytes, tuple[int, int]]:
+        """Author -> (promises kept, promises broken): announced runs whose record came
+        before the deadline, and those whose deadline passed without one."""
+        now_ms = _now_ms() if now_ms is None else now_ms
+        authors = list(dict.fromkeys(authors))
+        out: dict[bytes, tuple[int, int]] = {}
+        for i in range(0, len(authors), 500):
+            chunk = authors[i:i + 500]
+            marks = ", ".join("?" * len(chunk))
+            for author, kept, broken in self._conn.execute(
+                    f"SELECT author, sum(kept), sum(kept = 0 AND deadline < ?) "
+                    f"FROM announce_promises WHERE author IN ({marks}) GROUP BY author",
+                    (now_ms, *chunk)):
+                out[author] = (kept, broken)
+        return out
+
+    def wanted(self, limit: int | None = None, now_ms: int | None = None) -> list[bytes]:
+        """Ids to ask peers for now, oldest request first: referenced by stored (or
+        quarantined) records but not stored, not expired, and not in a back-off after a
+        miss (see `missed`)."""
+        now = _now_ms() if now_ms is None else now_ms
+        sql = ("SELECT id FROM wanted WHERE next_at <= ? AND since >= "
+               "(CASE WHEN needed THEN ? ELSE ? END) AND (needed OR tries < ?) "
+               "ORDER BY since, id")
+        args: tuple = (now, now - WANTED_NEEDED_TTL_S * 1000, now - WANTED_TTL_S * 1000,
+                       WANTED_MAX_TRIES)
+        if limit is not None:
+            sql += " LIMIT ?"
+            args += (limit,)
+        return [row[0] for row in self._conn.execute(sql, args)]
+
+    def wanted_count(self) -> int:
+        """Rows in the wanted table (due or not)."""
+        return self._conn.execute("SELECT count(*) FROM wanted").fetchone()[0]
 
     # -- attestations ---------------------------------------------------------
 

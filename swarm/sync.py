@@ -16,6 +16,24 @@ stream is closed. Servers rate-limit requests per peer (`heads`, the
 costly one, harder) and cap concurrent streams; responses never exceed 1 MiB (a `get` answer carries fewer records,
 and the client asks again for the rest).
 
+Fairness (the server's budgets, per peer and for all peers together):
+- requests, `heads` requests, bytes answered and new streams: a token bucket per peer
+  and one shared by all peers, so neither one peer nor many peer ids can take the
+  node's thread;
+- deadlines: a stream must send its first request within `FIRST_REQUEST_S`, each next
+  one within `READ_TIMEOUT_S`, take each answer within `WRITE_TIMEOUT_S`, and be done
+  within `STREAM_DEADLINE_S`; a stream past a deadline is reset (no goodbye is written to
+  a peer that is not reading);
+- at most `max_streams_per_peer` streams per peer and `max_streams` in all. When all
+  are taken, a new stream takes the place of the one that has waited on its peer longest
+  (at least `PREEMPT_AFTER_S`), from a peer that holds at least as many streams as the
+  newcomer plus one: a few slow streams, or many peer ids with one each, cannot hold the
+  cap against an honest peer whose catch-up waits on nobody.
+The client bounds a catch-up: at most `max_records` records and `max_bytes` bytes of
+answers (32 MiB: what one malicious server can push per catch-up), only records it asked
+for, and ids a peer did not have are reported (`on_missed`) so the store asks again only
+after a back-off.
+
 Layout: framing (`encode_frame`, `read_frame`), message checks
 (`parse_request`, `parse_heads`, `parse_records`), the server
 (`SyncServer.handle_stream`), the client (`SyncSession`) and the catch-up
@@ -45,8 +63,13 @@ MAX_TOPICS = 64
 MAX_HEADS = 30_000  # 30,000 ids of 34 msgpack bytes stay under 1 MiB
 MAX_REQUESTS_PER_STREAM = 64
 ID_LEN = 32
-READ_TIMEOUT_S = 10.0
-REQUEST_TIMEOUT_S = 30.0
+READ_TIMEOUT_S = 10.0       # the next request, once a stream answered one
+REQUEST_TIMEOUT_S = 30.0    # the client: one request and its answer
+FIRST_REQUEST_S = 5.0       # a new stream's first request
+WRITE_TIMEOUT_S = 10.0      # the peer takes one answer (1 MiB: at least 100 KiB/s)
+STREAM_DEADLINE_S = 60.0    # a whole stream (64 requests); a catch-up opens another
+PREEMPT_AFTER_S = 1.0       # a stream waiting on its peer this long may give way
+MAX_CATCH_UP_BYTES = 32 << 20  # of answers, per catch-up
 _RESPONSE_SLACK = 64  # map header, key and array header of a response
 
 
@@ -227,27 +250,62 @@ def bounded_heads(ids: Iterable[bytes]) -> list[bytes]:
 # --------------------------------------------------------------------------- server
 
 @dataclass
+class _Slot:
+    """One open stream: whom it serves and since when it waits on its peer."""
+    peer: str
+    opened: float
+    waiting_since: float | None
+    scope: Any = None
+    preempted: bool = False
+
+
+@dataclass
 class SyncServer:
     """Answers sync requests from a store, through injected callables.
 
     `heads_for(topics) -> ids` (empty topics: every topic), `get_records(ids)
     -> envelopes` (only those we have, in order). `is_banned(peer)` refuses
-    streams from banned peers.
+    streams from banned peers. Budgets and deadlines: see the module docstring.
     """
     heads_for: Callable[[Sequence[str]], Sequence[bytes]]
     get_records: Callable[[Sequence[bytes]], Sequence[bytes]]
     is_banned: Callable[[str], bool] = lambda peer: False
     limiter: RateLimiter = field(default_factory=lambda: RateLimiter(rate=10.0, burst=100.0))
-    # `heads` is the costly answer: every topic's heads plus their attestations, about
-    # 1.5 s of CPU on the node's one thread at 20,000 records when the answer cache
-    # misses (any insert invalidates it). An honest peer asks once per catch-up, about
-    # every 30 s; 10 at once and then one every 3 s keeps one peer from stalling us.
+    # `heads` is the costly answer: every topic's heads plus their attestations. The
+    # heads index (swarm.heads) keeps it cheap across inserts, but a list of 30,000 ids
+    # is still 1 MiB to send. An honest peer asks once per catch-up, about every 30 s;
+    # 10 at once and then one every 3 s keeps one peer from stalling us.
     heads_limiter: RateLimiter = field(
         default_factory=lambda: RateLimiter(rate=1 / 3, burst=10.0))
+    # All peers together: ten times one peer's allowance, so that a flood of peer ids
+    # gets no more of the node than a few greedy peers would.
+    global_limiter: RateLimiter = field(
+        default_factory=lambda: RateLimiter(rate=100.0, burst=400.0, max_keys=1))
+    global_heads_limiter: RateLimiter = field(
+        default_factory=lambda: RateLimiter(rate=2.0, burst=20.0, max_keys=1))
+    # Bytes answered: 4 MiB/s per peer (a late joiner pulls 100,000 records of 5 KiB in
+    # two minutes), 32 MiB/s for all peers.
+    bytes_limiter: RateLimiter = field(
+        default_factory=lambda: RateLimiter(rate=4 * 2 ** 20, burst=32 * 2 ** 20))
+    global_bytes_limiter: RateLimiter = field(
+        default_factory=lambda: RateLimiter(rate=32 * 2 ** 20, burst=128 * 2 ** 20,
+                                            max_keys=1))
+    # New streams per peer: a catch-up needs one or two.
+    stream_limiter: RateLimiter = field(
+        default_factory=lambda: RateLimiter(rate=1.0, burst=16.0))
     max_streams_per_peer: int = 4
     max_streams: int = 64
+    first_request_s: float = FIRST_REQUEST_S
+    read_timeout_s: float = READ_TIMEOUT_S
+    write_timeout_s: float = WRITE_TIMEOUT_S
+    stream_deadline_s: float = STREAM_DEADLINE_S
+    preempt_after_s: float = PREEMPT_AFTER_S
     served: int = 0
+    refused: int = 0
+    preempted: int = 0
+    timed_out: int = 0
     _open: dict[str, int] = field(default_factory=dict)
+    _slots: list[_Slot] = field(default_factory=list)
 
     async def handle_stream(self, stream: Any) -> None:
         """py-libp2p stream handler: never raises, always closes the stream."""
@@ -257,44 +315,108 @@ class SyncServer:
             peer = "?"
         await self.serve(stream, peer)
 
+    def _victim(self, newcomer: str) -> _Slot | None:
+        """The stream that gives way to a newcomer when every slot is taken, or None."""
+        now = trio.current_time()
+        mine = self._open.get(newcomer, 0)
+        best, best_key = None, None
+        for slot in self._slots:
+            if slot.preempted or slot.waiting_since is None:
+                continue
+            waited = now - slot.waiting_since
+            count = self._open.get(slot.peer, 0)
+            if waited < self.preempt_after_s or count < mine + 1:
+                continue
+            key = (count, waited)
+            if best_key is None or key > best_key:
+                best, best_key = slot, key
+        return best
+
     async def serve(self, stream: Stream, peer: str) -> None:
         if (self.is_banned(peer) or self._open.get(peer, 0) >= self.max_streams_per_peer
-                or sum(self._open.values()) >= self.max_streams):
+                or not self.stream_limiter.allow(peer)):
+            self.refused += 1
             await _reset(stream)
             return
+        if sum(self._open.values()) >= self.max_streams:
+            victim = self._victim(peer)
+            if victim is None:
+                self.refused += 1
+                await _reset(stream)
+                return
+            victim.preempted = True
+            victim.scope.cancel()
+            self.preempted += 1
+        now = trio.current_time()
+        slot = _Slot(peer, now, now)
+        self._slots.append(slot)
         self._open[peer] = self._open.get(peer, 0) + 1
+        clean = False
         try:
-            with trio.move_on_after(REQUEST_TIMEOUT_S * 4):
-                await self._answer_requests(stream, peer)
+            with trio.CancelScope(deadline=now + self.stream_deadline_s) as scope:
+                slot.scope = scope
+                clean = await self._answer_requests(stream, peer, slot)
+            if scope.cancelled_caught and not slot.preempted:
+                self.timed_out += 1
         except Exception as error:  # a broken connection or a bug: never into libp2p
             log.debug("sync stream from %s ended: %r", peer, error)
         finally:
+            self._slots.remove(slot)
             self._open[peer] -= 1
             if not self._open[peer]:
                 del self._open[peer]
             with trio.move_on_after(2.0, shield=True):
-                await _close(stream)
+                if clean:
+                    await _close(stream)
+                else:  # a deadline passed, or it gave way: no goodbye to a slow peer
+                    await _reset(stream)
 
-    async def _answer_requests(self, stream: Stream, peer: str) -> None:
+    async def _answer_requests(self, stream: Stream, peer: str, slot: _Slot) -> bool:
+        """Serve requests in turn; True when the stream may be closed gracefully, False
+        when it must be reset (a read or write deadline passed)."""
         reader = FrameReader(stream)
-        for _ in range(MAX_REQUESTS_PER_STREAM):
+        for n in range(MAX_REQUESTS_PER_STREAM):
+            slot.waiting_since = trio.current_time()
             try:
-                with trio.fail_after(READ_TIMEOUT_S):
+                with trio.fail_after(self.first_request_s if n == 0 else self.read_timeout_s):
                     message = await reader.read_frame(MAX_REQUEST_FRAME)
                 if message is None:
-                    return
+                    return True
                 request = parse_request(message)
-            except (FrameError, trio.TooSlowError) as error:
+            except trio.TooSlowError:
+                self.timed_out += 1
+                log.debug("sync stream from %s: no request in time", peer)
+                return False
+            except FrameError as error:
                 log.debug("bad sync request from %s: %s", peer, error)
-                await _write_quietly(stream, {"error": "bad request"})
-                return
-            if not self.limiter.allow(peer) or (
-                    request.op == "heads" and not self.heads_limiter.allow(peer)):
-                await _write_quietly(stream, {"error": "rate limited"})
-                return
-            with trio.fail_after(REQUEST_TIMEOUT_S):
-                await stream.write(encode_frame(self.answer(request)))
+                return await self._say(stream, slot, {"error": "bad request"})
+            slot.waiting_since = None
+            if not (self.limiter.allow(peer) and self.global_limiter.allow("*")) or (
+                    request.op == "heads" and not (self.heads_limiter.allow(peer)
+                                                   and self.global_heads_limiter.allow("*"))):
+                return await self._say(stream, slot, {"error": "rate limited"})
+            frame = encode_frame(self.answer(request))
+            if not (self.bytes_limiter.take(peer, len(frame))
+                    and self.global_bytes_limiter.take("*", len(frame))):
+                return await self._say(stream, slot, {"error": "rate limited"})
+            if not await self._say(stream, slot, frame):
+                return False
             self.served += 1
+        return True
+
+    async def _say(self, stream: Stream, slot: _Slot, message: dict | bytes) -> bool:
+        """Write a frame within the write deadline; False (reset the stream) if the peer
+        does not take it in time."""
+        frame = message if isinstance(message, bytes) else encode_frame(message)
+        slot.waiting_since = trio.current_time()
+        try:
+            with trio.fail_after(self.write_timeout_s):
+                await stream.write(frame)
+        except trio.TooSlowError:
+            self.timed_out += 1
+            return False
+        slot.waiting_since = None
+        return True
 
     def answer(self, request: Request) -> dict:
         if request.op == "heads":
@@ -302,14 +424,6 @@ class SyncServer:
         if request.op == "get":
             return {"records": bounded_records(self.get_records(list(request.ids)))}
         return {"error": "unknown op"}
-
-
-async def _write_quietly(stream: Stream, message: dict) -> None:
-    with trio.move_on_after(READ_TIMEOUT_S):
-        try:
-            await stream.write(encode_frame(message))
-        except Exception:
-            pass
 
 
 async def _close(stream: Stream) -> None:
@@ -376,6 +490,8 @@ class CatchUpResult:
     requested: int = 0
     stored: int = 0
     rejected: int = 0
+    received_bytes: int = 0   # envelope bytes the peer's answers carried
+    missed: int = 0           # wanted ids the peer did not send
 
 
 async def catch_up(session: SyncSession, topics: Sequence[str], *,
@@ -384,52 +500,75 @@ async def catch_up(session: SyncSession, topics: Sequence[str], *,
                    verify: Callable[[bytes], "tuple[Any | None, str]"],
                    store: Callable[[list[Any]], Any],
                    report: Callable[[str], Any] = lambda reason: None,
-                   max_records: int = 100_000) -> CatchUpResult:
+                   on_missed: Callable[[list[bytes]], Any] = lambda ids: None,
+                   keep_going: Callable[[], bool] = lambda: True,
+                   max_records: int = 100_000,
+                   max_bytes: int = MAX_CATCH_UP_BYTES) -> CatchUpResult:
     """Fetch what the peer has and we lack: its heads, then their missing ancestors.
 
     `missing(ids)` -> those not in our store; `wanted()` -> ids our store
     references but lacks (parents, targets); `verify(envelope)` -> `(record,
     "")` or `(None, reason)` (a record has `.id`); `store(records)` keeps a
-    verified batch (one transaction for the store).
+    verified batch (one transaction for the store) and may return how many it stored.
     Invalid records and records we did not ask for are refused and
     `report`ed. Each id is asked for at most twice (a second time only when a
-    response left it out), so the loop ends even against a peer that
-    withholds records.
+    response cut short by the size cap left it out), so the loop ends even against
+    a peer that withholds records. Wanted ids the peer did not send go to
+    `on_missed` at the end (the store then asks again only after a back-off).
+    The catch-up stops after `max_records` ids asked for or `max_bytes` of answers
+    (what one malicious server can push), and when a batch stored nothing while
+    `keep_going()` says our storage budget is spent.
     """
     result = CatchUpResult()
     heads = await session.heads(topics)
     result.heads = len(heads)
     todo = list(dict.fromkeys(missing(heads)))
     asked: dict[bytes, int] = {}
-    while result.requested < max_records:
-        if not todo:
-            todo = [i for i in dict.fromkeys(missing(list(wanted()))) if asked.get(i, 0) < 2]
+    from_wanted: set[bytes] = set()
+    received: set[bytes] = set()
+    answered = 0
+    try:
+        while result.requested < max_records and answered < max_bytes:
             if not todo:
-                break
-        batch = [i for i in todo[:MAX_GET_IDS] if asked.get(i, 0) < 2]
-        todo = todo[MAX_GET_IDS:]
-        if not batch:
-            continue
-        for i in batch:
-            asked[i] = asked.get(i, 0) + 1
-        result.requested += len(batch)
-        envelopes = await session.get(batch)
-        requested, got, verified = set(batch), set(), []
-        for envelope in envelopes:
-            record, reason = verify(envelope)
-            if record is not None and record.id not in requested:
-                record, reason = None, "record not requested"
-            if record is None:
-                result.rejected += 1
-                report(reason)
+                todo = [i for i in dict.fromkeys(missing(list(wanted()))) if i not in asked]
+                from_wanted.update(todo)
+                if not todo:
+                    break
+            batch = [i for i in todo[:MAX_GET_IDS] if asked.get(i, 0) < 2]
+            todo = todo[MAX_GET_IDS:]
+            if not batch:
                 continue
-            if record.id not in got:
-                verified.append(record)
-                got.add(record.id)
-        if verified:
-            store(verified)
-            result.stored += len(verified)
-        # A response cut short by the size cap: ask again for what it left out.
-        if envelopes and len(got) < len(batch):
-            todo.extend(i for i in batch if i not in got and asked[i] < 2)
+            for i in batch:
+                asked[i] = asked.get(i, 0) + 1
+            result.requested += len(batch)
+            envelopes = await session.get(batch)
+            answered += sum(len(e) for e in envelopes)
+            result.received_bytes = answered
+            requested, got, verified = set(batch), set(), []
+            for envelope in envelopes:
+                record, reason = verify(envelope)
+                if record is not None and record.id not in requested:
+                    record, reason = None, "record not requested"
+                if record is None:
+                    result.rejected += 1
+                    report(reason)
+                    continue
+                if record.id not in got:
+                    verified.append(record)
+                    got.add(record.id)
+            received |= got
+            if verified:
+                stored = store(verified)
+                stored = len(verified) if not isinstance(stored, int) else stored
+                result.stored += stored
+                if not stored and not keep_going():
+                    break  # our storage budget is spent: fetching more is wasted
+            # A response cut short by the size cap: ask again for what it left out.
+            if envelopes and len(got) < len(batch):
+                todo.extend(i for i in batch if i not in got and asked[i] < 2)
+    finally:
+        missed = [i for i in from_wanted if i not in received]
+        result.missed = len(missed)
+        if missed:
+            on_missed(missed)
     return result

@@ -561,7 +561,7 @@ def announce(identity, text, t=None):
                          working_on=text, t=t)
 
 
-def test_verifiers_are_read_from_fresh_verify_announces_of_others(claim_world):
+def test_verifiers_are_read_from_fresh_verify_announces_of_others(claim_world, monkeypatch):
     world, claim = claim_world
     store, me = world.store, world.me
     other = sibling(world, world.key("dave"), val=1.95, change=WARMDOWN_DOWN, desc="wd")
@@ -569,17 +569,21 @@ def test_verifiers_are_read_from_fresh_verify_announces_of_others(claim_world):
     now_ms = int(time.time() * 1000)
     store.insert(announce(me, on_claim), local=True)                       # ourselves
     store.insert(announce(world.key("alice"), on_claim))
-    store.insert(announce(world.key("bob"), on_claim, t=now_ms - 2_000_000))   # stale
+    # stale: fresh by its author's clock, but we received it long ago (our clock counts)
+    monkeypatch.setattr("swarm.store._now_ms", lambda: now_ms - 1_000_000)
+    store.insert(announce(world.key("bob"), on_claim, t=now_ms))
+    monkeypatch.undo()
     store.insert(announce(world.key("erin"), working_on(ROOT, verify_desc(other))))
-    store.insert(announce(world.key("frank"), working_on(ROOT, "[X*2] an edit")))
-    store.insert(announce(world.key("gina"), working_on(ROOT, f"verify {claim.id_hex[:15]}: x")))
     store.insert(announce(world.key("hal"), f"verify {claim.id_hex[:16]}: no parent"))
-    found = verifiers_from_announces(store, me.public_key)
-    assert found == {claim.id_hex[:16]: {world.key("alice").public_key},
-                     other.id_hex[:16]: {world.key("erin").public_key}}
+    expected = {claim.id_hex[:16]: {world.key("alice").public_key},
+                other.id_hex[:16]: {world.key("erin").public_key}}
+    assert verifiers_from_announces(store, me.public_key) == expected
     # a longer horizon counts bob's old announce too
     assert verifiers_from_announces(store, me.public_key, max_age_s=10_000)[
         claim.id_hex[:16]] == {world.key("alice").public_key, world.key("bob").public_key}
+    store.insert(announce(world.key("frank"), working_on(ROOT, "[X*2] an edit")))
+    store.insert(announce(world.key("gina"), working_on(ROOT, f"verify {claim.id_hex[:15]}: x")))
+    assert verifiers_from_announces(store, me.public_key) == expected
 
     # wired into the loop: only a fresh announce of a peer we trust counts
     world.loop.verifiers = lambda: verifiers_from_announces(store, me.public_key)

@@ -1,167 +1,256 @@
-"""The trusted evaluation child on its own: cheats that get past the static screen (here
-the screen is bypassed on purpose) are caught at run time; honest models are scored.
+"""The trusted evaluation child on exported graphs: honest models get exactly the trusted
+metric's score; graphs that peek at later tokens or at other rows of the batch are caught by
+the causality probe on the scoring batches themselves; the result-file protocol holds.
 
-All variants are evaluated concurrently by one module fixture (each evaluation is a
-child process that imports torch), then asserted one by one.
+Models are exported in-process with model_graph.export_model; the trusted prepare.py is the
+fake genome's: the real one, on a tiny corpus with a 300-token vocabulary.
 """
+import importlib.util
 import json
-import shutil
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
+import torch
+import torch.nn as nn
 
 import fake_genome as fg
 from experiments import evaluate_child
+from experiments import model_graph as mg
+from genome import train
 
-AFTER_IMPORTS = "from prepare import make_dataloader, run_config\n"
-FORWARD = "        return self.table(idx)\n"
+VOCAB = 300  # the fake genome's tokenizer
+SETTINGS = evaluate_child.EVAL_SETTINGS["cpu"]
+B, T = SETTINGS["batch_size"], SETTINGS["seq_len"]
 
+class Bigram(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(VOCAB, VOCAB)
 
-def at_import(code: str) -> str:
-    return fg.TRAIN.replace(AFTER_IMPORTS, AFTER_IMPORTS + code)
-
-
-def forward(code: str) -> str:
-    assert FORWARD in fg.TRAIN
-    body = "".join("        " + line + "\n" for line in code.splitlines())
-    return fg.TRAIN.replace(FORWARD, body)
-
-
-VARIANTS = {
-    "honest": fg.TRAIN,
-    # Halve the loss the evaluator computes.
-    "patch_functional": at_import("_ce = F.cross_entropy\n"
-                                  "F.cross_entropy = lambda *a, **k: _ce(*a, **k) * 0.5\n"),
-    "patch_tensor_method": at_import(
-        "_float = torch.Tensor.float\n"
-        "torch.Tensor.float = lambda self, *a: _float(self, *a) * 2\n"),
-    "patch_builtin": at_import("import builtins\nbuiltins.sum = lambda *a: 0\n"),
-    "function_mode": at_import(
-        "from torch.overrides import TorchFunctionMode\n"
-        "class Quiet(TorchFunctionMode):\n"
-        "    def __torch_function__(self, func, types, args=(), kwargs=None):\n"
-        "        return func(*args, **(kwargs or {}))\n"
-        "Quiet().__enter__()\n"),
-    "tensor_subclass": forward("return self.table(idx).as_subclass(Sly)").replace(
-        AFTER_IMPORTS, AFTER_IMPORTS + "class Sly(torch.Tensor):\n    pass\n"),
-    "non_finite": forward("return self.table(idx) * float('nan')"),
-    "wrong_shape": forward("return self.table(idx)[:, :-1]"),
-    # Causal in time, but row b reads row b-1 of the same batch.
-    "cross_row": forward("out = self.table(idx)\n"
-                         "steps = torch.arange(1, idx.size(1) + 1).view(1, -1, 1)\n"
-                         "return out + out.roll(1, dims=0).cumsum(dim=1) / steps"),
-    # Every call drifts: the model keeps state between calls.
-    "stateful": forward("self.calls = getattr(self, 'calls', 0) + 1\n"
-                        "return self.table(idx) + 0.01 * self.calls"),
-    # Inputs and targets are views of one window: writing its predictions into the input
-    # would turn the targets into the predictions. The evaluator hands out a copy.
-    "mutates_input": forward("out = self.table(idx)\n"
-                             "idx[:, 1:] = out.argmax(-1)[:, :-1]\n"
-                             "return out"),
-    "exits": at_import("import sys\nsys.exit(0)\n"),
-    "wrong_weights": fg.TRAIN.replace("return Bigram(run.vocab_size)",
-                                      "return Bigram(run.vocab_size + 1)"),
-}
+    def forward(self, idx):
+        return self.table(idx)
 
 
-def _evaluate(root: Path, genome: Path, data, name: str, source: str) -> tuple[dict, str, bool]:
-    d = root / name
-    d.mkdir()
-    (d / "train.py").write_text(source)
-    shutil.copyfile(genome / "prepare.py", d / "prepare.py")
-    shutil.copyfile(root / "model.pt", d / "model.pt")
-    shutil.copyfile(root / "run.json", d / "run.json")
-    spec = {"nonce": f"nonce-{name}", "result_path": str(d / "result.json"),
-            "trusted_prepare": str(genome / "prepare.py"), "prepare_py": str(d / "prepare.py"),
-            "train_py": str(d / "train.py"), "model_pt": str(d / "model.pt"),
-            "run_config": str(d / "run.json"), "val_bin": str(data.val_bin),
-            "tokenizer": str(data.tokenizer), "device": "cpu", "profile": "cpu", "threads": 1,
-            "probe_seed": 1234}
-    (d / "eval.json").write_text(json.dumps(spec))
-    done = subprocess.run([sys.executable, "-I", evaluate_child.__file__, str(d / "eval.json")],
-                          cwd=d, capture_output=True, text=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
-    result = json.loads((d / "result.json").read_text())
-    return result, done.stdout + done.stderr, (d / "eval.json").exists()
+class PeeksAtNextToken(Bigram):
+    """Adds a scaled one-hot of the next token: a large gain that only exists by cheating."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("eye", torch.eye(VOCAB))
+
+    def forward(self, idx):
+        nxt = torch.cat([idx[:, 1:], idx[:, -1:]], dim=1)
+        return self.table(idx) + 5.0 * nn.functional.embedding(nxt, self.eye)
+
+
+class ReadsOtherRow(Bigram):
+    """Causal in time, but row i reads row i-1 of the same batch (at the same position)."""
+
+    def forward(self, idx):
+        out = self.table(idx)
+        return out + 0.5 * torch.cat([out[-1:], out[:-1]], dim=0)
+
+
+class MeanOfRow(Bigram):
+    """Every position sees the mean embedding of the whole row, future included."""
+
+    def forward(self, idx):
+        out = self.table(idx)
+        return out + out.mean(dim=1, keepdim=True)
+
+
+class NotFinite(Bigram):
+    def forward(self, idx):
+        return self.table(idx) * float("inf")
+
+
+class InBatchLookup(Bigram):
+    """Causal within its row, but looks its last two tokens up in the OTHER rows of the batch
+    and votes for what followed there: where windows overlap, that is the row's own future."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("eye", torch.eye(VOCAB))
+        rows = torch.arange(B).repeat_interleave(T)
+        self.register_buffer("other", rows[:, None] != rows[None, :])
+
+    def forward(self, idx):
+        key = torch.cat([torch.full_like(idx[:, :1], -1), idx[:, :-1] * VOCAB + idx[:, 1:]], 1)
+        found = torch.cat([key[:, :-1], torch.full_like(idx[:, :1], -2)], 1)  # followed by
+        nxt = torch.cat([idx[:, 1:], idx[:, -1:]], 1)
+        match = (key.reshape(-1, 1) == found.reshape(1, -1)) & self.other
+        votes = match.float() @ nn.functional.embedding(nxt.reshape(-1), self.eye)
+        return self.table(idx) + 5.0 * (votes >= 3).float().view(idx.shape[0], T, VOCAB)
+
+
+def genome_gpt():
+    torch.manual_seed(0)
+    model = train.build_model(SimpleNamespace(profile="cpu", vocab_size=VOCAB, seq_len=T))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return model.eval()
+
+
+def bigram(cls=Bigram):
+    torch.manual_seed(1)
+    return cls().eval()
 
 
 @pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    import importlib.util
-
-    import torch
-
+def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     genome = fg.make_genome(root / "genome")
     spec = importlib.util.spec_from_file_location("fake_prepare_for_eval", genome / "prepare.py")
     prepare = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = prepare  # dataclasses look their module up
     spec.loader.exec_module(prepare)
     data = prepare.prepare_data(root / "home")
-    config = {"device": "cpu", "profile": "cpu", "budget_kind": "tokens", "budget_value": 1000,
-              "seed": 0, "out_dir": str(root), "train_bin": str(data.train_bin), "vocab_size": 64,
-              "bos_id": 0, "seq_len": 256, "threads": 1}
-    (root / "run.json").write_text(json.dumps(config))
-    # "Trained" weights: a bigram table that knows the data's cycle.
-    table = torch.full((64, 64), -2.0)
-    for t in range(1, 64):
-        table[t, 1 + (t % 63)] = 3.0
-    torch.save({"table.weight": table}, root / "model.pt")
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = {name: pool.submit(_evaluate, root, genome, data, name, source)
-                   for name, source in VARIANTS.items()}
-        return {name: future.result() for name, future in futures.items()}
+    tokenizer = prepare.load_tokenizer(data.tokenizer)
+    assert tokenizer.vocab_size == VOCAB
+    models = {"gpt": genome_gpt(), "bigram": bigram(), "peeks": bigram(PeeksAtNextToken),
+              "other_row": bigram(ReadsOtherRow), "mean_of_row": bigram(MeanOfRow),
+              "in_batch_lookup": bigram(InBatchLookup),
+              "not_finite": bigram(NotFinite)}
+    for name, model in models.items():
+        mg.export_model(model, batch_size=B, seq_len=T, out_dir=root / name)
+    return SimpleNamespace(root=root, genome=genome, prepare=prepare, data=data,
+                           token_bytes=tokenizer.token_bytes, models=models)
 
 
-def test_honest_model_is_scored(results):
-    result, log, spec_left = results["honest"]
-    assert result["status"] == "ok", log
-    assert 0.5 < result["val_bpb"] < 6.0
-    assert result["params"] == 64 * 64
-    assert result["nonce"] == "nonce-honest"
-    assert not spec_left, "eval.json must be deleted before train.py is imported"
-    assert "evaluation: ok" in log
+def make_spec(env, name: str, **extra) -> dict:
+    return {"trusted_prepare": str(env.genome / "prepare.py"),
+            "graph_dir": str(env.root / name), "val_bin": str(env.data.val_bin),
+            "tokenizer": str(env.data.tokenizer), "device": "cpu", "profile": "cpu",
+            "threads": 1, "probe_seed": 1234, "max_weight_bytes": 2**30, **extra}
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("patch_functional",
-     "torch.nn.functional.cross_entropy was replaced or removed (after building the model)"),
-    ("patch_tensor_method", "torch.Tensor.float was added (after building the model)"),
-    ("patch_builtin", "builtins.sum was replaced or removed"),
-    ("function_mode", "a torch function mode is active"),
-    ("tensor_subclass", "model returned Sly, not a plain torch.Tensor"),
-    ("non_finite", "model returned non-finite logits"),
-    ("wrong_shape", "model returned logits of shape (16, 255, 64), expected (16, 256, >=64)"),
-    ("cross_row", "causality probe: logits of one row changed"),
-    ("stateful", "causality probe: "),
-])
-def test_cheats_are_rejected(results, name, reason):
-    result, log, _ = results[name]
-    assert result["status"] == "rejected", (result, log)
-    assert reason in result["reason"], result["reason"]
+def test_honest_model_scores_exactly_the_trusted_metric(env):
+    result = evaluate_child.evaluate(make_spec(env, "gpt"))
+    assert result["status"] == "ok", result
+    model = env.models["gpt"]
+    args = (env.data.val_bin, env.token_bytes, B, T, "cpu",
+            SETTINGS["n_windows"])
+    graph = mg.load_graph(env.root / "gpt", vocab_size=VOCAB, batch_size=B, seq_len=T,
+                          device="cpu")
+    assert result["val_bpb"] == env.prepare.evaluate_bpb(graph, *args)  # bit for bit
+    assert result["val_bpb"] == pytest.approx(env.prepare.evaluate_bpb(model, *args), rel=1e-5)
+    assert result["params"] == sum(p.numel() for p in model.parameters()) + 2 * model.cos.numel()
+    assert result["probe_batches"] == 4  # a quarter of the 16 scoring batches
+    assert 0 <= result["probe_max_diff"] <= evaluate_child.PROBE_TOLERANCE["cpu"]
+    assert "test_bpb" not in result and result["eval_s"] > 0
+
+
+def test_held_out_test_split_is_scored_and_probed_when_asked(env):
+    spec = make_spec(env, "bigram", test={"seed": 7, "n_windows": 40},
+                     test_bin=str(env.data.test_bin))
+    result = evaluate_child.evaluate(spec)
+    assert result["status"] == "ok", result
+    graph = mg.load_graph(env.root / "bigram", vocab_size=VOCAB, batch_size=B, seq_len=T,
+                          device="cpu")
+    expected = env.prepare.test_bpb(graph, env.data.test_bin, env.token_bytes, B, T, "cpu",
+                                    40, 7)
+    assert result["test_bpb"] == expected
+    assert 0 < result["val_bpb"] < 20
+    assert result["probe_batches"] == 4 + 2  # 3 test batches: at least 2 probed
+
+
+@pytest.mark.parametrize("name", ["peeks", "other_row", "mean_of_row", "in_batch_lookup"])
+def test_non_causal_graphs_are_rejected_by_the_probe(env, name):
+    result = evaluate_child.evaluate(make_spec(env, name))
+    assert result["status"] == "rejected", result
+    assert result["reason"].startswith("causality probe (validation batch "), result["reason"]
     assert "val_bpb" not in result
 
 
-def test_writing_predictions_into_the_input_does_not_help(results):
-    honest = results["honest"][0]["val_bpb"]
-    result, log, _ = results["mutates_input"]
-    assert result["status"] == "ok", log
-    assert result["val_bpb"] == pytest.approx(honest, rel=1e-6)
+@pytest.mark.parametrize("name", ["peeks", "in_batch_lookup"])
+def test_probe_does_not_depend_on_the_seed_to_catch_a_peek(env, name):
+    """The fake validation text is short: its windows overlap heavily, the case where a row
+    could find its own future in the other rows of the batch."""
+    assert len(np.fromfile(env.data.val_bin, dtype=np.uint16)) < SETTINGS["n_windows"] * T / 4
+    for seed in range(5):
+        result = evaluate_child.evaluate(make_spec(env, name, probe_seed=seed))
+        assert result["status"] == "rejected", (seed, result)
 
 
-@pytest.mark.parametrize("name, reason", [
-    ("exits", "loading the model failed: SystemExit: 0"),
-    ("wrong_weights", "loading the model failed: size mismatch for table.weight"),
-])
-def test_broken_candidates_crash(results, name, reason):
-    result, log, _ = results[name]
-    assert result["status"] == "crash", (result, log)
-    assert result["reason"].startswith(reason), result["reason"]
+def test_probe_cuts_never_keep_text_another_row_replaces():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n, T_ = int(rng.integers(1, 12)), int(rng.integers(4, 40))
+        starts = np.sort(rng.integers(0, int(rng.integers(1, 200)), size=n))
+        cuts = evaluate_child.probe_cuts(starts, T_, rng)
+        assert ((cuts >= -1) & (cuts <= T_ - 1)).all()
+        kept = [set(range(s, s + c + 1)) for s, c in zip(starts, cuts)]
+        replaced = [set(range(s + c + 1, s + T_)) for s, c in zip(starts, cuts)]  # inputs
+        for i in range(n):
+            for j in range(n):
+                assert not kept[j] & replaced[i], (starts, cuts, i, j)
+        assert (cuts >= 0).any()  # some row is always checked
+    lone = evaluate_child.probe_cuts(np.array([0, 1000, 2000]), 256, rng)
+    assert ((0 <= lone) & (lone <= 254)).all()
+
+
+def test_graph_rejections_become_status_rejected(env, tmp_path):
+    result = evaluate_child.evaluate(make_spec(env, "not_finite"))
+    assert result == {"status": "rejected", "reason": "the graph returned non-finite logits",
+                      "params": VOCAB * VOCAB}
+    graph_dir = tmp_path / "hostile"
+    graph_dir.mkdir()
+    graph = json.loads((env.root / "bigram" / mg.GRAPH_FILE).read_text())
+    next(n for n in graph["nodes"] if n["op"] == "call_function")["target"] = "aten.rand.default"
+    (graph_dir / mg.GRAPH_FILE).write_text(json.dumps(graph))
+    (graph_dir / mg.WEIGHTS_FILE).write_bytes((env.root / "bigram" / mg.WEIGHTS_FILE).read_bytes())
+    result = evaluate_child.evaluate(make_spec(env, "x", graph_dir=str(graph_dir)))
+    assert result["status"] == "rejected"
+    assert "operator 'aten.rand.default' is not allowed" in result["reason"]
+
+
+def test_child_process_protocol(env, tmp_path):
+    """Run as the harness does: eval.json is deleted, the result carries the nonce."""
+    spec = make_spec(env, "bigram", nonce="nonce-1", result_path=str(tmp_path / "result.json"))
+    (tmp_path / "eval.json").write_text(json.dumps(spec))
+    done = subprocess.run([sys.executable, "-I", evaluate_child.__file__,
+                           str(tmp_path / "eval.json")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={"PATH": "/usr/bin:/bin",
+                                                       "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "ok" and result["nonce"] == "nonce-1", result
+    assert not (tmp_path / "eval.json").exists()
+    assert "evaluation: ok val_bpb" in done.stdout
+
+
+def test_evaluator_failure_is_status_error(env, tmp_path):
+    spec = make_spec(env, "bigram", nonce="n2", result_path=str(tmp_path / "result.json"),
+                     trusted_prepare=str(tmp_path / "missing_prepare.py"))
+    (tmp_path / "eval.json").write_text(json.dumps(spec))
+    assert evaluate_child.main([str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "error" and result["nonce"] == "n2"
+    assert not (tmp_path / "eval.json").exists()
+
+
+def test_probe_plan_takes_a_quarter_and_at_least_two():
+    rng = np.random.default_rng(0)
+    assert len(evaluate_child.probe_plan(16, rng)) == 4
+    assert len(evaluate_child.probe_plan(3, rng)) == 2
+    assert evaluate_child.probe_plan(1, rng) == {0}
+    assert len(evaluate_child.probe_plan(64, rng)) == 16
 
 
 def test_eval_settings_are_fixed_per_profile():
     assert evaluate_child.EVAL_SETTINGS["cpu"]["seq_len"] == 256
     assert evaluate_child.EVAL_SETTINGS["cuda"]["seq_len"] == 2048
     assert evaluate_child.EVAL_SETTINGS["mps"]["seq_len"] == 1024
+
+
+def test_evaluator_imports_no_candidate_code():
+    """Nothing in the trusted child loads train.py, model.pt or pickles."""
+    source = Path(evaluate_child.__file__).read_text()
+    code = source.split('"""', 2)[2]  # past the docstring
+    for word in ("torch.load", "pickle", "train_py", "model_pt", "import train", "exec("):
+        assert word not in code, word

@@ -9,12 +9,18 @@ import pytest
 import genome
 
 
-def fake_repo(root, prepare=b"prepare", evaluate=b"evaluate"):
+def fake_repo(root, prepare=b"prepare", evaluate=b"evaluate", graph=b"graph", feed=b"feed"):
     (root / "genome").mkdir(parents=True, exist_ok=True)
     (root / "experiments").mkdir(parents=True, exist_ok=True)
     (root / "genome" / "prepare.py").write_bytes(prepare)
     (root / "experiments" / "evaluate_child.py").write_bytes(evaluate)
+    (root / "experiments" / "model_graph.py").write_bytes(graph)
+    (root / "experiments" / "data_feed.py").write_bytes(feed)
     return root
+
+
+PINNED = "051f56a121f5ad9b"
+TAIL = (b"experiments/model_graph.py\0graph\0" b"experiments/data_feed.py\0feed\0")
 
 
 def test_genome_id_follows_the_documented_formula(tmp_path):
@@ -22,7 +28,7 @@ def test_genome_id_follows_the_documented_formula(tmp_path):
     expected = hashlib.sha256(
         b"loopy-genome/1\0"
         + b"genome/prepare.py\0" + b"P\x00bytes" + b"\0"
-        + b"experiments/evaluate_child.py\0" + b"E" + b"\0").hexdigest()[:16]
+        + b"experiments/evaluate_child.py\0" + b"E" + b"\0" + TAIL).hexdigest()[:16]
     assert genome.genome_id(repo) == expected
 
 
@@ -32,14 +38,16 @@ def test_genome_id_test_vector(tmp_path):
     repo = fake_repo(tmp_path, b"prepare", b"evaluate")
     assert genome.genome_id(repo) == hashlib.sha256(
         b"loopy-genome/1\x00genome/prepare.py\x00prepare\x00"
-        b"experiments/evaluate_child.py\x00evaluate\x00").hexdigest()[:16]
-    assert genome.genome_id(repo) == "a6c6ad447b5735ab"
+        b"experiments/evaluate_child.py\x00evaluate\x00" + TAIL).hexdigest()[:16]
+    assert genome.genome_id(repo) == PINNED
 
 
 def test_genome_id_changes_with_any_trusted_byte(tmp_path):
     base = genome.genome_id(fake_repo(tmp_path / "a"))
     assert genome.genome_id(fake_repo(tmp_path / "b", prepare=b"prepare ")) != base
     assert genome.genome_id(fake_repo(tmp_path / "c", evaluate=b"Evaluate")) != base
+    assert genome.genome_id(fake_repo(tmp_path / "f", graph=b"Graph")) != base
+    assert genome.genome_id(fake_repo(tmp_path / "g", feed=b"Feed")) != base
     # moving bytes between the files changes the id too (paths and separators are hashed)
     assert (genome.genome_id(fake_repo(tmp_path / "d", b"ab", b"c"))
             != genome.genome_id(fake_repo(tmp_path / "e", b"a", b"bc")))

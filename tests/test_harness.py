@@ -1,10 +1,14 @@
 """Bad inputs through the whole harness: each ends rejected, crash or timeout with a clear
-reason, never with a better score than honest, never harming the node.
+reason, or ok with an honest score, never harming the node.
 
-The fast tests use the tiny fake genome of tests/fake_genome.py (a bigram model on 64
-tokens); the slow test runs the real genome end to end with a tiny token budget.
+The fast tests use the tiny fake genome of tests/fake_genome.py (a bigram model on the
+real prepare.py with a 300-token vocabulary); the slow test runs the real genome end to
+end with a tiny token budget. None of the attacks relies on the static screen: each
+class is written so that the screen lets it through (see test_attacks_pass_the_screen).
 """
+import ast
 import os
+import textwrap
 import threading
 
 import pytest
@@ -63,47 +67,175 @@ def test_honest_patch_is_scored_by_the_harness_not_by_train_py(home, genome):
     # train.py printed "val_bpb: 0.100000": ignored; the score is the evaluator's own.
     assert 1.0 < result.val_bpb < 6.0
     assert result.arena == "embedded/tokens:8000/cpu"
-    assert result.steps == 31 and result.tokens == 31 * 8 * 32
-    assert result.params == 64 * 64  # counted by the evaluator ("num_params_M: garbage")
+    assert result.steps == 31 and result.tokens == 31 * 8 * 32  # the feed's count
+    assert result.params == 300 * 300  # counted by the evaluator ("num_params_M: garbage")
     assert result.peak_mem_mb > 0 and 0 < result.train_s <= result.total_s
     assert seen and all(0 <= f <= 1 for f, _ in seen) and seen[-1][0] > 0.9
     record = check_record(result)
     assert set(record) == {"status", "val_bpb", "train_s", "total_s", "tokens", "steps",
                            "params", "peak_mem_mb"}
     # The workspace is cleaned up; the logs stay.
-    assert runs_left(home) == ["eval.log", "train.log"]
+    assert runs_left(home) == ["eval.log", "export.log", "train.log"]
     run_dir = next((home / "runs").iterdir())
     assert "val_bpb:          0.100000" in (run_dir / "train.log").read_text()
     assert "evaluation: ok" in (run_dir / "eval.log").read_text()
-    if PLAN.netns and PLAN.mountns:
-        assert {"netns", "mountns", "readonly-fs"} <= set(result.isolation)
+    if PLAN.complete:
+        assert {"netns", "mountns", "readonly-fs", "allowlist-root"} <= set(result.isolation)
+        assert "isolation" not in record
 
 
 def test_non_causal_model_is_rejected_by_the_causality_probe(home, genome):
     result = run(fg.NON_CAUSAL, home, genome)
     assert result.status == "rejected"
-    assert result.reason.startswith("causality probe: logits at positions <= ")
+    assert "causality" in result.reason
     assert result.val_bpb is None
     assert "val_bpb" not in check_record(result)
 
 
-def test_training_cannot_read_validation_data_through_an_allowed_route(home, genome):
-    # make_dataloader is allowed and reads any path it is given: point it at val.bin.
-    sneaky = fg.TRAIN.replace("    steps = tokens = 0\n", """    steps = tokens = 0
-    val = str(run.train_bin).replace("train.bin", "val.bin")
-    try:
-        next(iter(make_dataloader(val, 1, 8, run.device, 0)))
-        print("val readable: True", flush=True)
-    except Exception as e:
-        print(f"val readable: False ({type(e).__name__})", flush=True)
+PEEK = textwrap.dedent("""
+    seen = {}
+    for path in TARGETS:
+        try:
+            with open(path, "rb") as f:
+                seen[path] = len(f.read(16))
+        except OSError as e:
+            seen[path] = type(e).__name__
+    print("peek:", seen, flush=True)
 """)
-    assert sneaky != fg.TRAIN
-    result = run(sneaky, home, genome, keep_workspace=True)
+
+
+def _peek_targets(home, genome):
+    data = home / "data" / "embedded"
+    return [str(data / name) for name in ("val.bin", "test.bin", "train.bin", "tokenizer.pkl")] + [
+        str(genome / "data" / "embedded-val.jsonl.xz"), str(home / "identity.key"),
+        str(fg.REAL_PREPARE.parent / "data" / "embedded-val.jsonl.xz"),
+        str(fg.REAL_PREPARE.parent.parent / "experiments" / "evaluate_child.py")]
+
+
+def _with_peek(source, where, targets):
+    code = "TARGETS = " + repr(targets) + "\n" + PEEK
+    indent = "    " if where.startswith("    ") or where.endswith(":\n") else ""
+    body = "".join(indent + line + "\n" for line in code.strip("\n").splitlines())
+    return source.replace(where, where + body, 1)
+
+
+@pytest.fixture
+def no_screen(monkeypatch):
+    """Turn the static screen off: the defences under test must hold without it."""
+    import experiments.harness as harness
+    monkeypatch.setattr(harness, "check_source", lambda source: (True, ""))
+
+
+def test_training_and_export_see_no_data_and_no_checkout(home, genome, no_screen):
+    if not PLAN.complete:
+        pytest.skip(f"no full isolation here: {PLAN.notes}")
+    run(fg.TRAIN, home, genome)  # prepare the data first, so that every target exists
+    (home / "identity.key").write_bytes(b"secret")
+    targets = _peek_targets(home, genome)
+    assert all(os.path.exists(t) for t in targets)
+    sneaky = _with_peek(fg.TRAIN, "    run = run_config()\n", targets)
+    sneaky = _with_peek(sneaky, "def build_model(run):\n", targets)
+    result = run(sneaky, home, genome)
+    assert result.status == "ok", result.reason
+    logs = [p.read_text() for p in sorted((home / "runs").glob("*/t*.log"))[-1:]]
+    logs += [p.read_text() for p in sorted((home / "runs").glob("*/export.log"))[-1:]]
+    peeks = [line for log in logs for line in log.splitlines() if line.startswith("peek:")]
+    assert len(peeks) >= 2, logs  # the training child and the export child both looked
+    for line in peeks:
+        seen = ast.literal_eval(line.split(":", 1)[1].strip())
+        assert set(seen) == set(targets)
+        assert all(isinstance(v, str) for v in seen.values()), seen  # errors, no bytes
+
+
+# --- the classes of attack, each without the static screen ---------------------------------
+
+LOOP = "    for x, y in make_dataloader(run.train_bin, 8, 32, run.device, run.seed):\n"
+
+
+def test_more_tokens_than_the_budget_cannot_be_had(home, genome, no_screen):
+    # Ask again and again, with new loaders and other shapes, and lie about the count.
+    greedy = fg.TRAIN.replace(LOOP, """    batches = []
+    for shape in ((8, 32), (8, 32), (1, 8), (2, 4)):
+        batches += list(make_dataloader(run.train_bin, *shape, run.device, run.seed))
+    print(f"got: {sum(x.numel() for x, _ in batches)}", flush=True)
+    for x, y in batches:
+""")
+    assert "got: " in greedy.replace('print(f"total_tokens_M:   {tokens / 1e6:.6f}")', 'print("total_tokens_M:   99.0")')
+    assert greedy != fg.TRAIN
+    result = run(greedy, home, genome, budget="8ktok")
+    assert result.status == "ok", result.reason
+    assert result.tokens == 31 * 8 * 32 and result.steps == 31  # the feed's count
     log = next((home / "runs").iterdir()).joinpath("train.log").read_text()
-    if not PLAN.mountns:
-        pytest.skip(f"no mount namespace here: {PLAN.notes}")
-    assert "val readable: False" in log
-    assert result.status == "ok"
+    assert f"got: {31 * 8 * 32}" in log
+
+
+def test_training_past_a_time_budget_is_stopped(home, genome, no_screen):
+    # Keeps the batches it was served and trains on them again after the data ends.
+    hoarder = fg.TRAIN.replace(LOOP, """    kept = []
+    for x, y in make_dataloader(run.train_bin, 8, 32, run.device, run.seed):
+        kept.append((x, y))
+    for x, y in itertools.cycle(kept):
+""").replace("import time\n", "import itertools\nimport time\n", 1)
+    assert hoarder.count("kept.append") == 1
+    result = run(hoarder, home, genome, budget="2s")
+    assert result.status == "timeout"
+    assert "did not exit within" in result.reason and "end of its budget" in result.reason
+    assert result.train_s <= 2.5
+
+
+def test_startup_time_does_not_count_as_training(home, genome, no_screen):
+    slow_start = fg.TRAIN.replace("    model = build_model(run)\n",
+                                  "    model = build_model(run)\n    time.sleep(3)\n")
+    result = run(slow_start, home, genome, budget="1s")
+    assert result.status == "ok", result.reason
+    assert 0.9 <= result.train_s <= 1.5  # from the first batch, by the feed's clock
+
+
+def test_code_run_at_export_cannot_reach_the_verdict(home, genome, no_screen):
+    honest = run(fg.TRAIN, home, genome)
+    assert honest.status == "ok"
+    # Imported by the export child: tries every way it knows to the evaluator's files.
+    forger = fg.TRAIN.replace("def build_model(run):\n", """def build_model(run):
+    import glob, json, os
+    fake = json.dumps({"status": "ok", "val_bpb": 0.01, "params": 1})
+    for pattern in ("../eval", "../eval/result.json", "/proc/*/cwd/result.json",
+                    str(run.out_dir) + "/../../eval/result.json"):
+        for path in glob.glob(pattern) or [pattern]:
+            try:
+                os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+                with open(path, "w") as f:
+                    f.write(fake)
+            except OSError:
+                pass
+""")
+    result = run(forger, home, genome)
+    assert result.status == "ok", result.reason
+    assert result.val_bpb == honest.val_bpb  # the same program's honest score, to the bit
+
+
+@pytest.mark.parametrize("forward, why", [
+    ("        return self.table(idx) + torch.rand(1)\n", "rand"),
+    ("        self.calls += 1\n        return self.table(idx) * self.calls\n", "state"),
+])
+def test_models_that_are_not_pure_functions_are_rejected(home, genome, no_screen, forward, why):
+    source = fg.TRAIN.replace("        return self.table(idx)\n", forward)
+    if why == "state":
+        source = source.replace("        self.table = nn.Embedding(vocab, vocab)\n",
+                                "        self.table = nn.Embedding(vocab, vocab)\n"
+                                "        self.register_buffer('calls', torch.zeros(()))\n")
+    result = run(source, home, genome)
+    assert result.status == "rejected", (result.status, result.reason)
+    assert "graph" in result.reason or "export" in result.reason
+
+
+def test_held_out_test_score_is_measured_on_request(home, genome):
+    first = run(fg.TRAIN, home, genome, test_seed=1)
+    again = run(fg.TRAIN, home, genome, test_seed=1)
+    other = run(fg.TRAIN, home, genome, test_seed=2)
+    assert first.status == "ok" and first.test_bpb is not None
+    assert first.test_bpb == again.test_bpb != other.test_bpb  # the seed draws the windows
+    assert first.val_bpb == other.val_bpb
+    assert run(fg.TRAIN, home, genome).test_bpb is None
 
 
 # --- cheats and failures -------------------------------------------------------------------
@@ -232,8 +364,9 @@ def test_summary_parsing_is_defensive(tmp_path):
 
 
 def test_wall_limits():
-    assert training_wall_limit(parse_budget("60s"), "cpu") == pytest.approx(30 + 66)
-    assert training_wall_limit(parse_budget("300s"), "cuda") == pytest.approx(150 + 330)
+    # Time budgets: startup + budget + the short end grace (the feed's deadlines bite first).
+    assert training_wall_limit(parse_budget("60s"), "cpu") == pytest.approx(30 + 60 * 1.02 + 10)
+    assert training_wall_limit(parse_budget("300s"), "cuda") == pytest.approx(150 + 306 + 10)
     # Token budgets: a generous cap, 25x the typical time on the device, at least 3 minutes.
     expected = 30 + 25 * 300_000 / 7000
     assert training_wall_limit(parse_budget("300ktok"), "cpu") == pytest.approx(expected)
@@ -241,7 +374,8 @@ def test_wall_limits():
 
 
 CONFIG = {"device": "cpu", "profile": "cpu", "budget_kind": "tokens", "budget_value": 100,
-          "seed": 0, "train_bin": "x", "vocab_size": 64, "bos_id": 0, "seq_len": 32, "threads": 1}
+          "seed": 0, "train_bin": "x", "vocab_size": 64, "bos_id": 0, "seq_len": 32, "threads": 1,
+          "feed_fds": None}
 
 
 def _workspace(tmp_path, genome) -> Workspace:

@@ -1,8 +1,11 @@
 """The research loop among peers: splitting baseline seeds, yielding a run another node
-announced too, the first re-run, and the scoreboard's consistent reads (issue 8)."""
+announced too, the first re-run, and the scoreboard's consistent reads (issue 8).
+Announces are hints (issue 18): only peers who earned trust defer a baseline or make a
+node yield, and only when they announced first (tests/test_announces.py has the attacks)."""
 import json
 import math
 import random
+import time
 
 import trio
 
@@ -20,7 +23,7 @@ from swarm.store import Store
 ROOT = genome_root_id()
 
 
-def make_loop(home, *, trainer=None, busy=None, claim_check_s=3.0, seed=1):
+def make_loop(home, *, trainer=None, busy=None, claim_check_s=3.0, seed=1, firm=True):
     home.mkdir(parents=True, exist_ok=True)
     store = Store.open(home, root_id=ROOT)
     loop = ResearchLoop(
@@ -31,7 +34,15 @@ def make_loop(home, *, trainer=None, busy=None, claim_check_s=3.0, seed=1):
         config=LoopConfig(topic="general", rules=ScoreRules(), claim_check_s=claim_check_s))
     if busy is not None:
         loop.busy = busy
+        if firm:    # announced by peers who earned our trust
+            loop.firm_busy = busy
     return loop
+
+
+def trust(loop, *keys):
+    """Make `keys` peers the loop trusts (as if it had reproduced their claims)."""
+    reps = {k.public_key: 1.0 for k in keys}
+    loop.trust.reputations = lambda: reps
 
 
 def announce(identity, parent, desc, arena):
@@ -54,6 +65,19 @@ async def test_nodes_that_start_together_take_different_baseline_seeds(tmp_path)
     assert loop._missing_baseline_seed() is None   # three seeds are covered
     busy.clear()
     assert loop._missing_baseline_seed() == 0      # the peer went quiet: run it ourselves
+
+
+async def test_strangers_announced_seeds_only_reorder_the_baselines(tmp_path):
+    busy = {(ROOT, f"baseline seed={s}") for s in range(3)}
+    loop = make_loop(tmp_path, busy=lambda: busy, firm=False)
+    assert loop._missing_baseline_seed() == 3      # another seed we need anyway, first
+    assert loop.choose_parent() is None            # no root exploration on their word
+    seeds = []
+    for _ in range(3):
+        outcome = await loop.step()
+        seeds.append(is_baseline(outcome.record))
+    assert seeds == [3, 4, 0]                      # seed 0 last, but run: the root scored
+    assert loop.scores.root_score() is not None and loop._missing_baseline_seed() is None
 
 
 async def test_while_a_peer_runs_the_root_baseline_the_node_explores_the_root(tmp_path):
@@ -89,28 +113,41 @@ async def test_without_a_peer_on_the_root_baseline_the_node_runs_it(tmp_path):
     assert outcome.kind == "baseline" and is_baseline(outcome.record) == 0
 
 
-def test_of_two_nodes_announcing_the_same_run_exactly_the_higher_key_yields(tmp_path):
-    low, high = ordered_keys(tmp_path, 2)
+def test_of_two_nodes_announcing_the_same_run_the_later_yields_to_a_trusted_first(
+        tmp_path, monkeypatch):
+    first, second = (NodeIdentity.load_or_create(tmp_path / k) for k in "ab")
     arena = "synthetic/tokens:300000/sim"
-    for me, other, expected in ((high, low, True), (low, high, False)):
+    trusted = {first.public_key: 1.0, second.public_key: 1.0}
+    now = int(time.time() * 1000)
+    for me, other, expected in ((second, first, True), (first, second, False)):
         store = Store.open(tmp_path / f"store-{expected}", root_id=ROOT)
-        assert not yield_to_peer(store, me.public_key, ROOT, "[X*2] x")  # nothing announced
-        store.insert(announce(other, ROOT, "[X*2] x", arena))
-        assert not yield_to_peer(store, me.public_key, ROOT, "[X*2] x")  # we did not announce
-        store.insert(announce(me, ROOT, "[X*2] x", arena), local=True)
-        assert yield_to_peer(store, me.public_key, ROOT, "[X*2] x") is expected
+
+        def check(parent=ROOT, desc="[X*2] x", reps=trusted):
+            return yield_to_peer(store, me.public_key, parent, desc, reputations=lambda: reps)
+        received = {first.public_key: now - 2000, second.public_key: now - 1000}
+
+        def receive(who, local=False):   # at the time this test says we received it
+            monkeypatch.setattr("swarm.store._now_ms", lambda: received[who.public_key])
+            store.insert(announce(who, ROOT, "[X*2] x", arena), local=local)
+        assert not check()                                            # nothing announced
+        receive(other)
+        assert not check()                                            # we did not announce
+        receive(me, local=True)
+        assert check() is expected       # only the second to announce yields
+        assert not check(reps={})            # a stranger never makes us yield
         # Another edit, or the same edit on another parent, is no conflict.
-        assert not yield_to_peer(store, me.public_key, ROOT, "[X*0.5] x")
-        assert not yield_to_peer(store, me.public_key, b"\1" * 32, "[X*2] x")
+        assert not check(desc="[X*0.5] x")
+        assert not check(parent=b"\1" * 32)
         store.close()
 
 
-async def test_a_run_a_lower_key_also_announced_is_cut_short_and_not_recorded(tmp_path):
+async def test_a_run_a_trusted_peer_announced_first_is_cut_short_and_not_recorded(tmp_path):
     low, high = ordered_keys(tmp_path, 2)
     loop = make_loop(tmp_path / "node", trainer=SyntheticTrainer(1, sigma=0.001, delay_s=5.0),
                      claim_check_s=0.2)
-    loop.identity = high   # the node holds the higher of the two keys
+    loop.identity = high
     loop.trust.me = high.public_key
+    trust(loop, low)
 
     async def announce_it(text):   # what the network does: store our announce
         loop.store.insert(make_announce(high, genome=genome_id(), topics=["general"],
@@ -121,8 +158,10 @@ async def test_a_run_a_lower_key_also_announced_is_cut_short_and_not_recorded(tm
         outcome = await loop.step()
     assert outcome.kind == "no-proposal" and outcome.reason == YIELDED
     assert loop.store.experiments() == []
-    # Not the lower key's turn to yield: the same run goes through.
+    # The key does not matter, the order does: the node whose announce came first here
+    # (low's, above) keeps its run when the other announces the same later.
     loop.identity, loop.trust.me = low, low.public_key
+    trust(loop, high)
     loop.store.insert(announce(high, ROOT, "baseline seed=0", loop.arena))
     loop.trainer = SyntheticTrainer(1, sigma=0.001, delay_s=0.5)
 
@@ -140,12 +179,13 @@ async def test_an_edit_that_yields_leaves_no_inflight_marker_and_is_logged(tmp_p
     for _ in range(3):
         await loop.step()                       # baselines, no delay
     loop.identity, loop.trust.me = high, high.public_key
+    trust(loop, low)
     loop.trainer.delay_s = 3.0
     seen = []
 
     async def announce_it(text):
         seen.append(text)
-        # a lower key announced the very same edit at the same moment
+        # a trusted peer announced the very same edit just before us
         loop.store.insert(make_announce(low, genome=genome_id(), topics=["general"],
                                         arena=loop.arena, working_on=text))
         loop.store.insert(make_announce(high, genome=genome_id(), topics=["general"],

@@ -14,6 +14,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import msgpack
 import pytest
 import trio
 
@@ -157,6 +158,30 @@ def test_validator_never_raises_and_counts_rejects_per_forwarder():
     # our own invalid publish is dropped but never counted against ourselves
     assert validator(my_id, _Msg(b"garbage", [topic])) is False
     assert not guard.is_banned(me.peer_id)
+
+
+def test_validator_accepts_one_spelling_and_checks_the_topic_before_decoding():
+    me, them = NodeIdentity.generate(), NodeIdentity.generate()
+    my_id, their_id = ID.from_base58(me.peer_id), ID.from_base58(them.peer_id)
+    good = experiment(them)
+    decoded = []
+
+    def validate(data, topic):
+        decoded.append(data)
+        return record_validator(G)(data, topic)
+    guard = PeerGuard()
+    validator = RecordValidator(validate, G, guard, my_id)
+    topic = topic_name(G, "optimizer")
+    respelled = msgpack.packb({"v": 1, "body": good.body_bytes, "sig": good.sig},
+                              use_bin_type=True)
+    assert respelled != good.envelope
+    assert validator(their_id, _Msg(respelled, [topic])) is False   # another spelling
+    assert validator(their_id, _Msg(good.envelope, [topic]))         # the canonical one
+    decoded.clear()
+    assert validator(their_id, _Msg(good.envelope, [topic_name(OTHER_G, "optimizer")])) \
+        is False
+    assert decoded == []   # a foreign topic is refused before anything is decoded
+    assert guard.rejects.value(them.peer_id) > 1.9
 
 
 def test_peer_guard_decays_and_lifts_bans():

@@ -2,6 +2,7 @@
 and the loop refusing a program another node runs now on another parent (issue 8)."""
 import json
 import random
+import time
 
 import pytest
 
@@ -108,18 +109,26 @@ def test_running_programs_come_from_other_nodes_live_announces(tmp_path):
     store.close()
 
 
-def test_the_same_program_on_another_parent_is_a_conflict_the_higher_key_yields(tmp_path):
-    low, high = sorted((NodeIdentity.load_or_create(tmp_path / k) for k in "ab"),
-                       key=lambda i: i.public_key)
+def test_the_same_program_on_another_parent_is_a_conflict_the_trusted_earlier_one_wins(
+        tmp_path, monkeypatch):
+    first, second = (NodeIdentity.load_or_create(tmp_path / k) for k in "ab")
     store = Store.open(tmp_path, root_id=ROOT)
     digest, other_parent = program_digest(AB), b"\1" * 32
-    for who, parent, desc in ((low, ROOT, "a and b"), (high, other_parent, "b")):
+    now = int(time.time() * 1000)
+    for i, (who, parent, desc) in enumerate(((first, ROOT, "a and b"),
+                                             (second, other_parent, "b"))):
+        monkeypatch.setattr("swarm.store._now_ms", lambda i=i: now - 2000 + 1000 * i)
         store.insert(make_announce(who, genome=genome_id(), topics=["general"], arena=ARENA,
                                    working_on=working_on(parent, desc, digest)))
-    assert yield_to_peer(store, high.public_key, other_parent, "b", digest)
-    assert not yield_to_peer(store, low.public_key, ROOT, "a and b", digest)
+    trusted = {first.public_key: 1.0, second.public_key: 1.0}
+    assert yield_to_peer(store, second.public_key, other_parent, "b", digest,
+                         reputations=lambda: trusted)
+    assert not yield_to_peer(store, first.public_key, ROOT, "a and b", digest,
+                             reputations=lambda: trusted)    # ours came first
+    assert not yield_to_peer(store, second.public_key, other_parent, "b", digest)  # stranger
     # without the digest (an older peer), another parent is no conflict
-    assert not yield_to_peer(store, high.public_key, other_parent, "b")
+    assert not yield_to_peer(store, second.public_key, other_parent, "b",
+                             reputations=lambda: trusted)
     store.close()
 
 

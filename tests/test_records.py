@@ -147,7 +147,8 @@ def test_reencoded_body_is_a_different_id_and_refused():
     reversed_order = msgpack.packb(dict(reversed(list(body_of(rec).items()))),
                                    use_bin_type=True)
     assert hashlib.sha256(reversed_order).digest() != rec.id
-    reject(encode_envelope(reversed_order, rec.sig), "canonical")
+    # unsigned in this spelling: the signature check, which now comes first, refuses it
+    reject(encode_envelope(reversed_order, rec.sig), "bad signature")
     # even signed by its author, a non-canonical spelling is not a second id for the content
     reject(signed(body_of(rec), encode=lambda b: msgpack.packb(
         dict(reversed(list(b.items()))), use_bin_type=True)), "canonical")
@@ -290,10 +291,10 @@ def test_envelope_shape():
 
     def env(**changes):
         d = dict(good, **changes)
-        return msgpack.packb({k: v for k, v in d.items() if v is not DELETE},
+        return msgpack.packb({k: v for k, v in sorted(d.items()) if v is not DELETE},
                              use_bin_type=True)
 
-    assert decode_envelope(env()) == rec  # key order of the envelope does not matter
+    assert env() == rec.envelope and decode_envelope(env()) == rec
     reject(env(v=2), "unknown version")
     reject(env(v=True), "unknown version")
     reject(env(v=DELETE), "missing v")
@@ -307,6 +308,56 @@ def test_envelope_shape():
     reject(b"", "invalid msgpack")
     reject("a string", "not bytes")
     reject(None, "not bytes")
+
+
+def test_one_record_has_one_envelope_spelling():
+    """Only the canonical envelope bytes are accepted: other spellings of the same body
+    and signature (key order, wider integer or bin forms) would each be another gossip
+    message and another copy of one record."""
+    rec = experiment()
+    body, sig = rec.body_bytes, rec.sig
+    assert encode_envelope(body, sig) == rec.envelope
+    assert decode_envelope(rec.envelope) == rec
+
+    def pack(*items):
+        return bytes([0x80 | (len(items) // 2)]) + b"".join(items)
+
+    def s(text):
+        return msgpack.packb(text, use_bin_type=True)
+
+    bin32 = b"\xc6" + len(body).to_bytes(4, "big") + body
+    spellings = {
+        "key order": msgpack.packb({"v": 1, "body": body, "sig": sig}, use_bin_type=True),
+        "v as uint8": pack(s("body"), s(body), s("sig"), s(sig), s("v"), b"\xcc\x01"),
+        "body as bin32": pack(s("body"), bin32, s("sig"), s(sig), s("v"), s(1)),
+        "key as str8": pack(b"\xd9\x04body", s(body), s("sig"), s(sig), s("v"), s(1)),
+    }
+    for name, data in spellings.items():
+        assert data != rec.envelope
+        assert msgpack.unpackb(data, raw=False) == {"v": 1, "body": body, "sig": sig}, name
+        reject(data, "canonical")
+
+
+def test_a_max_size_record_with_a_bad_signature_is_refused_before_its_patch_is_parsed(
+        monkeypatch):
+    old = "".join(f"x{i} = {i}\n" for i in range(4000))
+    new = "".join(f"y{i} = {i}\n" for i in range(4000))
+    patch = make_patch(old, new)
+    assert 100 * 1024 < len(patch) <= records.MAX_PATCH_BYTES
+    rec = make_experiment(ALICE, genome=GENOME, parents=[ROOT], topic="general",
+                          arena=ARENA, patch=patch, desc="big", agent="a", result=OK,
+                          t=T)
+    bad = encode_envelope(rec.body_bytes, bytes([rec.sig[0] ^ 1]) + rec.sig[1:])
+
+    def parse_patch(_text):
+        raise AssertionError("the patch was parsed before the signature was checked")
+    monkeypatch.setattr(records, "parse_patch", parse_patch)
+    reject(bad, "bad signature", genome=GENOME, now_ms=T)
+    # as are records of another genome, or timed too far ahead, whatever their size
+    reject(rec.envelope, "not this swarm's genome", genome="f" * 16)
+    reject(rec.envelope, "too far in the future", now_ms=T - records.MAX_FUTURE_MS - 1)
+    with pytest.raises(AssertionError, match="parsed"):  # a good signature: parsed
+        decode_envelope(rec.envelope, genome=GENOME, now_ms=T)
 
 
 def test_duplicate_keys_rejected():

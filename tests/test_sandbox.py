@@ -1,13 +1,16 @@
-"""One adversarial test per property the sandbox claims: network, files, time, memory,
-processes (fork, setsid, orphans, signals), privileges, environment, output, cleanup.
+"""One adversarial test per property the sandbox claims: network, files (allowlist root),
+time (wall limit, deadline), memory, processes (fork, setsid, orphans, signals),
+privileges, the control channel, inherited descriptors, environment, output, cleanup.
 
 Each layer is asserted where `isolation_plan()` says this OS provides it (Linux with
 `unshare`, as root or with user namespaces: CI and the dev machines); elsewhere that test
-is skipped with the reason, never passed vacuously.
+is skipped with the reason, never passed vacuously. As root, the user-namespace path is
+tested too: with an explicit plan, and as uid 65534 through tests/sandbox_nonroot_helper.py.
 """
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,9 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from experiments.sandbox import (SandboxError, alive, isolation_plan, mount_ops, run_sandboxed)
+import experiments.sandbox as sandbox
+from experiments.sandbox import (IsolationPlan, SandboxError, alive, isolation_plan,
+                                 missing_isolation, mount_ops, run_sandboxed)
 
 PLAN = isolation_plan()
+REPO = Path(__file__).resolve().parent.parent
 needs_netns = pytest.mark.skipif(not PLAN.netns, reason=f"no network namespace here: {PLAN.notes}")
 needs_mountns = pytest.mark.skipif(not PLAN.mountns,
                                    reason=f"no mount namespace here: {PLAN.notes}")
@@ -60,12 +66,33 @@ def test_plain_run_reports_its_isolation(ws):
         assert "netns" in result.isolation
     else:
         assert any(item.startswith("no-netns") for item in result.isolation)
+    if PLAN.mountns:
+        assert {"mountns", "fds-closed", "launcher-undumpable"} <= set(result.isolation)
+        assert any(item.startswith("allowlist-root") for item in result.isolation)
+    assert "status-channel-tampered" not in result.isolation
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0,
                     reason="CI and the dev machines run as root on Linux")
 def test_all_layers_work_as_root_on_linux():
     assert PLAN.netns and PLAN.mountns and PLAN.pidns and not PLAN.userns, PLAN
+    assert PLAN.privdrop and PLAN.complete and missing_isolation() == []
+
+
+def test_missing_isolation_names_each_missing_layer_with_its_reason():
+    plan = IsolationPlan((), False, False, False, False,
+                         ("no-netns (no user namespaces: unshare --user not permitted)",
+                          "no-mountns (no user namespaces: unshare --user not permitted)",
+                          "no-pidns (unshare --pid failed)"))
+    assert not plan.complete
+    assert missing_isolation(plan) == [
+        "no network namespace: no user namespaces: unshare --user not permitted",
+        "no allowlist root (mount namespace): no user namespaces: unshare --user not permitted",
+        "no PID namespace: unshare --pid failed",
+        "no privilege drop: not available here"]
+    full = IsolationPlan(("unshare", "--"), True, True, True, False, (), privdrop=True)
+    assert full.complete and missing_isolation(full) == []
+    assert not IsolationPlan(("unshare", "--"), True, True, True, False).complete  # no privdrop
 
 
 CONNECT = """
@@ -101,8 +128,14 @@ def test_network_is_cut_even_to_localhost(ws):
         listener.close()
 
 
+TOP_LEVEL = {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "dev", "proc",
+             "sys", "tmp"}
+
+
 @needs_mountns
-def test_hidden_paths_cannot_be_read_revealed_ones_can(tmp_path, ws):
+def test_only_the_allowlist_is_visible(tmp_path, ws):
+    """Nothing is hidden explicitly: the node's home, the raw corpus and the checkout are
+    simply not in the allowlist; the one revealed file is."""
     home = tmp_path / "home"
     data = home / "data"
     data.mkdir(parents=True)
@@ -112,29 +145,93 @@ def test_hidden_paths_cannot_be_read_revealed_ones_can(tmp_path, ws):
     raw = tmp_path / "corpus"
     raw.mkdir()
     (raw / "val.txt").write_text("raw validation text")
+    files = [data / "val.bin", data / "train.bin", home / "identity.key", raw / "val.txt",
+             REPO / "node.py", REPO / "experiments" / "sandbox.py", Path("/etc/hostname")]
     probe = f"""
         import json, os
         out = {{}}
-        for p in {[str(data / "val.bin"), str(data / "train.bin"), str(home / "identity.key"),
-                   str(raw / "val.txt")]!r}:
+        for p in {[str(f) for f in files]!r}:
             try:
                 out[p] = open(p, "rb").read().decode()
             except OSError as e:
                 out[p] = type(e).__name__
-        out["listing"] = sorted(os.listdir({str(data)!r}))
+        def listing(p):
+            try:
+                return sorted(os.listdir(p))
+            except OSError as e:
+                return type(e).__name__
+        for p in ["/", {str(data)!r}, {str(home)!r}, {str(tmp_path)!r}, {str(REPO)!r}, "/root",
+                  "/home", "/run", "/var", "/mnt"]:
+            out["ls " + p] = listing(p)
         print(json.dumps(out))
     """
-    result = run_code(probe, ws, hide_paths=[home, raw, data / "val.bin"],
-                      reveal_paths=[data / "train.bin"])
+    result = run_code(probe, ws, reveal_paths=[data / "train.bin"])
     seen = last_json(result)
     assert seen[str(data / "train.bin")] == "TRAINING"
-    assert seen[str(data / "val.bin")] in ("", "FileNotFoundError")
-    assert seen[str(home / "identity.key")] == "FileNotFoundError"
-    assert seen[str(raw / "val.txt")] == "FileNotFoundError"
-    assert seen["listing"] == ["train.bin"]
-    assert "mountns" in result.isolation
-    # And the files are untouched outside.
+    for secret in files[:1] + files[2:6]:
+        assert seen[str(secret)] == "FileNotFoundError", (secret, seen[str(secret)])
+    assert seen["/etc/hostname"] != "FileNotFoundError"  # the system directories are there
+    assert seen["ls " + str(data)] == ["train.bin"]
+    assert seen["ls " + str(home)] == ["data"]
+    assert seen["ls " + str(tmp_path)] == sorted(["home", "ws"])
+    prefixes = [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, ws)]
+    allowed = TOP_LEVEL | {p.strip("/").split("/")[0] for p in prefixes}
+    assert set(seen["ls /"]) <= allowed, seen["ls /"]
+    # The checkout shows at most the virtualenv inside it.
+    venv = os.path.realpath(sys.prefix)
+    if venv.startswith(str(REPO) + "/"):
+        assert seen["ls " + str(REPO)] == [venv[len(str(REPO)) + 1:].split("/")[0]]
+    else:
+        assert seen["ls " + str(REPO)] == "FileNotFoundError"
+    # /root, /home, ... only where the Python installation lives below them.
+    for top in ("/root", "/home", "/run", "/var", "/mnt"):
+        if not any(p.startswith(top + "/") for p in prefixes):
+            assert seen["ls " + top] == "FileNotFoundError", (top, seen["ls " + top])
+    if sys.base_prefix.startswith("/root/"):
+        assert seen["ls /root"] == [sys.base_prefix.split("/")[2]]
+    assert any(item.startswith("allowlist-root") for item in result.isolation)
     assert (data / "val.bin").read_bytes() == b"VALIDATION"
+
+
+@needs_mountns
+def test_revealed_paths_keep_their_symlinked_names_and_hide_paths_still_cover(tmp_path, ws):
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "data.bin").write_bytes(b"DATA")
+    (tmp_path / "alias").symlink_to(real)
+    (ws / "secret.txt").write_text("inside the workspace, but hidden")
+    (ws / "sub").mkdir()
+    (ws / "sub" / "k").write_text("hidden dir")
+    probe = f"""
+        import json, os
+        out = {{}}
+        for p in [{str(tmp_path / "alias" / "data.bin")!r}, "secret.txt", "sub/k"]:
+            try:
+                out[p] = open(p).read()
+            except OSError as e:
+                out[p] = type(e).__name__
+        out["link"] = os.readlink({str(tmp_path / "alias")!r})
+        print(json.dumps(out))
+    """
+    seen = last_json(run_code(probe, ws, reveal_paths=[tmp_path / "alias" / "data.bin"],
+                              hide_paths=[ws / "secret.txt", ws / "sub"]))
+    assert seen[str(tmp_path / "alias" / "data.bin")] == "DATA"
+    assert seen["link"] == str(real)
+    assert seen["secret.txt"] == ""  # covered by an empty file
+    assert seen["sub/k"] == "FileNotFoundError"  # covered by an empty tmpfs
+    assert (ws / "secret.txt").read_text() == "inside the workspace, but hidden"
+
+
+@needs_mountns
+def test_a_program_outside_the_allowlist_is_a_setup_error(tmp_path, ws):
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    shutil.copy("/bin/true", tools / "true")
+    with pytest.raises(SandboxError, match="does not exist in the sandbox"):
+        run_sandboxed([str(tools / "true")], cwd=ws, wall_limit_s=20, mem_limit_mb=500)
+    result = run_sandboxed([str(tools / "true")], cwd=ws, wall_limit_s=20, mem_limit_mb=500,
+                           reveal_paths=[tools])
+    assert result.returncode == 0
 
 
 @needs_mountns
@@ -146,7 +243,8 @@ def test_filesystem_is_read_only_except_the_workspace(tmp_path, ws):
         import json
         out = {{}}
         for p in ["out.txt", {str(outside / "x")!r}, {str(repo / "sandbox-escape.txt")!r},
-                  "/etc/sandbox-escape", "/tmp/scratch.txt"]:
+                  "/etc/sandbox-escape", "/usr/sandbox-escape", "/sandbox-escape",
+                  "/tmp/scratch.txt", "/dev/shm/scratch.txt"]:
             try:
                 with open(p, "w") as f:
                     f.write("x")
@@ -158,11 +256,13 @@ def test_filesystem_is_read_only_except_the_workspace(tmp_path, ws):
     seen = last_json(run_code(probe, ws, writable_paths=[]))
     assert seen["out.txt"] == "written"
     assert seen["/tmp/scratch.txt"] == "written"  # a private, size-capped tmpfs
-    for path in (str(outside / "x"), str(repo / "sandbox-escape.txt"), "/etc/sandbox-escape"):
+    assert seen["/dev/shm/scratch.txt"] == "written"
+    for path in (str(outside / "x"), str(repo / "sandbox-escape.txt"), "/etc/sandbox-escape",
+                 "/usr/sandbox-escape", "/sandbox-escape"):
         assert seen[path] in ("FileNotFoundError", "OSError", "PermissionError"), (path, seen[path])
     assert (ws / "out.txt").read_text() == "x"
     assert not (repo / "sandbox-escape.txt").exists()
-    assert not Path("/tmp/scratch.txt").exists()
+    assert not Path("/tmp/scratch.txt").exists() and not Path("/dev/shm/scratch.txt").exists()
 
 
 @needs_mountns
@@ -171,7 +271,8 @@ def test_proc_and_sys_keep_their_mounts_so_cuda_can_start(ws):
     rest of the tree stays read-only, and the files there keep their permissions."""
     probe = """
         import json, os
-        flags = {p: bool(os.statvfs(p).f_flag & os.ST_RDONLY) for p in ("/", "/usr", "/proc", "/sys")}
+        flags = {p: bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+                 for p in ("/", "/usr", "/proc", "/sys")}
         try:
             open("/proc/sys/kernel/hostname", "w").write("escape")
             hostname = "written"
@@ -376,31 +477,353 @@ def test_mount_ops_order_and_conflicts(tmp_path):
     (home / "data").mkdir(parents=True)
     (home / "data" / "train.bin").write_bytes(b"")
     (home / "runs" / "r1").mkdir(parents=True)
-    ops = mount_ops([home], [home / "data" / "train.bin"], [home / "runs" / "r1"])
-    kinds = dict(ops)
-    assert kinds[str(home)] == "hide"
+    (home / "runs" / "r1" / "secret").write_bytes(b"")
+    ops = mount_ops(reveal=[home / "data" / "train.bin"], writable=[home / "runs" / "r1"],
+                    hide=[home, home / "runs" / "r1" / "secret"])
+    kinds = {path: kind for path, kind, _ in ops}
+    assert str(home) not in kinds  # outside the allowlist anyway: nothing to cover
     assert kinds[str(home / "data" / "train.bin")] == "ro"
     assert kinds[str(home / "runs" / "r1")] == "rw"
-    order = [path for path, _ in ops]
-    assert order.index(str(home)) < order.index(str(home / "runs" / "r1"))
-    assert "/tmp" in kinds and kinds["/tmp"] == "scratch"
-    # Implicit reveals (the interpreter) never override an explicit hide.
-    assert all(not (p.startswith(str(home)) and k == "ro" and p != str(home / "data" / "train.bin"))
-               for p, k in ops)
+    assert kinds[str(home / "runs" / "r1" / "secret")] == "hide"  # inside something shown
+    order = [path for path, _, _ in ops]
+    rw, secret = str(home / "runs" / "r1"), str(home / "runs" / "r1" / "secret")
+    assert order.index(rw) < order.index(secret)
+    assert kinds["/tmp"] == "scratch" and kinds["/proc"] == "kernel" and kinds["/dev"] == "ro"
+    assert kinds[os.path.realpath(sys.base_prefix)] == "ro" or any(
+        kind == "ro" and os.path.realpath(sys.base_prefix).startswith(path + "/")
+        for path, kind in kinds.items())
+    # Never the checkout itself (the virtualenv inside it is fine); nothing twice.
+    assert all(not (kind in ("ro", "rw") and str(REPO).startswith(path) and path != "/")
+               for path, kind in kinds.items())
+    assert str(REPO) not in kinds or kinds[str(REPO)] == "hide"
+    assert len(order) == len(set(order))
+    # Symbolic links on the way are recreated (merged /usr: /bin -> usr/bin).
+    for top in ("/bin", "/lib"):
+        if os.path.islink(top):
+            assert (top, "link", os.readlink(top)) in ops
     with pytest.raises(ValueError, match="both hidden and revealed"):
-        mount_ops([home], [home], [])
+        mount_ops(reveal=[home], hide=[home])
     with pytest.raises(ValueError):
-        mount_ops(["/"], [], [])
+        mount_ops(hide=["/"])
+    with pytest.raises(TypeError):
+        mount_ops([home], [], [])  # keyword-only: the old positional order is gone
+
+
+def test_implicit_reveals_stay_out_of_hidden_paths(monkeypatch, tmp_path):
+    lib = tmp_path / "secret" / "lib"
+    lib.mkdir(parents=True)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"{lib}:relative/dir:/:/usr/..:{tmp_path / 'loop'}")
+    kinds = {path: kind for path, kind, _ in mount_ops()}
+    assert kinds.get(str(lib)) == "ro"
+    kinds = {path: kind for path, kind, _ in mount_ops(hide=[tmp_path / "secret"])}
+    assert str(lib) not in kinds and "relative/dir" not in kinds
+
+
+def test_resolve_reports_the_links_it_follows(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_text("x")
+    (tmp_path / "b").symlink_to("a")
+    (tmp_path / "c").symlink_to(tmp_path / "b" / "f")
+    links = []
+    assert sandbox._resolve(str(tmp_path / "c"), links) == os.path.realpath(tmp_path / "c")
+    assert links == [(str(tmp_path / "c"), str(tmp_path / "b" / "f")), (str(tmp_path / "b"), "a")]
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    with pytest.raises(ValueError, match="too many levels"):
+        sandbox._resolve(str(tmp_path / "loop"), [])
 
 
 def test_a_failing_mount_setup_falls_back_and_says_so(monkeypatch):
-    import experiments.sandbox as sandbox
-
     full = sandbox.IsolationPlan(("/usr/bin/unshare", "--net", "--mount", "--pid", "--fork",
-                                  "--kill-child", "--mount-proc", "--"), True, True, True, False)
+                                  "--kill-child", "--mount-proc", "--"), True, True, True, False,
+                                 privdrop=True)
     monkeypatch.setattr(sandbox, "_namespaces_plan", lambda: full)
     monkeypatch.setattr(sandbox, "_trial", lambda plan: "mount: Operation not permitted")
     plan = sandbox._detect_plan()
     assert plan.unshare == ("/usr/bin/unshare", "--net", "--")
-    assert plan.netns and not plan.mountns and not plan.pidns
+    assert plan.netns and not plan.mountns and not plan.pidns and not plan.complete
     assert "no-mountns (set-up failed: mount: Operation not permitted)" in plan.features()
+    assert missing_isolation(plan) == [
+        "no allowlist root (mount namespace): set-up failed: mount: Operation not permitted",
+        "no PID namespace: needs the mount namespace",
+        "no privilege drop: root keeps its uid without a mount namespace"]
+
+
+# --- the control channel -------------------------------------------------------------------
+
+FORGE = r"""
+    import json, os, sys
+    out = {"wrote": [], "denied": [], "pids": sorted(p for p in os.listdir("/proc") if p.isdigit())}
+    targets = {"1", str(os.getppid())} | set(out["pids"])
+    targets.discard(str(os.getpid()))
+    for pid in sorted(targets):
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError as e:
+            out["denied"].append(f"ls /proc/{pid}/fd: {type(e).__name__}")
+            names = [str(n) for n in range(64)]
+        for name in names:
+            path = f"/proc/{pid}/fd/{name}"
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                if pid == "1" and names != [str(n) for n in range(64)]:
+                    out["denied"].append(f"open {path}: {type(e).__name__}")
+                continue
+            try:
+                os.write(fd, b'{"exit": 0}\n{"error": "forged"}\n')
+                out["wrote"].append(path)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+    for fd in range(3, 256):  # anything inherited?
+        try:
+            os.write(fd, b'{"exit": 0}\n')
+            out["wrote"].append(f"own fd {fd}")
+        except OSError:
+            pass
+    # Control: the technique works where permitted (a pipe of our own, reopened by /proc).
+    a, b = os.pipe()
+    fd = os.open(f"/proc/{os.getpid()}/fd/{b}", os.O_WRONLY)
+    os.write(fd, b"control")
+    out["control"] = os.read(a, 100).decode()
+    print(json.dumps(out), flush=True)
+    sys.exit(7)
+"""
+
+
+def _forge(plan, ws):
+    result = sandbox._run(plan, [sys.executable, "-c", textwrap.dedent(FORGE)], cwd=ws,
+                          env=None, wall_limit_s=60, mem_limit_mb=2000)
+    seen = last_json(result)
+    assert seen["control"] == "control"  # reopening through /proc/<pid>/fd works when allowed
+    assert seen["wrote"] == [], seen
+    assert result.returncode == 7, result
+    assert "status-channel-tampered" not in result.isolation
+    return seen, result
+
+
+@needs_pidns
+def test_child_cannot_forge_the_status_as_nobody(ws):
+    if os.geteuid() != 0 or PLAN.userns:
+        pytest.skip("the root -> uid 65534 path needs root")
+    seen, result = _forge(PLAN, ws)
+    assert "uid:65534" in result.isolation
+    assert seen["pids"] == ["1", "2"]
+    assert any(d.startswith("ls /proc/1/fd") for d in seen["denied"])
+
+
+def _userns_plan() -> IsolationPlan:
+    tool = shutil.which("unshare")
+    argv = [tool, "--user", "--map-root-user", "--net", "--mount", "--pid", "--fork",
+            "--kill-child", "--mount-proc"] if tool else []
+    if not tool or not sandbox._probe(argv):
+        pytest.skip("no user namespaces here: unshare --user not permitted")
+    return IsolationPlan(tuple(argv + ["--"]), True, True, True, True, privdrop=True)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux namespaces")
+def test_child_cannot_forge_the_status_in_a_user_namespace(ws):
+    """Launcher and child share a uid here: only the fork-then-drop order, the
+    non-dumpable launcher and the closed descriptors keep the child out."""
+    seen, result = _forge(_userns_plan(), ws)
+    assert "userns" in result.isolation and "no-caps" in result.isolation
+    assert "uid:65534" not in result.isolation
+    assert seen["pids"] == ["1", "2"]
+    # The launcher's fd directory may be listed (it belongs to root of the namespace), but
+    # no descriptor in it can be opened: it is not dumpable and the child has no caps.
+    status_fds = [d for d in seen["denied"] if d.startswith("open /proc/1/fd/")
+                  and int(d.split("/")[4].split(":")[0]) >= 3]
+    assert status_fds and all(d.endswith("PermissionError") for d in status_fds), seen
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("mount"),
+                    reason="switching to uid 65534 in a private mount namespace needs root")
+def test_as_an_ordinary_user_the_sandbox_is_complete_and_its_channel_safe():
+    import tempfile
+
+    look = f"""
+        import json, os
+        print(json.dumps({{"root": sorted(os.listdir("/")), "uid": os.getuid(),
+                          "caps": [l.split()[1] for l in open("/proc/self/status")
+                                   if l.startswith("CapEff")][0],
+                          "repo": sorted(os.listdir({str(REPO)!r}))
+                          if os.path.isdir({str(REPO)!r}) else None}}))
+    """
+    base = tempfile.mkdtemp(prefix="loopy-nonroot-")  # pytest's tmp_path is 0700
+    try:
+        os.chmod(base, 0o755)
+        scenarios = Path(base) / "scenarios.json"
+        scenarios.write_text(json.dumps({"forge": textwrap.dedent(FORGE),
+                                         "look": textwrap.dedent(look)}))
+        done = subprocess.run(["unshare", "--mount", "--propagation", "private", "--",
+                               sys.executable, str(REPO / "tests" / "sandbox_nonroot_helper.py"),
+                               base, str(scenarios)], capture_output=True, text=True,
+                              timeout=300)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    assert out["plan"] == {"complete": True, "userns": True, "uid": 65534}
+    forge = out["scenarios"]["forge"]
+    assert forge.get("returncode") == 7, forge
+    assert "status-channel-tampered" not in forge["isolation"]
+    seen = json.loads([x for x in forge["tail"].splitlines() if x.startswith("{")][-1])
+    assert seen["control"] == "control" and seen["wrote"] == [], seen
+    assert seen["pids"] == ["1", "2"]
+    status_fds = [d for d in seen["denied"] if d.startswith("open /proc/1/fd/")]
+    assert status_fds and all(d.endswith("PermissionError") for d in status_fds), seen
+    look = out["scenarios"]["look"]
+    assert look.get("returncode") == 0, look
+    view = json.loads(look["tail"].strip().splitlines()[-1])
+    assert int(view["caps"], 16) == 0 and view["uid"] == 0  # root in its namespace, no caps
+    prefixes = [os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, base)]
+    assert set(view["root"]) <= TOP_LEVEL | {p.strip("/").split("/")[0] for p in prefixes}
+    assert view["repo"] in (None, [".venv"], [os.path.basename(os.path.realpath(sys.prefix))])
+    assert "allowlist-root" in look["isolation"] and "userns" in look["isolation"]
+
+
+def _status(*items, raw: bytes = b"") -> sandbox._Status:
+    return sandbox._parse_status(b"".join(json.dumps(i).encode() + b"\n" for i in items) + raw)
+
+
+def test_forged_or_malformed_status_streams_never_raise():
+    outcome = sandbox._outcome
+    feats = {"features": ["mountns"]}
+    # The genuine streams.
+    assert outcome(_status(feats, {"exit": 3}), 3, stopped=False, init_is_safe=True) == (
+        3, ["mountns"])
+    assert outcome(_status(feats, {"exit": -11}), 139, stopped=False, init_is_safe=True)[0] == -11
+    with pytest.raises(SandboxError, match="boom"):
+        outcome(_status({"error": "boom"}), sandbox.SETUP_FAILED, stopped=False, init_is_safe=True)
+    with pytest.raises(SandboxError, match="before starting the child"):
+        outcome(_status(), 1, stopped=False, init_is_safe=True)
+    # Forgeries: each is the child's failure with its real status, flagged, never a raise.
+    forged = [
+        (_status(feats, {"exit": 0}, {"exit": 0}), 3),  # a duplicate exit
+        (_status(feats, {"exit": 0}), 3),  # an exit the launcher's own status contradicts
+        (_status(feats, {"error": "forged"}, {"exit": 3}), 3),  # an error after features
+        (_status({"error": "forged"}), 0),  # an error the launcher's exit does not confirm
+        (_status({"error": "forged"}, feats, {"exit": 3}), 3),  # an error first, then more
+        (_status({"exit": 0}, feats), 3),  # an exit first
+        (_status(raw=b"\xff\xfe not json\n"), 3),
+        (_status(feats, {"exit": True}), 1),
+        (_status(feats, raw=b'{"exit": 0'), 3),  # an unterminated line
+        (_status({"features": "x", "exit": 0}), 3),
+    ]
+    for status, launcher in forged:
+        code, notes = outcome(status, launcher, stopped=False, init_is_safe=True)
+        assert code == launcher and "status-channel-tampered" in notes, (status, code, notes)
+    # Killed by us before any report: a timeout, not a set-up error.
+    assert outcome(_status(), -9, stopped=True, init_is_safe=True) == (-9, ["no-launcher-report"])
+    # Without a PID namespace a child could kill the launcher: no report is not an error.
+    assert outcome(_status(), -9, stopped=False, init_is_safe=False)[0] == -9
+
+
+def test_the_status_reader_keeps_a_bounded_prefix():
+    r, w = os.pipe()
+    sink = []
+    reader = threading.Thread(target=sandbox._read_all, args=(r, sink, 1000))
+    reader.start()
+    for _ in range(100):
+        os.write(w, b"x" * 10000)
+    os.close(w)
+    reader.join(timeout=10)
+    assert not reader.is_alive() and len(b"".join(sink)) == 1000
+
+
+# --- pass_fds and deadline -----------------------------------------------------------------
+
+
+def test_pass_fds_are_inherited_under_their_numbers_and_nothing_else(ws):
+    r, w = os.pipe()
+    other_r, other_w = os.pipe()  # open here, not passed
+    code = f"""
+        import os
+        os.write({w}, b"through the pipe")
+        leaked = []
+        for fd in range(3, 256):
+            try:
+                os.fstat(fd)
+                if fd != {w}:
+                    leaked.append(fd)
+            except OSError:
+                pass
+        print("leaked", leaked)
+    """
+    started = []
+    try:
+        result = run_code(code, ws, pass_fds=[w], on_start=lambda: started.append(os.close(w)))
+        got = os.read(r, 100)
+        assert os.read(r, 100) == b""  # EOF: no sandbox process kept the write end
+    finally:
+        for fd in (r, other_r, other_w):
+            os.close(fd)
+    assert started == [None]  # called once: our copy was closed while the child ran
+    assert result.returncode == 0, result.log_tail
+    assert got == b"through the pipe"
+    assert result.log_tail.strip() == "leaked []"
+    with pytest.raises(ValueError, match=">= 3"):
+        run_code("pass", ws, pass_fds=[1])
+    with pytest.raises(ValueError, match="not open"):
+        run_code("pass", ws, pass_fds=[other_w])
+
+
+def test_deadline_stops_the_child_before_the_wall_limit(ws):
+    start = time.monotonic()
+    result = run_code("import time; time.sleep(60)", ws, wall_limit_s=30,
+                      deadline=lambda: start + 1.0)
+    assert result.timed_out and result.returncode == -signal.SIGKILL
+    assert 0.9 < result.wall_s < 4
+
+
+def test_deadline_moves_and_none_means_only_the_wall_limit(ws):
+    start = time.monotonic()
+    answers = {"value": None}
+
+    def deadline():
+        if time.monotonic() - start > 0.5:
+            answers["value"] = start + 1.5  # set while the child runs
+        return answers["value"]
+
+    result = run_code("import time; time.sleep(60)", ws, wall_limit_s=30, deadline=deadline)
+    assert result.timed_out and 1.4 < result.wall_s < 4
+    result = run_code("import time; time.sleep(60)", ws, wall_limit_s=1.5,
+                      deadline=lambda: time.monotonic() + 100)
+    assert result.timed_out and result.wall_s < 4
+    result = run_code("print('done')", ws, deadline=lambda: None)
+    assert result.returncode == 0 and not result.timed_out
+    with pytest.raises(ValueError, match="callable"):
+        run_code("pass", ws, deadline=5.0)
+
+
+def test_a_failing_deadline_kills_the_child_and_propagates(ws):
+    marker = f"{2000 + random.random():.9f}"
+    calls = {"n": 0}
+
+    def deadline():
+        calls["n"] += 1
+        if calls["n"] > 20:
+            raise RuntimeError("clock broke")
+        return None
+
+    with pytest.raises(RuntimeError, match="clock broke"):
+        run_code(f"import os; os.execv('/bin/sleep', ['sleep', {marker!r}])", ws,
+                 deadline=deadline)
+    assert _pids_with(marker) == []
+
+
+def test_a_failing_on_start_kills_the_child_and_propagates(ws):
+    marker = f"{3000 + random.random():.9f}"
+
+    def on_start():
+        time.sleep(0.5)
+        raise RuntimeError("caller broke")
+
+    with pytest.raises(RuntimeError, match="caller broke"):
+        run_code(f"import os; os.execv('/bin/sleep', ['sleep', {marker!r}])", ws,
+                 on_start=on_start)
+    assert _pids_with(marker) == []

@@ -211,9 +211,21 @@ async def test_server_gives_up_on_a_silent_peer(autojump_clock):
     stream = FakeStream([encode_varint(100) + b"partial"], hang=True)
     start = trio.current_time()
     await server.serve(stream, "slowloris")
+    # a new stream's first request is due within FIRST_REQUEST_S; past it the stream is
+    # reset, with no goodbye written to a peer that may not be reading
+    assert sync.FIRST_REQUEST_S <= trio.current_time() - start < sync.FIRST_REQUEST_S + 1
+    assert frames_in(stream.written) == []
+    assert stream.was_reset and server._open == {} and server.timed_out == 1
+
+
+async def test_server_resets_a_stream_that_goes_quiet_after_a_request(autojump_clock):
+    server = make_server(heads=[rid(1)])
+    stream = FakeStream([encode_frame({"op": "heads", "topics": []})], hang=True)
+    start = trio.current_time()
+    await server.serve(stream, "dawdler")
+    assert frames_in(stream.written) == [{"heads": [rid(1)]}]
     assert sync.READ_TIMEOUT_S <= trio.current_time() - start < sync.READ_TIMEOUT_S + 1
-    assert frames_in(stream.written) == [{"error": "bad request"}]
-    assert stream.closed and server._open == {}
+    assert stream.was_reset and server._open == {}
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

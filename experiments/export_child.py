@@ -1,0 +1,74 @@
+"""UNTRUSTED-side export: turn the candidate's trained model into data for the evaluator.
+
+    python -I experiments/export_child.py <spec.json>
+
+The harness runs this inside the training sandbox (the candidate's code runs here, so
+nothing here is trusted), with cwd = a directory holding the candidate's train.py, a copy
+of prepare.py, run.json and model.pt. spec.json: {"train_py", "prepare_py", "run_config",
+"model_pt", "out_dir", "batch_size", "seq_len"}. It builds the model with
+`train.build_model(prepare.run_config(run_config))`, loads model.pt with
+`torch.load(weights_only=True)` + `load_state_dict(strict=True)`, and writes
+out_dir/graph.json + out_dir/weights.safetensors (experiments/model_graph.py). Exit 0 on
+success; on failure one line `export failed: <reason>` and exit 3.
+
+Only experiments/model_graph.py needs to sit next to this file: it is loaded by path.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+EXIT_FAILED = 3
+
+
+def _load_module(name: str, path) -> object:
+    spec = importlib.util.spec_from_file_location(name, str(path))
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def export(spec: dict) -> dict:
+    """Build, load and export the candidate's model; model_graph.export_model's summary."""
+    import torch
+
+    model_graph = _load_module("model_graph", Path(__file__).resolve().with_name("model_graph.py"))
+    sys.path.insert(0, str(Path(spec["train_py"]).resolve().parent))  # as `python train.py` has
+    prepare = _load_module("prepare", spec["prepare_py"])
+    train = _load_module("train", spec["train_py"])
+    model = train.build_model(prepare.run_config(spec["run_config"]))
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"build_model returned {type(model).__name__}, not a torch.nn.Module")
+    state = torch.load(spec["model_pt"], map_location="cpu", weights_only=True)
+    model.load_state_dict(state, strict=True)
+    return model_graph.export_model(model, batch_size=int(spec["batch_size"]),
+                                    seq_len=int(spec["seq_len"]), out_dir=spec["out_dir"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: export_child.py <spec.json>", file=sys.stderr)
+        return 2
+    try:
+        with open(argv[0], encoding="utf-8") as f:
+            spec = json.load(f)
+        summary = export(spec)
+    except BaseException as e:  # SystemExit too: the candidate's code must not pick the exit
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = lines[0] if type(e).__name__ == "ExportError" and lines else \
+            f"{type(e).__name__}: {lines[0] if lines else ''}"
+        print(f"export failed: {reason[:500]}", flush=True)
+        return EXIT_FAILED
+    print(f"export: {summary['n_nodes']} nodes, {len(summary['ops'])} operators, "
+          f"{summary['weight_bytes']} weight bytes", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
