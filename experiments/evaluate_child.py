@@ -20,8 +20,8 @@ Steps:
    GraphRejected is status `rejected` with its reason).
 3. Score val_bpb with the trusted `prepare.evaluate_bpb` on the fixed validation windows.
    The metric calls the graph through `_ProbedScorer`, which returns the graph's logits
-   unchanged (so the score is exactly evaluate_bpb's) and, on a secret random quarter of the
-   scoring batches, runs the causality probe on that very batch: each row keeps its tokens
+   unchanged (so the score is exactly evaluate_bpb's) and, on every scoring batch (a
+   PROBE_FRACTION of them, drawn with the secret seed), runs the causality probe on it: each row keeps its tokens
    up to a random cut, gets other real validation text after it, and the rows are shuffled;
    each row's logits up to its cut must equal those of the scoring pass. Rows whose windows
    overlap are cut at one common position of the token file (`probe_cuts`), so no row can
@@ -53,7 +53,9 @@ EVAL_SETTINGS = {
 }
 # Causality probe: relative + absolute tolerance on logits that must not change.
 PROBE_TOLERANCE = {"cpu": 1e-4, "mps": 1e-3, "cuda": 1e-3}
-PROBE_FRACTION = 0.25  # of the scoring batches, drawn from the secret probe seed
+# Every scoring batch is probed: a probe catches a peek at position t only when a row's cut
+# is t, so coverage is what keeps a model that peeks at a few positions from passing.
+PROBE_FRACTION = 1.0  # of the scoring batches, drawn from the secret probe seed
 MIN_PROBE_BATCHES = 2
 
 
@@ -81,7 +83,7 @@ def _model_graph():
 
 
 def probe_plan(n_batches: int, rng) -> set:
-    """Indices of the scoring batches that get a causality probe: a quarter, at least 2."""
+    """Indices of the scoring batches that get a causality probe: PROBE_FRACTION, at least 2."""
     k = min(n_batches, max(MIN_PROBE_BATCHES, round(n_batches * PROBE_FRACTION)))
     return {int(i) for i in rng.choice(n_batches, size=k, replace=False)}
 

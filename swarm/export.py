@@ -31,7 +31,8 @@ from swarm.patch import make_patch, make_patch_lines
 from swarm.records import Record
 
 EXPORT_PATH = "genome/train.py"
-TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
+# autoresearch's five columns, then this step's val and held-out test deltas
+TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\tval_delta\ttest_delta"
 # the fixed date git format-patch writes on its "From <sha>" separator lines
 _MBOX_FROM_DATE = "Mon Sep 17 00:00:00 2001"
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -139,12 +140,28 @@ def export_series(lineage: Lineage, record_id: bytes,
     return "".join(mails)
 
 
-def _tsv_row(record: Record, status: str) -> str:
+def test_delta(lineage: Lineage, record_id: bytes) -> float | None:
+    """The record's gain on held-out test windows: the median, over the attestations that
+    measured it, of (record - its parent) on the same test windows. None if none did."""
+    deltas = sorted(r.result["test_bpb"] - r.result["test_parent_bpb"]
+                    for r in lineage.store.attestations_for(record_id)
+                    if r.result and "test_bpb" in r.result and "test_parent_bpb" in r.result)
+    return deltas[len(deltas) // 2] if deltas else None
+
+
+def _fmt_delta(value: float | None) -> str:
+    return f"{value:+.6f}" if value is not None else ""
+
+
+def _tsv_row(lineage: Lineage, record: Record, status: str) -> str:
     ok = record.status == "ok"
     bpb = record.val_bpb if ok else 0.0
     mem_mb = (record.result or {}).get("peak_mem_mb", 0.0) if ok else 0.0
     desc = _one_line(record.desc).replace("\t", " ")
-    return f"{record.id_hex[:7]}\t{bpb:.6f}\t{mem_mb / 1024:.1f}\t{status}\t{desc}"
+    parent = _parent_bpb(lineage, record)
+    val_delta = record.val_bpb - parent if ok and parent is not None else None
+    return (f"{record.id_hex[:7]}\t{bpb:.6f}\t{mem_mb / 1024:.1f}\t{status}\t{desc}\t"
+            f"{_fmt_delta(val_delta)}\t{_fmt_delta(test_delta(lineage, record.id))}")
 
 
 def export_tsv(lineage: Lineage, record_id: bytes, attempts: bool = True) -> str:
@@ -158,7 +175,7 @@ def export_tsv(lineage: Lineage, record_id: bytes, attempts: bool = True) -> str
     chain = lineage.chain(record_id)
     on_chain = {r.id for r in chain}
     arena = chain[-1].arena
-    rows = [(r.t, r.id, _tsv_row(r, "keep" if r.status == "ok" else "crash")) for r in chain]
+    rows = [(r.t, r.id, _tsv_row(lineage, r, "keep" if r.status == "ok" else "crash")) for r in chain]
     if attempts:
         for parent in [lineage.root_id] + [r.id for r in chain]:
             for child in lineage.store.children(parent):
@@ -170,7 +187,7 @@ def export_tsv(lineage: Lineage, record_id: bytes, attempts: bool = True) -> str
                     status = "keep"  # a baseline run of the genome: where the lineage starts
                 else:
                     status = "discard"
-                rows.append((child.t, child.id, _tsv_row(child, status)))
+                rows.append((child.t, child.id, _tsv_row(lineage, child, status)))
     rows.sort()
     return "\n".join([TSV_HEADER] + [row for _, _, row in rows]) + "\n"
 
@@ -182,17 +199,18 @@ def log_lines(lineage: Lineage, record_id: bytes, verified_by: VerifiedBy | None
     chain = lineage.chain(record_id)
     head = chain[-1]
     lines = [f"lineage of {head.id_hex[:12]} in {head.arena}: {len(chain)} steps",
-             f"{'step':>4}  {'record':7}  {'val_bpb':>9}  {'change':>9}  {'topic':12}  "
-             f"{'author':8}  {'verified':>8}  description"]
+             f"{'step':>4}  {'record':7}  {'val_bpb':>9}  {'change':>9}  {'test chg':>9}  "
+             f"{'topic':12}  {'author':8}  {'verified':>8}  description"]
     prev = baseline_bpb(lineage, head.arena)
     if prev is not None:
-        lines.append(f"{0:>4}  {'genome':7}  {prev:>9.6f}  {'':>9}  {'':12}  {'':8}  "
+        lines.append(f"{0:>4}  {'genome':7}  {prev:>9.6f}  {'':>9}  {'':>9}  {'':12}  {'':8}  "
                      f"{'':>8}  baseline")
     for n, record in enumerate(chain, 1):
         now = record.val_bpb
         change = f"{now - prev:+.6f}" if now is not None and prev is not None else ""
         bpb = f"{now:.6f}" if now is not None else record.status
-        lines.append(f"{n:>4}  {record.id_hex[:7]}  {bpb:>9}  {change:>9}  "
+        test = _fmt_delta(test_delta(lineage, record.id))
+        lines.append(f"{n:>4}  {record.id_hex[:7]}  {bpb:>9}  {change:>9}  {test:>9}  "
                      f"{record.topic:12.12}  {record.author_peer_id[-8:]:8}  "
                      f"{len(verified_by(record.id)):>8}  {_one_line(record.desc)[:80]}")
         prev = now if now is not None else prev

@@ -17,18 +17,20 @@ costly one, harder) and cap concurrent streams; responses never exceed 1 MiB (a 
 and the client asks again for the rest).
 
 Fairness (the server's budgets, per peer and for all peers together):
-- requests, `heads` requests, bytes answered and new streams: a token bucket per peer
-  and one shared by all peers, so neither one peer nor many peer ids can take the
-  node's thread;
+- requests, `heads` requests and bytes answered: a token bucket per peer, and one
+  shared by all peers that caps what a flood of peer ids can cost the node's thread;
+  new streams: a bucket per peer;
 - deadlines: a stream must send its first request within `FIRST_REQUEST_S`, each next
   one within `READ_TIMEOUT_S`, take each answer within `WRITE_TIMEOUT_S`, and be done
   within `STREAM_DEADLINE_S`; a stream past a deadline is reset (no goodbye is written to
   a peer that is not reading);
 - at most `max_streams_per_peer` streams per peer and `max_streams` in all. When all
-  are taken, a new stream takes the place of the one that has waited on its peer longest
-  (at least `PREEMPT_AFTER_S`), from a peer that holds at least as many streams as the
-  newcomer plus one: a few slow streams, or many peer ids with one each, cannot hold the
-  cap against an honest peer whose catch-up waits on nobody.
+  are taken, a new stream takes the place of one that waits on its peer (for a request,
+  or to take an answer) for `PREEMPT_AFTER_S` or more, from a peer holding at least one
+  stream more than the newcomer: of the peers holding the most streams, a stream that
+  never asked anything, else the one that has waited longest. A few slow streams, or
+  many peer ids with one each, cannot hold the cap against an honest peer, whose streams
+  wait on it only for a round trip between requests.
 The client bounds a catch-up: at most `max_records` records and `max_bytes` bytes of
 answers (32 MiB: what one malicious server can push per catch-up), only records it asked
 for, and ids a peer did not have are reported (`on_missed`) so the store asks again only
@@ -68,8 +70,14 @@ REQUEST_TIMEOUT_S = 30.0    # the client: one request and its answer
 FIRST_REQUEST_S = 5.0       # a new stream's first request
 WRITE_TIMEOUT_S = 10.0      # the peer takes one answer (1 MiB: at least 100 KiB/s)
 STREAM_DEADLINE_S = 60.0    # a whole stream (64 requests); a catch-up opens another
-PREEMPT_AFTER_S = 1.0       # a stream waiting on its peer this long may give way
+# A stream waiting on its peer this long may give way to a newcomer. Short: peer ids
+# that re-open streams as fast as they are reset keep every slot younger than this only
+# by opening max_streams / PREEMPT_AFTER_S streams a second (1,280, each peer id at most
+# one a second), while a just-opened stream is not pushed out before its first request
+# could arrive. (At 1 s a few hundred ids kept an honest newcomer out for good.)
+PREEMPT_AFTER_S = 0.05
 MAX_CATCH_UP_BYTES = 32 << 20  # of answers, per catch-up
+CUT_SHORT_BYTES = MAX_FRAME - 192 * 1024  # an answer this full stopped at the size cap
 _RESPONSE_SLACK = 64  # map header, key and array header of a response
 
 
@@ -257,6 +265,7 @@ class _Slot:
     waiting_since: float | None
     scope: Any = None
     preempted: bool = False
+    requests: int = 0  # read so far
 
 
 @dataclass
@@ -277,12 +286,16 @@ class SyncServer:
     # 10 at once and then one every 3 s keeps one peer from stalling us.
     heads_limiter: RateLimiter = field(
         default_factory=lambda: RateLimiter(rate=1 / 3, burst=10.0))
-    # All peers together: ten times one peer's allowance, so that a flood of peer ids
-    # gets no more of the node than a few greedy peers would.
+    # All peers together: what the node's one thread can give sync without stalling
+    # its research (a `heads` answer from the index costs about a millisecond, a `get`
+    # a few; at these rates sync takes at most about a third of a core). A bucket every
+    # peer shares can be drained by enough peer ids, so these are a ceiling on the cost
+    # of a flood, far above what honest peers ask (one catch-up each per 30 s), not a
+    # way to share: per-peer buckets, the stream caps and deadlines do that.
     global_limiter: RateLimiter = field(
-        default_factory=lambda: RateLimiter(rate=100.0, burst=400.0, max_keys=1))
+        default_factory=lambda: RateLimiter(rate=200.0, burst=1000.0, max_keys=1))
     global_heads_limiter: RateLimiter = field(
-        default_factory=lambda: RateLimiter(rate=2.0, burst=20.0, max_keys=1))
+        default_factory=lambda: RateLimiter(rate=50.0, burst=200.0, max_keys=1))
     # Bytes answered: 4 MiB/s per peer (a late joiner pulls 100,000 records of 5 KiB in
     # two minutes), 32 MiB/s for all peers.
     bytes_limiter: RateLimiter = field(
@@ -327,7 +340,7 @@ class SyncServer:
             count = self._open.get(slot.peer, 0)
             if waited < self.preempt_after_s or count < mine + 1:
                 continue
-            key = (count, waited)
+            key = (count, slot.requests == 0, waited)  # idle since it opened: first
             if best_key is None or key > best_key:
                 best, best_key = slot, key
         return best
@@ -391,6 +404,7 @@ class SyncServer:
                 log.debug("bad sync request from %s: %s", peer, error)
                 return await self._say(stream, slot, {"error": "bad request"})
             slot.waiting_since = None
+            slot.requests += 1
             if not (self.limiter.allow(peer) and self.global_limiter.allow("*")) or (
                     request.op == "heads" and not (self.heads_limiter.allow(peer)
                                                    and self.global_heads_limiter.allow("*"))):
@@ -512,8 +526,9 @@ async def catch_up(session: SyncSession, topics: Sequence[str], *,
     verified batch (one transaction for the store) and may return how many it stored.
     Invalid records and records we did not ask for are refused and
     `report`ed. Each id is asked for at most twice (a second time only when a
-    response cut short by the size cap left it out), so the loop ends even against
-    a peer that withholds records. Wanted ids the peer did not send go to
+    response left it out; ids an answer full to the 1 MiB cap left out are asked
+    next and not counted), so the loop ends even against a peer that withholds
+    records. Wanted ids the peer did not send go to
     `on_missed` at the end (the store then asks again only after a back-off).
     The catch-up stops after `max_records` ids asked for or `max_bytes` of answers
     (what one malicious server can push), and when a batch stored nothing while
@@ -542,7 +557,8 @@ async def catch_up(session: SyncSession, topics: Sequence[str], *,
                 asked[i] = asked.get(i, 0) + 1
             result.requested += len(batch)
             envelopes = await session.get(batch)
-            answered += sum(len(e) for e in envelopes)
+            size = sum(len(e) for e in envelopes)
+            answered += size
             result.received_bytes = answered
             requested, got, verified = set(batch), set(), []
             for envelope in envelopes:
@@ -563,9 +579,16 @@ async def catch_up(session: SyncSession, topics: Sequence[str], *,
                 result.stored += stored
                 if not stored and not keep_going():
                     break  # our storage budget is spent: fetching more is wasted
-            # A response cut short by the size cap: ask again for what it left out.
             if envelopes and len(got) < len(batch):
-                todo.extend(i for i in batch if i not in got and asked[i] < 2)
+                left_out = [i for i in batch if i not in got]
+                if size >= CUT_SHORT_BYTES:
+                    # full to the size cap: an honest answer, not a refusal; what it left
+                    # out comes next and is not counted as asked (max_bytes bounds this)
+                    for i in left_out:
+                        asked[i] -= 1
+                    todo = left_out + todo
+                else:  # a response cut short otherwise: ask once more at the end
+                    todo.extend(i for i in left_out if asked[i] < 2)
     finally:
         missed = [i for i in from_wanted if i not in received]
         result.missed = len(missed)

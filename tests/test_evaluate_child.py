@@ -140,7 +140,7 @@ def test_honest_model_scores_exactly_the_trusted_metric(env):
     assert result["val_bpb"] == env.prepare.evaluate_bpb(graph, *args)  # bit for bit
     assert result["val_bpb"] == pytest.approx(env.prepare.evaluate_bpb(model, *args), rel=1e-5)
     assert result["params"] == sum(p.numel() for p in model.parameters()) + 2 * model.cos.numel()
-    assert result["probe_batches"] == 4  # a quarter of the 16 scoring batches
+    assert result["probe_batches"] == 16  # every one of the 16 scoring batches
     assert 0 <= result["probe_max_diff"] <= evaluate_child.PROBE_TOLERANCE["cpu"]
     assert "test_bpb" not in result and result["eval_s"] > 0
 
@@ -156,7 +156,7 @@ def test_held_out_test_split_is_scored_and_probed_when_asked(env):
                                     40, 7)
     assert result["test_bpb"] == expected
     assert 0 < result["val_bpb"] < 20
-    assert result["probe_batches"] == 4 + 2  # 3 test batches: at least 2 probed
+    assert result["probe_batches"] == 16 + 3  # every val and test batch
 
 
 @pytest.mark.parametrize("name", ["peeks", "other_row", "mean_of_row", "in_batch_lookup"])
@@ -234,8 +234,10 @@ def test_evaluator_failure_is_status_error(env, tmp_path):
     assert not (tmp_path / "eval.json").exists()
 
 
-def test_probe_plan_takes_a_quarter_and_at_least_two():
+def test_probe_plan_takes_its_fraction_and_at_least_two(monkeypatch):
     rng = np.random.default_rng(0)
+    assert evaluate_child.probe_plan(16, rng) == set(range(16))  # the default: every batch
+    monkeypatch.setattr(evaluate_child, "PROBE_FRACTION", 0.25)
     assert len(evaluate_child.probe_plan(16, rng)) == 4
     assert len(evaluate_child.probe_plan(3, rng)) == 2
     assert evaluate_child.probe_plan(1, rng) == {0}

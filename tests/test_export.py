@@ -151,13 +151,36 @@ def test_results_tsv(world):
     assert [row[0] for row in rows[1:]] == [r.id_hex[:7] for r in sorted(
         [world["baseline"], r1, r2, r3, r4, world["discarded"], world["crashed"]],
         key=lambda r: r.t)]
-    assert by_commit[r1.id_hex[:7]] == [r1.id_hex[:7], "1.400000", "2.0", "keep",
-                                        "raise setting 3"]
+    assert by_commit[r1.id_hex[:7]][:5] == [r1.id_hex[:7], "1.400000", "2.0", "keep",
+                                            "raise setting 3"]
+    assert by_commit[r1.id_hex[:7]][5] == f"{1.4 - world['baseline'].val_bpb:+.6f}"
+    assert by_commit[r1.id_hex[:7]][6] == ""  # nobody measured it on test windows
     assert by_commit[world["discarded"].id_hex[:7]][3] == "discard"
     assert by_commit[world["baseline"].id_hex[:7]][3] == "keep"
     assert by_commit[world["crashed"].id_hex[:7]][1:4] == ["0.000000", "0.0", "crash"]
     only_chain = export_tsv(world["lineage"], r4.id, attempts=False)
     assert len(only_chain.splitlines()) == 5
+
+
+def test_test_deltas_come_from_attestations(world):
+    from swarm.export import test_delta
+    from swarm.identity import NodeIdentity
+    from swarm.records import make_attestation
+
+    r1 = world["chain"][0]
+    store = world["lineage"].store
+    assert test_delta(world["lineage"], r1.id) is None
+    for claim_test, parent_test in ((1.50, 1.55), (1.52, 1.53), (1.49, 1.60)):
+        store.insert(make_attestation(
+            NodeIdentity.generate(), genome=r1.genome, target=r1.id, arena=r1.arena,
+            verdict="reproduced", result={"status": "ok", "val_bpb": 1.4, "train_s": 1.0,
+                                          "total_s": 2.0, "test_bpb": claim_test,
+                                          "test_parent_bpb": parent_test}))
+    assert test_delta(world["lineage"], r1.id) == pytest.approx(-0.05)  # the median
+    row = [line.split("\t") for line in export_tsv(world["lineage"], world["chain"][-1].id)
+           .splitlines() if line.startswith(r1.id_hex[:7])][0]
+    assert row[6] == "-0.050000"
+    assert "-0.050000" in "\n".join(log_lines(world["lineage"], world["chain"][-1].id))
 
 
 def test_log_lines(world):

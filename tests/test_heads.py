@@ -21,7 +21,9 @@ KEYS = [NodeIdentity(bytes([n]) * 32) for n in range(1, 6)]
 
 def reference(store, topics, limit=30_000):
     """The answer as computed before the index: heads per topic newest first, then the
-    attestations of experiments in those topics, oldest first."""
+    attestations of experiments in those topics, oldest first (topics sorted, as
+    swarm.network asks)."""
+    topics = sorted(set(topics))
     ids = []
     for topic in topics or [None]:
         ids.extend(r.id for r in store.heads(topic=topic, limit=limit))
@@ -44,8 +46,8 @@ def world(rng, n=300, t0=1_760_000_000_000):
             [rng.choice(experiments).id]
         if experiments and rng.random() < 0.05:
             parents.append(rng.choice(experiments).id)
-        record = make_experiment(rng.choice(KEYS), genome=GENOME, parents=list(dict.fromkeys(parents)),
-                                 topic=rng.choice(TOPICS), arena=ARENA, patch="",
+        record = make_experiment(rng.choice(KEYS), genome=GENOME,
+                                 parents=list(dict.fromkeys(parents)), topic=rng.choice(TOPICS), arena=ARENA, patch="",
                                  desc=f"e{i}", agent="a",
                                  result={"status": "ok", "val_bpb": 1.0},
                                  t=t0 + rng.randrange(0, 10_000) * 1000)

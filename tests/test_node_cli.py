@@ -75,7 +75,7 @@ def test_export_patch_applies_to_a_fresh_checkout(researched_home, tmp_path):
     assert (checkout / "genome" / "train.py").read_text() == source
     tsv = loopy("export", "--format", "tsv", home=researched_home).stdout
     assert tsv.splitlines()[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status",
-                                               "description"]
+                                               "description", "val_delta", "test_delta"]
 
 
 def test_second_node_on_the_same_home_is_refused(tmp_path):

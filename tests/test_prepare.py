@@ -255,7 +255,8 @@ def test_progress_is_reported(tmp_path, small_corpus):
                corpus_dir=small_corpus)
     stages = {s for s, _, _ in seen}
     assert {"train tokenizer", "tokenise train", "tokenise val"} <= stages
-    assert ("tokenise train", 40, 40) in seen
+    assert {"tokenise test"} <= stages  # the held-out split: 3 documents in 10
+    assert ("tokenise train", 28, 28) in seen and ("tokenise test", 12, 12) in seen
 
 
 # --- dataloader ------------------------------------------------------------------
@@ -618,6 +619,7 @@ SHARD_TEXTS = {
         enumerate(["cats", "dogs", "ships", "stars", "rivers"] * 20)],
     1: [f"Second shard, entry {i}: {'la ' * (i % 7)}end." for i in range(80)],
     SPEC.val_shard: [f"Validation text number {i}, about kettles." for i in range(30)],
+    SPEC.test_shard: [f"Held-out text {i}, about teapots." for i in range(20)],
 }
 
 
@@ -649,6 +651,8 @@ def test_download_and_prepare_parquet_shards(tmp_path, shard_files):
     val = np.fromfile(paths.val_bin, dtype=np.uint16)
     first = np.flatnonzero(val == tok.bos_id)[1]
     assert tok.decode(val[1:first].tolist()) == SHARD_TEXTS[SPEC.val_shard][0]
+    test = np.fromfile(paths.test_bin, dtype=np.uint16)
+    assert int((test == tok.bos_id).sum()) == len(SHARD_TEXTS[SPEC.test_shard])
     # the server is gone: everything is verified from the local cache
     again = prepare_climbmix(tmp_path / "home", server.url)
     assert again == paths
@@ -723,7 +727,8 @@ def test_server_down_is_dataset_unavailable(tmp_path, monkeypatch):
 
 
 def test_unreadable_parquet_is_a_clear_error(tmp_path):
-    files = {SPEC.shard_name(i): b"PAR1 this is not parquet PAR1" for i in (0, SPEC.val_shard)}
+    files = {SPEC.shard_name(i): b"PAR1 this is not parquet PAR1"
+             for i in (0, SPEC.val_shard, SPEC.test_shard)}
     with ShardServer(files) as server:
         with pytest.raises(P.CorpusError, match="downloaded again"):
             P._prepare(tmp_path / "home", "climbmix", None, vocab_size=300, num_shards=1,

@@ -264,8 +264,9 @@ def test_time_budget_run_stops_once_its_training_seconds_are_spent(tmp_path, tra
     proc, out = train_child(tmp_path, train_bin, budget_kind="time", budget_value=1.0)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     values = summary(proc.stdout)
+    # The clock runs from the first batch (the harness's rule), with no warm-up steps off it.
     assert float(values["training_seconds"]) >= 1.0
-    assert int(values["num_steps"]) > 10  # the first steps are warm-up, off the clock
+    assert int(values["num_steps"]) >= 1
     assert (out / "model.pt").is_file()
 
 
