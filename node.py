@@ -179,6 +179,12 @@ def cmd_run(settings: Settings, args) -> int:
             patch_text = Path(args.patch).read_text()
         except (OSError, UnicodeDecodeError) as e:
             return fail(f"cannot read patch {args.patch}: {e}")
+    if patch_text is not None:
+        from experiments.sandbox import missing_isolation
+        missing = missing_isolation()
+        if missing:
+            print("WARNING: this machine cannot fully isolate the patch's code ("
+                  + "; ".join(missing) + "); run only patches you trust.", file=sys.stderr)
     live = not settings.json and not settings.plain and sys.stdout.isatty()
     with RunProgress(live=live, plain=not settings.json) as progress:
         common = dict(home=home, dataset=settings.dataset or None, budget=settings.budget or None,
@@ -699,6 +705,12 @@ def cmd_verify(settings: Settings, args) -> int:
         record = local.store.get(record_id)
         if record.kind != "experiment" or record.status != "ok":
             return fail(f"{record.id_hex[:12]} is not a scored experiment", 1)
+        if settings.trainer == "genome" and record.author != local.identity.public_key:
+            from experiments.sandbox import missing_isolation
+            missing = missing_isolation()
+            if missing:
+                return fail("refusing to run another author's program: this machine cannot "
+                            "fully isolate it (" + "; ".join(missing) + ")", 1)
         source = local.lineage.source_of(record_id)
         trainer = make_trainer(settings.trainer, local.home, dataset=settings.dataset or None,
                                budget=settings.budget or None, device=settings.device)

@@ -1,11 +1,12 @@
 """The genome on CPU through the real harness: baseline, noise, overhead, edit effects.
 
 Runs the baseline genome with 3 seeds and seed 0 three times (sigma over seeds and over
-repeats), the harness overhead (total minus training seconds: start-up, evaluation,
-causality probe), and a few plausible edits with paired seeds, each reported in units
-of sigma. A quiet machine is needed: wall-clock parts are meaningless under load.
+repeats), the time outside training with its breakdown (start-up of the training child
+until its first batch and after its last, export, evaluation with the causality probes),
+and a few plausible edits with paired seeds, each reported in units of sigma. A quiet
+machine is needed: wall-clock parts are meaningless under load.
 
-    python bench/bench_genome.py [--budget 300ktok] [--home DIR] [--no-write]
+    python bench/bench_genome.py [--budget 300ktok] [--home DIR] [--no-edits] [--no-write]
 """
 from __future__ import annotations
 
@@ -50,8 +51,11 @@ def run(source: str, home: Path, budget: str, seed: int) -> dict:
         raise SystemExit(f"run failed: {r.status}: {r.reason}")
     print(f"  seed {seed}: val_bpb {r.val_bpb:.4f} train {r.train_s:.1f}s total {r.total_s:.1f}s",
           flush=True)
+    t = r.timings
     return {"bpb": r.val_bpb, "train_s": r.train_s or 0.0, "total_s": r.total_s,
-            "tokens": r.tokens or 0}
+            "tokens": r.tokens or 0, "prepare_s": t.get("prepare", 0.0),
+            "child_s": t.get("train", 0.0) - (r.train_s or 0.0),
+            "export_s": t.get("export", 0.0), "eval_s": t.get("eval", 0.0)}
 
 
 def main() -> None:
@@ -59,6 +63,7 @@ def main() -> None:
     ap.add_argument("--budget", default="300ktok")
     ap.add_argument("--home", default=None)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--no-edits", action="store_true", help="baselines and overhead only")
     args = ap.parse_args()
     home = Path(args.home or tempfile.mkdtemp(prefix="loopy-bench-"))
     base = base_train_source()
@@ -70,24 +75,35 @@ def main() -> None:
     sigma = statistics.stdev(r["bpb"] for r in seeds)
     overhead = statistics.mean(r["total_s"] - r["train_s"] for r in seeds + repeats)
     rows = []
-    for name, rules in EDITS.items():
+    for name, rules in ({} if args.no_edits else EDITS).items():
         print(name)
         runs = [run(edited(base, rules), home, args.budget, s) for s in range(3)]
         deltas = [e["bpb"] - b["bpb"] for e, b in zip(runs, seeds)]
         rows.append((name, statistics.mean(deltas), statistics.stdev(deltas)))
     mean_bpb = statistics.mean(r["bpb"] for r in seeds)
+    per_seed = " / ".join(f"{r['bpb']:.4f}" for r in seeds)
     tok_s = statistics.mean(r["tokens"] / r["train_s"] for r in seeds if r["train_s"])
     lines = ["<!-- bench_genome -->", "## The genome on CPU (`bench/bench_genome.py`)", "",
-             f"Budget {args.budget}, 2 threads, real harness (sandbox, evaluation child, "
-             f"causality probe). Measured {time.strftime('%Y-%m-%d')}, load average "
-             f"{load:.1f} at the start.", "",
+             f"Budget {args.budget}, 2 threads, real harness (sandboxed training child fed "
+             f"by the harness, export child, evaluation child with every scoring batch "
+             f"probed). Measured {time.strftime('%Y-%m-%d')}, load average {load:.1f} at "
+             f"the start.", "",
              "| quantity | value |", "|---|---|",
+             f"| baseline val_bpb, seeds 0 / 1 / 2 | {per_seed} |",
              f"| baseline val_bpb (mean of seeds 0-2) | {mean_bpb:.4f} |",
              f"| sigma over 3 seeds | {sigma:.4f} |",
              f"| spread over 3 repeats of seed 0 | "
-             f"{max(r['bpb'] for r in repeats) - min(r['bpb'] for r in repeats):.6f} |",
+             f"{max(r['bpb'] for r in repeats) - min(r['bpb'] for r in repeats):.6f} "
+             f"(seed 0: {repeats[0]['bpb']!r}) |",
              f"| training tokens/s | {tok_s:,.0f} |",
-             f"| harness overhead (total - training s) | {overhead:.1f} s |", "",
+             f"| time outside training (total - training s) | {overhead:.1f} s |"] + [
+                 f"| - {label} | {statistics.mean(r[key] for r in seeds + repeats):.1f} s |"
+                 for key, label in (("prepare_s", "data preparation (cached)"),
+                                    ("child_s", "training child outside its budget "
+                                                "(start-up, saving)"),
+                                    ("export_s", "export child (graph + weights)"),
+                                    ("eval_s", "evaluation child (graph checks, scoring, "
+                                               "probes)"))] + ["",
              "| edit (paired seeds 0-2) | mean delta | std | in sigmas |", "|---|---|---|---|"]
     for name, mean, std in rows:
         lines.append(f"| {name} | {mean:+.4f} | {std:.4f} | {mean / sigma:+.1f} |")

@@ -281,6 +281,31 @@ class SwarmNode:
         self.last_prune = report
         return report
 
+    def storage_status(self) -> dict[str, Any]:
+        """Counters of what the node stored, dropped, quarantined and pruned, and of its
+        sync server (for `status --json`, logs and benchmarks)."""
+        q, server = self.quarantine, self.sync_server
+        prune = self.last_prune
+        return {
+            "strangers_admitted": self.admission.admitted,
+            "strangers_charged_bytes": self.admission.charged,
+            "strangers_budget_left_bytes": int(self.admission.budget_left()),
+            "dropped": dict(self.admission.dropped),
+            "gossip_storage_dropped": self.gossip.validator.storage_dropped
+            if self.gossip else 0,
+            "quarantine": {"records": len(q), "bytes": q.bytes, "added": q.stats.added,
+                           "released": q.stats.released, "expired": q.stats.expired,
+                           "evicted": q.stats.evicted},
+            "wanted": self.store.wanted_count(),
+            "trusted_authors": len(self.trusted),
+            "last_prune": None if prune is None else {
+                "deleted": prune.deleted, "freed_bytes": prune.freed_bytes,
+                "unprotected_bytes": prune.unprotected_bytes},
+            "sync_server": {"served": server.served, "refused": server.refused,
+                            "preempted": server.preempted, "timed_out": server.timed_out,
+                            "open_streams": sum(server._open.values())},
+        }
+
     # ------------------------------------------------------------------ records in
 
     def _on_gossip(self, record: Any, forwarder: str) -> None:
@@ -439,8 +464,9 @@ async def open_swarm_node(identity: Any, store: Any, *, genome: str, topics: Seq
     `RecordRateLimit()` with the default `RecordLimits` (see swarm.ratelimit for
     why they never cut honest traffic); `budgets`, `quarantine` and
     `retention_policy`: what it stores of strangers' records (swarm.admission,
-    swarm.quarantine, swarm.retention); `trust_rules`: whom it trusts (swarm.trust); `lan=True` lets discovery dial private,
-    loopback and link-local addresses peers announce (swarm.discovery).
+    swarm.quarantine, swarm.retention); `trust_rules`: whom it trusts (swarm.trust);
+    `lan=True` lets discovery dial private, loopback and link-local addresses peers
+    announce (swarm.discovery).
     """
     topics = sorted({t for t in topics if t != HEADS})
     for topic in topics:

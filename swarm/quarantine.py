@@ -160,4 +160,3 @@ class Quarantine:
                 waiters.discard(record_id)
                 if not waiters:
                     del self._waiting[ref]
-

@@ -13,8 +13,8 @@ hostile: prefixes above the limit are refused before any body is read,
 every read has a deadline, msgpack is decoded with strict limits and every
 field is type-checked; a malformed request gets `{"error": ...}` and the
 stream is closed. Servers rate-limit requests per peer (`heads`, the
-costly one, harder) and cap concurrent streams; responses never exceed 1 MiB (a `get` answer carries fewer records,
-and the client asks again for the rest).
+costly one, harder) and cap concurrent streams; responses never exceed 1 MiB
+(a `get` answer carries fewer records, and the client asks again for the rest).
 
 Fairness (the server's budgets, per peer and for all peers together):
 - requests, `heads` requests and bytes answered: a token bucket per peer, and one
@@ -590,7 +590,7 @@ async def catch_up(session: SyncSession, topics: Sequence[str], *,
                 else:  # a response cut short otherwise: ask once more at the end
                     todo.extend(i for i in left_out if asked[i] < 2)
     finally:
-        missed = [i for i in from_wanted if i not in received]
+        missed = [i for i in from_wanted if i in asked and i not in received]
         result.missed = len(missed)
         if missed:
             on_missed(missed)

@@ -20,8 +20,7 @@ from swarm.patch import apply_patch, make_patch
 from swarm.quarantine import Quarantine, QuarantineLimits
 from swarm.records import make_announce, make_attestation, make_experiment
 from swarm.retention import RetentionPolicy, pins, prune
-from swarm.store import (MAX_WANTED, STORED_ROW_OVERHEAD, WANTED_MAX_TRIES, WANTED_TTL_S,
-                         Store)
+from swarm.store import MAX_WANTED, WANTED_MAX_TRIES, WANTED_TTL_S, Store
 from swarm.sync import catch_up
 from swarm.trust import TrustPolicy
 
@@ -254,8 +253,8 @@ class CountingPeer:
         return [self.records[i].envelope for i in ids if i in self.records]
 
 
-async def test_invented_announce_heads_are_not_asked_of_every_peer_every_time(store,
-                                                                             monkeypatch):
+async def test_invented_announce_heads_are_not_asked_of_every_peer_every_time(
+        store, monkeypatch):
     now = [1_900_000_000_000]
     monkeypatch.setattr(store_module, "_now_ms", lambda: now[0])
     ingest, _ = ingest_for(store)
@@ -454,4 +453,3 @@ def test_a_pruned_record_is_not_fetched_again_unless_something_we_keep_needs_it(
     store.insert(exp(ME, old.id, desc="we build on it after all"), local=True)
     assert ingest.unknown([old.id]) == [old.id] and store.wanted() == [old.id]
     assert ingest.offer(old, "p") == STORED
-

@@ -112,3 +112,6 @@ async def test_a_live_flood_from_fresh_keys_stays_within_the_budget_and_is_not_r
         # and the flooder is not punished for valid records (IGNORE, not REJECT)
         assert not b.guard.is_banned(flooder.peer_id) and validator.rejected == 0
         assert b.gossip.score(flooder.peer_id) >= 0
+        status = b.storage_status()
+        assert status["gossip_storage_dropped"] == validator.storage_dropped
+        assert status["strangers_charged_bytes"] == b.admission.charged

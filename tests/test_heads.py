@@ -47,7 +47,8 @@ def world(rng, n=300, t0=1_760_000_000_000):
         if experiments and rng.random() < 0.05:
             parents.append(rng.choice(experiments).id)
         record = make_experiment(rng.choice(KEYS), genome=GENOME,
-                                 parents=list(dict.fromkeys(parents)), topic=rng.choice(TOPICS), arena=ARENA, patch="",
+                                 parents=list(dict.fromkeys(parents)),
+                                 topic=rng.choice(TOPICS), arena=ARENA, patch="",
                                  desc=f"e{i}", agent="a",
                                  result={"status": "ok", "val_bpb": 1.0},
                                  t=t0 + rng.randrange(0, 10_000) * 1000)

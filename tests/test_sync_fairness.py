@@ -222,7 +222,7 @@ class Pusher:
         return list(self.records)
 
     async def get(self, ids):
-        return sync.bounded_records(self.records[i] for i in ids)
+        return sync.bounded_records(self.records[i] for i in ids if i in self.records)
 
 
 class Toy:
@@ -249,6 +249,16 @@ async def test_a_catch_up_stops_when_the_storage_budget_is_spent():
                             store=lambda records: calls.append(len(records)) or 0,
                             keep_going=lambda: False)
     assert calls == [256] and result.requested == 256
+
+
+async def test_only_wanted_ids_a_peer_was_asked_for_count_as_missed():
+    wanted_ids = [rid(1000 + i) for i in range(300)]
+    for max_bytes, expected in ((1 << 20, 0), (MAX_CATCH_UP_BYTES, 300)):
+        missed = []
+        await catch_up(Pusher(10), [], missing=lambda ids: list(ids),
+                       wanted=lambda: wanted_ids, verify=lambda env: (Toy(env[:32]), ""),
+                       store=len, on_missed=missed.extend, max_bytes=max_bytes)
+        assert sorted(missed) == wanted_ids[:expected]
 
 
 # --------------------------------------------------------------------------- live nodes
