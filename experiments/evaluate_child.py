@@ -174,8 +174,10 @@ class _ProbedScorer:
         out = self.graph(torch.from_numpy(changed[perm]).to(x.device))
         out = out[torch.from_numpy(np.argsort(perm)).to(out.device)]  # back in scoring order
         keep = (torch.arange(T)[None, :] <= torch.from_numpy(cuts)[:, None]).to(out.device)
-        diff = (logits.float() - out.float()).abs().amax(dim=-1).masked_fill(~keep, 0).amax(1)
-        scale = logits.float().abs().amax(dim=-1).masked_fill(~keep, 0).amax(1)
+        logits, out = logits.float(), out.float()  # no copy when they are float32 already
+        diff = torch.sub(logits, out).abs_().amax(dim=-1).masked_fill(~keep, 0).amax(1)
+        low, high = torch.aminmax(logits, dim=-1)  # |logit| max per position in one pass
+        scale = torch.maximum(low.abs(), high.abs()).masked_fill(~keep, 0).amax(1)
         relative = diff / (1.0 + scale)
         self.worst = max(self.worst, float(relative.max()))
         bad = torch.nonzero(relative > self.tolerance).flatten()

@@ -16,13 +16,22 @@ Policy (no network):
   peer: sync requests, and valid records accepted per minute per forwarder and author.
 - `announces.py`: `AnnouncePolicy`, `AnnounceLimits`, `working_on` and its parsers -
   announces as weighted, capped hints (never vetoes), judged by local receipt time.
+- `admission.py`: `StorageBudgets`, `Admission`, `Ingest` - what strangers may add to the
+  store per hour (per sending peer, per author, all together), and the way in for peers'
+  records (budget, then the store or the quarantine).
+- `retention.py`: `RetentionPolicy`, `pins`, `prune` - what is kept forever, and pruning
+  strangers' unreferenced records down to a quota.
 
 State (SQLite and text, no network):
 - `store.py`: `Store` (WAL, migrations, queries), `Peer`, `StoreError`.
 - `lineage.py`: `Lineage` (train.py of any record, cached), `LineageError`,
   `MissingAncestor`, `BrokenLineage`.
 - `export.py`: `export_patch`, `export_source`, `export_series`, `export_tsv`,
-  `log_lines` - lineages for git, patch, autoresearch's results.tsv and terminals.
+  `log_lines`, `test_delta` - lineages for git, patch, autoresearch's results.tsv and
+  terminals, with each step's val and held-out test deltas.
+- `quarantine.py`: `Quarantine` - records whose parents are unknown wait here, bounded,
+  until the parents arrive or they expire.
+- `heads.py`: `HeadsIndex` - the sync server's heads, kept current insert by insert.
 
 Plumbing (libp2p, trio):
 - `host.py`: `open_host`, `build_host` - TCP + noise + yamux host keyed by the node seed.
