@@ -395,9 +395,8 @@ def cmd_start(settings: Settings, args) -> int:
         return fail(str(e))
     try:
         loop = build_loop(local, settings, until)
-        error = prepare_trainer(loop.trainer, settings)
-        if error:
-            return fail(error)
+        if isinstance(loop, str):  # the trainer's data is not ready: what to fix
+            return fail(loop)
         import trio
         return trio.run(run_node, local, settings, loop)
     except (ValueError, RuntimeError) as e:
@@ -449,6 +448,8 @@ def parse_until(text: str) -> float | None:
 
 
 def build_loop(local: Local, settings: Settings, until: float | None):
+    """The node's research loop, its trainer's data prepared; or, when the data cannot be
+    prepared, the message that says what to fix."""
     from experiments.agents import load_brief, make_agent
     from experiments.loop import LoopConfig, ResearchLoop
     from experiments.scoreboard import ScoreRules
@@ -457,6 +458,10 @@ def build_loop(local: Local, settings: Settings, until: float | None):
 
     trainer = make_trainer(settings.trainer, local.home, dataset=settings.dataset or None,
                            budget=settings.budget or None, device=settings.device)
+    # The data first: a downloaded dataset's digest is part of the arena the loop uses.
+    error = prepare_trainer(trainer, settings)
+    if error:
+        return error
     # The catalogue edits only this node's hardware profile in train.py's PROFILES table.
     profile = getattr(trainer, "device", None) or getattr(trainer, "profile", "cpu")
     agent = make_agent(settings.agent, base_source=local.lineage.base_source, profile=profile)
@@ -682,8 +687,7 @@ def cmd_log(settings: Settings, args) -> int:
                 print(line)
         print("latest results:")
         for r in local.store.experiments(arena=arena, topic=args.only_topic, limit=args.limit):
-            verdict = "kept" if board.is_kept(r) else (
-                "discarded" if r.status == "ok" and r.patch else r.status)
+            verdict = board.label(r)
             print(f"  {r.id_hex[:8]} {r.author_peer_id[-8:]} {verdict:9s} "
                   f"{fmt_bpb(r.val_bpb)} {fmt_delta(board.delta(r)):>8s}  {r.desc}")
     finally:
@@ -714,6 +718,9 @@ def cmd_verify(settings: Settings, args) -> int:
         source = local.lineage.source_of(record_id)
         trainer = make_trainer(settings.trainer, local.home, dataset=settings.dataset or None,
                                budget=settings.budget or None, device=settings.device)
+        error = prepare_trainer(trainer, settings)  # and the arena's data digest
+        if error:
+            return fail(error)
         if trainer.arena != record.arena:
             print(f"note: the record was measured in {record.arena}, this node runs in "
                   f"{trainer.arena}: scores are not comparable, no attestation is made",
@@ -727,7 +734,7 @@ def cmd_verify(settings: Settings, args) -> int:
         board = local.scoreboard(trainer.arena, settings)
         sigma = board.sigma()
         tolerance = board.rules.noise_k * (sigma or 0.0)
-        holds = result.status == "ok" and result.val_bpb <= record.val_bpb + tolerance
+        holds = board.reproduces(result, record.val_bpb, sigma)
         # A crash or timeout here may be this machine's fault, not the claim's: no verdict
         # (the running node checks itself with a baseline first; see ResearchLoop.verify).
         verdict = None if result.status in MACHINE_FAILURES else \

@@ -13,6 +13,13 @@ exactly reproducible on CPU with a fixed seed). Users write budgets the short wa
 The *arena* of a result is `<dataset>/<budget>/<hardware class>`, e.g.
 `embedded/tokens:300000/cpu`; scores are only compared inside one arena. Arena strings
 come from peers, so `parse_arena` validates every part and raises ValueError otherwise.
+
+A downloaded dataset's part carries the digest of the data a node prepared
+(`genome.prepare.data_digest`: tokenizer, train, val and test token files), e.g.
+`climbmix.0123456789abcdef/time:300/nvidia-h100-80gb`: nodes whose mirrors served other
+bytes never compare scores. The embedded corpus is pinned by SHA256SUMS in the repository
+(and so by the genome id), so its arenas carry no digest. The hardware part is
+`experiments.hardware.arena_class`: per card for time budgets, shared for token budgets.
 """
 from __future__ import annotations
 
@@ -33,6 +40,7 @@ _TIME_UNITS = {"s": 1, "sec": 1, "secs": 1, "m": 60, "min": 60, "mins": 60, "h":
 _TOKEN_UNITS = {"tok": 1, "ktok": 10**3, "mtok": 10**6, "gtok": 10**9}
 # Dataset names and hardware classes: lowercase slugs (they appear in gossip topics' arenas).
 _SLUG = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+_DATA_DIGEST = re.compile(r"[0-9a-f]{16}")  # genome.prepare.DATA_DIGEST_CHARS hex chars
 
 
 @dataclass(frozen=True)
@@ -106,12 +114,23 @@ def default_budget(device: str) -> Budget:
 
 @dataclass(frozen=True)
 class Arena:
-    dataset: str
+    dataset: str  # the whole dataset part, with its data digest if it has one
     budget: Budget
     hardware: str
 
     def __str__(self) -> str:
         return f"{self.dataset}/{self.budget}/{self.hardware}"
+
+    @property
+    def dataset_name(self) -> str:
+        """'climbmix' for 'climbmix.0123456789abcdef'; the dataset part itself otherwise."""
+        return self.dataset[:-17] if self.data_digest else self.dataset
+
+    @property
+    def data_digest(self) -> str | None:
+        """The digest of the data the scores were measured on, for downloaded datasets."""
+        name, dot, digest = self.dataset.rpartition(".")
+        return digest if dot and name and _DATA_DIGEST.fullmatch(digest) else None
 
 
 def _check_slug(value: str, what: str) -> str:
@@ -121,12 +140,22 @@ def _check_slug(value: str, what: str) -> str:
     return value
 
 
-def make_arena(dataset: str, budget: Budget | str, hw_class: str) -> str:
-    """'embedded', Budget('tokens', 300000), 'cpu' -> 'embedded/tokens:300000/cpu'."""
+def make_arena(dataset: str, budget: Budget | str, hw_class: str,
+               data_digest: str | None = None) -> str:
+    """'embedded', Budget('tokens', 300000), 'cpu' -> 'embedded/tokens:300000/cpu';
+    'climbmix', '5m', 'nvidia-h100-80gb', '0123456789abcdef' ->
+    'climbmix.0123456789abcdef/time:300/nvidia-h100-80gb'."""
     if isinstance(budget, str):
         budget = parse_budget(budget)
     if not isinstance(budget, Budget):
         raise ValueError(f"budget must be a Budget or a budget string, not {type(budget).__name__}")
+    _check_slug(dataset, "dataset")
+    if data_digest is not None:
+        if not isinstance(data_digest, str) or not _DATA_DIGEST.fullmatch(data_digest):
+            raise ValueError(f"data digest {str(data_digest)[:40]!r} must be 16 hex chars")
+        if "." in dataset:
+            raise ValueError(f"dataset {dataset!r} already has a '.' (a digest?)")
+        dataset = f"{dataset}.{data_digest}"
     arena = Arena(_check_slug(dataset, "dataset"), budget, _check_slug(hw_class, "hardware class"))
     return str(arena)
 

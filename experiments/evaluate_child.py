@@ -27,7 +27,9 @@ Steps:
    overlap are cut at one common position of the token file (`probe_cuts`), so no row can
    find its own replaced future in another row's kept text.
 4. With spec "test": {"seed", "n_windows"}, also score the held-out test split
-   (`prepare.test_bpb`, windows drawn with that seed), probed the same way.
+   (`prepare.test_bpb`, windows drawn with that seed), probed the same way, and reject a
+   model whose val_bpb beats its test_bpb by more than MAX_VAL_TEST_GAP. The harness asks
+   for CHECK_WINDOWS test windows in every evaluation, the full set for a verification.
 5. Write the result JSON (status ok | rejected | crash | error, val_bpb, test_bpb, params,
    probe_batches, probe_max_diff, eval_s, reason, the nonce) to the path eval.json named,
    atomically. `error` means the evaluator itself failed, never the candidate.
@@ -53,6 +55,11 @@ EVAL_SETTINGS = {
 }
 # Causality probe: relative + absolute tolerance on logits that must not change.
 PROBE_TOLERANCE = {"cpu": 1e-4, "mps": 1e-3, "cuda": 1e-3}
+# The fixed validation windows are public, so a program can carry their text (a lookup
+# table in its weights). Every evaluation also scores a few random held-out test windows:
+# a model this much better on validation than on test is rejected.
+MAX_VAL_TEST_GAP = 0.15
+CHECK_WINDOWS = 64
 # Every scoring batch is probed: a probe catches a peek at position t only when a row's cut
 # is t, so coverage is what keeps a model that peeks at a few positions from passing.
 PROBE_FRACTION = 1.0  # of the scoring batches, drawn from the secret probe seed
@@ -206,6 +213,8 @@ def evaluate(spec: dict) -> dict:
     B, T = settings["batch_size"], settings["seq_len"]
     if device == "cpu":
         torch.set_num_threads(int(spec["threads"]))
+    if device == "cuda":  # the graph is float32: TF32 matmuls, as training uses
+        torch.set_float32_matmul_precision("high")
     tokenizer = trusted.load_tokenizer(spec["tokenizer"])
     rng = np.random.default_rng(int(spec["probe_seed"]))
     try:
@@ -247,6 +256,11 @@ def evaluate(spec: dict) -> dict:
     except model_graph.GraphRunError as e:
         return {**result, "status": "crash", "reason": str(e)}
     scores = {"val_bpb": val_bpb} | ({"test_bpb": test_bpb} if test is not None else {})
+    if test is not None and val_bpb < test_bpb - MAX_VAL_TEST_GAP:
+        return {**result, "status": "rejected",
+                "reason": f"val_bpb {val_bpb:.4f} is {test_bpb - val_bpb:.3f} better than on "
+                          f"held-out test windows ({test_bpb:.4f}): the model carries the "
+                          f"validation text (an honest model scores within a few hundredths)"}
     for name, value in scores.items():
         if not isinstance(value, float) or not math.isfinite(value) or value <= 0:
             return {**result, "status": "rejected", "reason": f"evaluation gave {name} {value!r}"}

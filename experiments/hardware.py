@@ -2,9 +2,14 @@
 
 - `detect_device("auto")` picks cuda, then mps, then cpu; an explicit choice that this
   machine cannot honour is a ValueError (never a silent fallback that changes the arena).
-- `hardware_class(device)` names the machine in arena strings: `cpu`, `apple-mps`, or the
-  GPU model and memory such as `nvidia-h100-80gb`. Wall-clock scores are only comparable on
-  the same class; token budgets make CPU scores comparable across CPUs.
+- `hardware_class(device)` names the machine: `cpu`, `apple-mps`, or the GPU model and
+  memory such as `nvidia-h100-80gb`. `arena_class(device, budget_kind)` is the hardware part
+  of an arena: wall-clock scores are only comparable on the same class, so time budgets use
+  `hardware_class`; a token budget's score does not depend on the card's speed, and the
+  genome keeps the maths the same on every card (only the split of a step into
+  micro-batches follows the card's memory), so token budgets on CUDA share one class per
+  precision: `cuda` (bf16, compute capability 8.0 and later), `cuda-fp16` (7.x, fp16 with
+  loss scaling), `cuda-fp32` (older). CPUs already share `cpu`.
 - The *profile* (model size, batch, compilation in train.py; evaluation settings here) is
   the device name. Evaluation settings are part of the trusted evaluation code
   (`evaluate_child.EVAL_SETTINGS`, hashed into the genome id), never chosen by train.py.
@@ -69,6 +74,32 @@ def hardware_class(device: str) -> str:
         props = torch.cuda.get_device_properties(0)
         return gpu_class(props.name, props.total_memory)
     raise ValueError(f"unknown device {str(device)[:40]!r}: expected one of {DEVICES}")
+
+
+def cuda_precision(capability) -> str:
+    """'bf16' | 'fp16' | 'fp32': what the base genome trains in on a card of this compute
+    capability (genome/train.py's cuda_plan; repeated here, trusted code never imports it)."""
+    major = int(tuple(capability)[0])
+    return "bf16" if major >= 8 else "fp16" if major >= 7 else "fp32"
+
+
+def cuda_token_class(capability) -> str:
+    """The hardware part of a token-budget arena on CUDA: one class for every card with the
+    same precision ('cuda', 'cuda-fp16', 'cuda-fp32')."""
+    precision = cuda_precision(capability)
+    return "cuda" if precision == "bf16" else f"cuda-{precision}"
+
+
+def arena_class(device: str, budget_kind: str) -> str:
+    """The hardware part of an arena: the card's own class for wall-clock budgets, one
+    class per precision for token budgets on CUDA, else hardware_class."""
+    if budget_kind not in ("time", "tokens"):
+        raise ValueError(f"budget kind must be 'time' or 'tokens', not {str(budget_kind)[:40]!r}")
+    if device == "cuda" and budget_kind == "tokens":
+        import torch
+
+        return cuda_token_class(torch.cuda.get_device_capability(0))
+    return hardware_class(device)
 
 
 def profile(device: str) -> str:

@@ -49,7 +49,7 @@ from pathlib import Path
 from experiments import evaluate_child, export_child, model_graph
 from experiments.budget import Budget, default_budget, make_arena, parse_budget
 from experiments.data_feed import DataFeed
-from experiments.hardware import (cpu_threads, detect_device, eval_settings, hardware_class,
+from experiments.hardware import (arena_class, cpu_threads, detect_device, eval_settings,
                                   profile as device_profile, total_memory_mb)
 from experiments.model_store import ModelStore, model_key
 from experiments.sandbox import missing_isolation, run_sandboxed
@@ -294,14 +294,35 @@ def default_mem_limit_mb(device: str) -> int:
 # The experiment
 
 
-def _resolve(device: str, dataset: str | None, budget) -> tuple[str, str, Budget, str]:
+def _resolve(device: str, dataset: str | None, budget, home=None, progress=None,
+             genome_dir: Path | None = None) -> tuple[str, str, Budget, str]:
+    """(device, dataset, budget, arena) for what the caller asked.
+
+    The arena's hardware part is `hardware.arena_class` (per card for time budgets, one
+    class per precision for token budgets on CUDA). Given `home`, a downloaded dataset is
+    prepared there (cached) and its data digest goes into the arena's dataset part; without
+    it the arena has no digest (the embedded corpus never has one: the repository pins it).
+    """
     device = detect_device(device)
     dataset = dataset or DEFAULT_DATASETS[device]
     if budget is None or budget == "":
         budget = default_budget(device)
     elif not isinstance(budget, Budget):
         budget = parse_budget(budget)
-    return device, dataset, budget, make_arena(dataset, budget, hardware_class(device))
+    digest = _data_digest(Path(home).resolve(), dataset, progress, genome_dir) if home else None
+    return device, dataset, budget, make_arena(dataset, budget, arena_class(device, budget.kind),
+                                               digest)
+
+
+def _data_digest(home: Path, dataset: str, progress=None,
+                 genome_dir: Path | None = None) -> str | None:
+    """The prepared data's digest (genome.prepare.data_digest) for downloaded datasets, whose
+    bytes come from a mirror; None for the embedded corpus, pinned by the repository."""
+    prepare = _trusted_prepare(genome_dir)
+    if getattr(prepare, "DATASETS", {}).get(dataset) is None:
+        return None
+    data, _, _ = _prepare_data(prepare, home, dataset, progress)
+    return prepare.data_digest(data)
 
 
 def _child_env(threads: int, run_config: Path | None = None,
@@ -330,6 +351,8 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
 
     `dataset` None picks the device's default (embedded on CPU/MPS, climbmix on CUDA);
     `budget` is a Budget, a string like '300ktok' or None for the device's default.
+    The result's arena names the data of a downloaded dataset by its digest
+    (`climbmix.<16 hex>/...`, see _resolve), so its data is prepared before anything else.
     `progress(fraction, loss)` is called from a reader thread; `progress.stage(name,
     done, total)`, if present, gets data preparation and evaluation stages.
     `genome_dir` replaces the genome directory (tests use a small fake prepare.py).
@@ -339,9 +362,10 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
     ok run for later scoring (see score_stored_model).
     """
     t0 = time.monotonic()
-    device, dataset, budget, arena = _resolve(device, dataset, budget)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise ValueError(f"seed must be an int in 0..2^63-1, not {seed!r}")
+    home = Path(home).resolve()
+    device, dataset, budget, arena = _resolve(device, dataset, budget, home, progress, genome_dir)
 
     def finish(status: str, **fields) -> ExperimentResult:
         fields.setdefault("total_s", round(time.monotonic() - t0, 3))
@@ -351,7 +375,6 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
     if not ok:
         return finish("rejected", reason=f"static check: {reason}")
 
-    home = Path(home).resolve()
     timings = {}
     prepare = _trusted_prepare(genome_dir)
     trusted_prepare_py = Path(prepare.__file__).resolve()
@@ -443,7 +466,8 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
             return finish(verdict["status"], reason=verdict["reason"], **measured)
         if models is not None:
             models.put(model_key(source, arena, seed), exported.graph_dir)
-        return finish("ok", val_bpb=verdict["val_bpb"], test_bpb=verdict.get("test_bpb"),
+        return finish("ok", val_bpb=verdict["val_bpb"],
+                      test_bpb=verdict.get("test_bpb") if test_seed is not None else None,
                       **measured)
     finally:
         feed.stop()
@@ -533,9 +557,13 @@ def _evaluate(log_path: Path, graph_dir: Path, data, trusted_prepare_py: Path, d
             "val_bin": str(data.val_bin), "tokenizer": str(data.tokenizer), "device": device,
             "profile": profile, "threads": threads, "probe_seed": secrets.randbits(63),
             "max_weight_bytes": MAX_WEIGHTS_BYTES}
+    # Every evaluation checks a few held-out test windows (val text carried in the model);
+    # a verification asks for a full set, with its own seed, and gets test_bpb back.
     if test_seed is not None:
         spec["test"] = {"seed": int(test_seed), "n_windows": eval_settings(profile)["n_windows"]}
-        spec["test_bin"] = str(data.test_bin)
+    else:
+        spec["test"] = {"seed": secrets.randbits(63), "n_windows": evaluate_child.CHECK_WINDOWS}
+    spec["test_bin"] = str(data.test_bin)
     spec_path = graph_dir / "eval.json"
     with open(spec_path, "w", encoding="utf-8") as f:
         json.dump(spec, f)
@@ -648,7 +676,7 @@ def run_patch(patch_text: str, *, home, base_source: str | None = None,
     from swarm.patch import PatchError, apply_patch
 
     t0 = time.monotonic()
-    device, dataset, budget, arena = _resolve(device, dataset, budget)
+    device, dataset, budget, arena = _resolve(device, dataset, budget, home, None, genome_dir)
 
     def rejected(reason: str) -> ExperimentResult:
         return ExperimentResult(status="rejected", arena=arena, reason=reason,

@@ -82,6 +82,7 @@ ALLOWED_OPS = frozenset({
     "aten.reciprocal.default", "aten.exp.default", "aten.log.default", "aten.sin.default",
     "aten.cos.default", "aten.erf.default", "aten.maximum.default", "aten.minimum.default",
     "aten.clamp.default", "aten.where.self", "aten.leaky_relu.default",
+    "aten.remainder.Scalar", "aten.remainder.Tensor",
     # Comparisons and logic (masks).
     "aten.eq.Tensor", "aten.eq.Scalar", "aten.ne.Tensor", "aten.ne.Scalar", "aten.lt.Tensor",
     "aten.lt.Scalar", "aten.le.Tensor", "aten.le.Scalar", "aten.gt.Tensor", "aten.gt.Scalar",

@@ -130,6 +130,19 @@ class Scoreboard:
             return False
         return delta < -self.rules.noise_k * sigma
 
+    def reproduces(self, result, claimed: float, sigma: float | None = None) -> bool:
+        """Whether a re-run's result reproduces a claimed score: ok, and no worse than the
+        claim by more than the noise (noise_k * sigma). The one rule every verifier uses."""
+        sigma = (self.sigma() if sigma is None else sigma) or 0.0
+        return result.status == "ok" and result.val_bpb <= claimed + self.rules.noise_k * sigma
+
+    def label(self, record: Record, sigma: float | None = None) -> str:
+        """What a record's outcome is called everywhere: kept, discarded, or its status
+        (a baseline run of the genome is `ok`)."""
+        if self.is_kept(record, sigma):
+            return "kept"
+        return "discarded" if record.status == "ok" and record.patch else record.status
+
     def candidates(self, topic: str | None = None) -> list[Candidate]:
         """The root and every trusted, buildable, kept record in the arena, best first."""
         with self.consistent():

@@ -137,13 +137,13 @@ async def run_swarm(base: Path, *, honest: int, liars: int = 0, sybils_per_liar:
 def false_steps(loop: ResearchLoop, record_id: bytes) -> list[Record]:
     """Steps in a record's lineage whose claimed score does not reproduce."""
     trainer = SyntheticTrainer(loop.trainer.seed, sigma=loop.trainer.sigma)
-    tolerance = loop.config.rules.noise_k * (loop.scores.sigma() or 0.0)
+    sigma = loop.scores.sigma()
     bad = []
     for step in loop.lineage.chain(record_id):
         if step.status != "ok" or not step.patch:
             continue
         again = trainer.run(loop.lineage.source_of(step.id), seed=loop.config.rules.seed)
-        if again.status != "ok" or again.val_bpb > step.val_bpb + tolerance:
+        if not loop.scores.reproduces(again, step.val_bpb, sigma):
             bad.append(step)
     return bad
 

@@ -27,6 +27,8 @@ class GenomeTrainer:
         """The tokenizer and token files, before the first run: a node that cannot get
         its data says so when it starts, rather than in the middle of its loop."""
         prepare_run_data(self.home, self.dataset, progress)
+        # A downloaded dataset's digest names its data in the arena (see harness._resolve).
+        self.arena = _resolve(self.device, self.dataset, self.budget, self.home)[3]
 
     def run(self, source: str, *, seed: int, progress=None,
             cancel: threading.Event | None = None, test_seed: int | None = None):

@@ -16,6 +16,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -56,7 +57,9 @@ WARMDOWN_FRAC = 0.5  # linear decay to FINAL_LR_FRAC over this last fraction of 
 FINAL_LR_FRAC = 0.0  # lr multiplier at the very end of the budget
 
 # Hardware profiles, picked by prepare.run_config().profile: model size, batch, compilation.
-# Tokens per optimiser step = BATCH_SIZE * SEQ_LEN * GRAD_ACCUM.
+# Tokens per optimiser step = BATCH_SIZE * SEQ_LEN * GRAD_ACCUM. On CUDA, BATCH_SIZE is the
+# largest micro-batch: a card with less memory takes the same BATCH_SIZE * GRAD_ACCUM sequences
+# per step in smaller micro-batches (see cuda_plan), so the maths is the same on every card.
 PROFILES = {
     "cpu": dict(DEPTH=4, WIDTH=128, HEADS=4, SEQ_LEN=256, BATCH_SIZE=4, GRAD_ACCUM=1, COMPILE=False),
     "mps": dict(DEPTH=6, WIDTH=384, HEADS=6, SEQ_LEN=1024, BATCH_SIZE=16, GRAD_ACCUM=1, COMPILE=False),
@@ -196,7 +199,8 @@ def newton_schulz(G, steps):
     value towards 1 (to roughly 0.7..1.2, which is all Muon needs) using matmuls only.
     """
     a, b, c = 3.4445, -4.7750, 2.0315
-    X = G.bfloat16() if G.is_cuda and torch.cuda.is_bf16_supported() else G.float()
+    bf16 = G.is_cuda and torch.cuda.get_device_capability(G.device)[0] >= 8  # Ampere and later
+    X = G.bfloat16() if bf16 else G.float()
     tall = X.size(0) > X.size(1)
     if tall:  # iterate on the smaller Gram matrix
         X = X.T
@@ -278,11 +282,87 @@ PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "B200": 2250e12, "A100": 312e12, "
               "L4": 121e12, "A10": 125e12, "4090": 165e12, "3090": 71e12, "V100": 125e12, "T4": 65e12}
 
 
-def autocast_dtype(device):
-    """bf16 autocast on GPUs that have it, fp16 (with a GradScaler) on older ones, else fp32."""
+# The CUDA memory model behind cuda_plan (a data table, not a knob). One measurement anchors
+# it: the cuda profile (depth 8, width 640, vocab 8192, ~50M parameters) peaked at 30.3 GB
+# with micro-batch 64 x 2048 tokens (H200, bf16, torch.compile). Weights, gradients and
+# optimizer state are small (16 bytes a parameter); the rest is activations, per token about
+# 31 bytes per layer and unit of width plus 10 bytes per vocabulary entry (the logits in bf16
+# and fp32, and their gradient). fp32 doubles the activations; eager (uncompiled) code keeps
+# more of them (x1.5, an estimate). Only a share of the card is planned for: the rest is for
+# the CUDA context, the allocator's slack and whatever else uses the card (a display).
+CUDA_MEMORY = dict(layer_width_bytes=31, vocab_bytes=10, state_bytes_per_param=16,
+                   workspace_bytes=2**28, fp32_factor=2.0, eager_factor=1.5, usable_share=0.85)
+
+
+class NotEnoughMemory(RuntimeError):
+    """The GPU cannot hold even a micro-batch of one sequence."""
+
+
+class CudaPlan(NamedTuple):
+    batch_size: int  # micro-batch, in sequences
+    grad_accum: int  # micro-batches per optimiser step
+    dtype: object  # autocast dtype: bfloat16, float16 (with a GradScaler) or None (fp32)
+    compiled: bool  # torch.compile (Triton needs compute capability 7.0)
+
+
+def cuda_memory_needed(micro_batch, p, vocab_size, dtype, compiled=True):
+    """Estimated peak bytes of one training step at micro_batch sequences (CUDA_MEMORY)."""
+    m = CUDA_MEMORY
+    params = p["DEPTH"] * 12 * p["WIDTH"] ** 2 + 2 * vocab_size * p["WIDTH"]
+    per_token = m["layer_width_bytes"] * p["DEPTH"] * p["WIDTH"] + m["vocab_bytes"] * vocab_size
+    if dtype is None:
+        per_token *= m["fp32_factor"]
+    if not compiled:
+        per_token *= m["eager_factor"]
+    activations = micro_batch * p["SEQ_LEN"] * per_token
+    return m["state_bytes_per_param"] * params + m["workspace_bytes"] + activations
+
+
+def cuda_plan(memory_bytes, capability, p=None, vocab_size=8192, compiled=True):
+    """Micro-batch, gradient accumulation, precision and compilation for a CUDA card.
+
+    memory_bytes: what the card offers this process; capability: (major, minor). A step
+    keeps p's BATCH_SIZE * GRAD_ACCUM sequences: the micro-batch is the largest divisor of
+    that which fits (at most BATCH_SIZE), so only the split changes from card to card.
+    bf16 from compute capability 8.0 (Ampere), fp16 with loss scaling on 7.x, fp32 before.
+    """
+    p = p or PROFILES["cuda"]
+    major = tuple(capability)[0]
+    dtype = torch.bfloat16 if major >= 8 else torch.float16 if major >= 7 else None
+    compiled = compiled and p["COMPILE"] and major >= 7
+    sequences = p["BATCH_SIZE"] * p["GRAD_ACCUM"]
+    usable = CUDA_MEMORY["usable_share"] * memory_bytes
+    for micro_batch in range(min(p["BATCH_SIZE"], sequences), 0, -1):
+        fits = cuda_memory_needed(micro_batch, p, vocab_size, dtype, compiled) <= usable
+        if sequences % micro_batch == 0 and fits:
+            return CudaPlan(micro_batch, sequences // micro_batch, dtype, compiled)
+    needed = cuda_memory_needed(1, p, vocab_size, dtype, compiled) / CUDA_MEMORY["usable_share"]
+    raise NotEnoughMemory(
+        f"this GPU offers {memory_bytes / 1e9:.1f} GB, and training one sequence of "
+        f"{p['SEQ_LEN']} tokens at a time (depth {p['DEPTH']}, width {p['WIDTH']}) needs "
+        f"about {needed / 1e9:.1f} GB: use a GPU with more memory, or --device cpu")
+
+
+def cuda_memory_offered(device):
+    """Bytes this process may use on the card: its total memory, capped by the per-process
+    fraction (torch.cuda.set_per_process_memory_fraction) and by what others leave free."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    get_fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)  # newer torch
+    fraction = get_fraction(device) if get_fraction else 1.0
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(min(total * fraction, free + torch.cuda.memory_reserved(device)))
+
+
+def hardware_settings(run, device, compiled=True):
+    """This run's profile settings and autocast dtype (None: fp32). CPU and MPS: the profile
+    as written, in fp32. CUDA: the split of each step into micro-batches that fits the card."""
+    p = dict(PROFILES[run.profile])
     if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return p, None
+    plan = cuda_plan(cuda_memory_offered(device), torch.cuda.get_device_capability(device), p,
+                     run.vocab_size, compiled)
+    p.update(BATCH_SIZE=plan.batch_size, GRAD_ACCUM=plan.grad_accum, COMPILE=plan.compiled)
+    return p, plan.dtype
 
 
 def compile_or_eager(raw_model, batch_size, seq_len, vocab_size, device, autocast):
@@ -341,7 +421,6 @@ def flops_per_token(model, seq_len):
 def main():
     t_start = time.time()
     run = run_config()
-    p = PROFILES[run.profile]
     device = torch.device(run.device)
     torch.manual_seed(run.seed)
     if device.type == "cpu":
@@ -349,8 +428,8 @@ def main():
         torch.use_deterministic_algorithms(True)  # same seed + token budget = same weights
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for the fp32 matmuls that remain
+    p, amp_dtype = hardware_settings(run, device)  # the profile; on CUDA, split to fit the card
 
-    amp_dtype = autocast_dtype(device)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
@@ -364,6 +443,12 @@ def main():
     if p["COMPILE"]:
         model = compile_or_eager(raw_model, p["BATCH_SIZE"], p["SEQ_LEN"], run.vocab_size, device,
                                  autocast)
+        if model is raw_model and device.type == "cuda":  # eager code keeps more activations
+            p, amp_dtype = hardware_settings(run, device, compiled=False)
+    if device.type == "cuda":
+        precision = str(amp_dtype or torch.float32).removeprefix("torch.")
+        print(f"micro-batch {p['BATCH_SIZE']} x {p['SEQ_LEN']} tokens, {p['GRAD_ACCUM']} per "
+              f"step, {precision}, {'eager' if model is raw_model else 'compiled'}", flush=True)
 
     # --- data: the harness serves it and ends it (BudgetExhausted) once the budget is spent;
     # a time budget runs from the first batch, by the harness's clock
@@ -437,4 +522,8 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except NotEnoughMemory as e:  # one clear line, not a traceback
+        print(f"FAIL: {e}", flush=True)
+        sys.exit(1)

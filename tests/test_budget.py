@@ -106,3 +106,34 @@ def test_parse_arena_round_trips_or_raises(text):
     except ValueError:
         return
     assert str(arena) == text
+
+
+DIGEST = "0123456789abcdef"
+
+
+def test_downloaded_data_puts_its_digest_in_the_arena():
+    arena = make_arena("climbmix", "5m", "nvidia-h100-80gb", DIGEST)
+    assert arena == f"climbmix.{DIGEST}/time:300/nvidia-h100-80gb"
+    parsed = parse_arena(arena)
+    assert str(parsed) == arena
+    assert (parsed.dataset, parsed.dataset_name, parsed.data_digest) == (
+        f"climbmix.{DIGEST}", "climbmix", DIGEST)
+    plain = parse_arena("embedded/tokens:300000/cpu")  # the embedded corpus: no digest
+    assert (plain.dataset_name, plain.data_digest) == ("embedded", None)
+    assert make_arena("embedded", "300ktok", "cpu", None) == "embedded/tokens:300000/cpu"
+    assert parse_arena("my.data/time:60/cpu").data_digest is None  # a dot alone is no digest
+    # the swarm's record validator accepts what make_arena makes
+    from swarm.records import ARENA_RE
+    assert ARENA_RE.fullmatch(arena) and ARENA_RE.fullmatch(
+        make_arena("climbmix", "2Mtok", "cuda-fp16", DIGEST))
+
+
+@pytest.mark.parametrize("digest", ["0123", DIGEST.upper(), DIGEST + "0", "x" * 16, 12])
+def test_make_arena_rejects_bad_digests(digest):
+    with pytest.raises(ValueError, match="digest"):
+        make_arena("climbmix", "5m", "cuda", digest)
+
+
+def test_a_digest_is_added_once():
+    with pytest.raises(ValueError, match="already has"):
+        make_arena(f"climbmix.{DIGEST}", "5m", "cuda", DIGEST)

@@ -87,6 +87,27 @@ class InBatchLookup(Bigram):
         return self.table(idx) + 5.0 * (votes >= 3).float().view(idx.shape[0], T, VOCAB)
 
 
+class ValLookup(Bigram):
+    """Causal, but carries the validation text: a table from each 3-token context in val.bin
+    to the token that followed it there (what a patch could smuggle in as a constant)."""
+    SLOTS = 4099
+
+    def __init__(self, val_tokens):
+        super().__init__()
+        table = torch.zeros(self.SLOTS, VOCAB)
+        t = torch.as_tensor(val_tokens.astype("int64"))
+        keys = ((t[:-3] * VOCAB + t[1:-2]) * VOCAB + t[2:-1]) % self.SLOTS
+        table[keys, t[3:]] = 12.0
+        self.register_buffer("memory", table)
+
+    def forward(self, idx):
+        pad = torch.zeros_like(idx[:, :1])
+        a = torch.cat([pad, pad, idx[:, :-2]], 1)
+        b = torch.cat([pad, idx[:, :-1]], 1)
+        key = ((a * VOCAB + b) * VOCAB + idx) % self.SLOTS
+        return self.table(idx) + nn.functional.embedding(key, self.memory)
+
+
 def genome_gpt():
     torch.manual_seed(0)
     model = train.build_model(SimpleNamespace(profile="cpu", vocab_size=VOCAB, seq_len=T))
@@ -116,6 +137,8 @@ def env(tmp_path_factory):
               "other_row": bigram(ReadsOtherRow), "mean_of_row": bigram(MeanOfRow),
               "in_batch_lookup": bigram(InBatchLookup),
               "not_finite": bigram(NotFinite)}
+    torch.manual_seed(1)
+    models["val_lookup"] = ValLookup(np.fromfile(data.val_bin, dtype=np.uint16)).eval()
     for name, model in models.items():
         mg.export_model(model, batch_size=B, seq_len=T, out_dir=root / name)
     return SimpleNamespace(root=root, genome=genome, prepare=prepare, data=data,
@@ -157,6 +180,18 @@ def test_held_out_test_split_is_scored_and_probed_when_asked(env):
     assert result["test_bpb"] == expected
     assert 0 < result["val_bpb"] < 20
     assert result["probe_batches"] == 16 + 3  # every val and test batch
+
+
+def test_a_model_that_carries_the_validation_text_is_rejected(env):
+    spec = make_spec(env, "val_lookup", test={"seed": 3, "n_windows": 64},
+                     test_bin=str(env.data.test_bin))
+    result = evaluate_child.evaluate(spec)
+    assert result["status"] == "rejected", result
+    assert "carries the validation text" in result["reason"]
+    # Without the held-out check its validation score would look excellent.
+    alone = evaluate_child.evaluate(make_spec(env, "val_lookup"))
+    honest = evaluate_child.evaluate(make_spec(env, "bigram"))
+    assert alone["status"] == "ok" and alone["val_bpb"] < honest["val_bpb"] - 0.5
 
 
 @pytest.mark.parametrize("name", ["peeks", "other_row", "mean_of_row", "in_batch_lookup"])

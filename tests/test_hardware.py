@@ -1,8 +1,10 @@
-"""Device detection, hardware classes and evaluation settings."""
+"""Device detection, hardware classes, arena classes and evaluation settings."""
+from types import SimpleNamespace
+
 import pytest
 
-from experiments.hardware import (cpu_threads, detect_device, eval_settings, gpu_class,
-                                  hardware_class, profile)
+from experiments.hardware import (arena_class, cpu_threads, cuda_token_class, detect_device,
+                                  eval_settings, gpu_class, hardware_class, profile)
 
 
 @pytest.mark.parametrize("name, total, expected", [
@@ -43,3 +45,35 @@ def test_eval_settings_come_from_the_trusted_evaluator():
     assert eval_settings("mps")["seq_len"] == 1024
     with pytest.raises(ValueError):
         eval_settings("tpu")
+
+
+# --- the hardware part of an arena: per card for time budgets, shared for token budgets ---
+
+@pytest.mark.parametrize("capability, expected", [
+    ((10, 0), "cuda"), ((9, 0), "cuda"), ((8, 9), "cuda"), ((8, 0), "cuda"),
+    ((7, 5), "cuda-fp16"), ((7, 0), "cuda-fp16"), ((6, 1), "cuda-fp32"), ((5, 0), "cuda-fp32")])
+def test_token_budgets_share_one_class_per_precision(capability, expected):
+    assert cuda_token_class(capability) == expected
+
+
+def fake_gpu(monkeypatch, name, total, capability):
+    import torch
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda device=None: SimpleNamespace(name=name, total_memory=total))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+
+
+@pytest.mark.parametrize("name, total, capability, time_class, tokens_class", [
+    ("NVIDIA H100 80GB HBM3", 85_520_809_984, (9, 0), "nvidia-h100-80gb", "cuda"),
+    ("NVIDIA H200", 150_100_000_000, (9, 0), "nvidia-h200-140gb", "cuda"),
+    ("NVIDIA GeForce RTX 3070", 8_589_410_304, (8, 6), "nvidia-geforce-rtx-3070-8gb", "cuda"),
+    ("Tesla T4", 15_843_721_216, (7, 5), "tesla-t4-15gb", "cuda-fp16"),
+])
+def test_arena_class(monkeypatch, name, total, capability, time_class, tokens_class):
+    fake_gpu(monkeypatch, name, total, capability)
+    assert arena_class("cuda", "time") == time_class  # wall-clock: the card itself
+    assert arena_class("cuda", "tokens") == tokens_class  # tokens: every card of its precision
+    assert arena_class("cpu", "tokens") == arena_class("cpu", "time") == "cpu"
+    assert arena_class("mps", "tokens") == arena_class("mps", "time") == "apple-mps"
+    with pytest.raises(ValueError, match="budget kind"):
+        arena_class("cuda", "steps")

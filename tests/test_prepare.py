@@ -8,6 +8,7 @@ import lzma
 import math
 import os
 import pickle
+import re
 import socket
 import threading
 from pathlib import Path
@@ -559,13 +560,17 @@ class ShardServer:
     """A local stand-in for a Hugging Face dataset repo.
 
     GET /resolve/main/<name> redirects (302, X-Linked-Etag: sha256) to
-    /cdn/<name>, which serves the bytes, like the Hub does for LFS files.
-    `corrupt` names get wrong bytes; `fail_first` names answer 500 once.
+    /cdn/<name>, which serves the bytes, like the Hub does for LFS files, and
+    honours `Range: bytes=N-` (206) unless `ranges` is False.
+    `corrupt` names get wrong bytes; `fail_first` names answer 500 once;
+    `truncate_first[name] = n` sends n bytes of the body once, then hangs up
+    (the full Content-Length announced). `ranges_asked` lists (name, Range).
     """
 
     def __init__(self, files: dict[str, bytes]):
         self.files, self.corrupt, self.fail_first, self.requests = files, set(), set(), []
         self.advertise_sha = True
+        self.ranges, self.ranges_asked, self.truncate_first = True, [], {}
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -593,11 +598,25 @@ class ShardServer:
                     body = server.files[name]
                     if name in server.corrupt:
                         body = body[:-10] + b"x" * 10
-                    self.send_response(200)
+                    asked = self.headers.get("Range")
+                    server.ranges_asked.append((name, asked))
+                    start = 0
+                    if asked and server.ranges:
+                        start = int(re.fullmatch(r"bytes=(\d+)-", asked).group(1))
+                        if start >= len(body):
+                            self.send_error(416)
+                            return
+                        self.send_response(206)
+                        self.send_header("Content-Range",
+                                         f"bytes {start}-{len(body) - 1}/{len(body)}")
+                    else:
+                        self.send_response(200)
                     self.send_header("ETag", '"not-a-sha"')
-                    self.send_header("Content-Length", str(len(body)))
+                    self.send_header("Content-Length", str(len(body) - start))
                     self.end_headers()
-                    self.wfile.write(body)
+                    cut = server.truncate_first.pop(name, None)
+                    self.wfile.write(body[start:] if cut is None else body[start:start + cut])
+                    self.close_connection = True
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/resolve/main"
@@ -668,7 +687,7 @@ def test_corrupt_download_is_retried_then_fails_clearly(tmp_path, shard_files):
     assert "--dataset embedded" in str(info.value)
     shard_dir = tmp_path / "home" / "data" / "climbmix" / "shards"
     assert not (shard_dir / name).exists()
-    assert not [p for p in shard_dir.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in shard_dir.iterdir() if p.name.startswith(".")]  # no tmp, no part
 
 
 def test_pinned_sha_wins_over_the_server(tmp_path, shard_files, monkeypatch):
@@ -724,6 +743,9 @@ def test_server_down_is_dataset_unavailable(tmp_path, monkeypatch):
         P._prepare(tmp_path / "home", "climbmix", None, num_shards=1, attempts=2, backoff_s=0.01)
     message = str(info.value)
     assert "needs a download" in message and "--dataset embedded" in message
+    assert "Check the network" in message and P.DATA_URL_ENV in message
+    assert f"127.0.0.1:{port}" in message and "after 2 attempts" in message
+    assert "Traceback" not in message and "\n" not in message  # one line a user can act on
 
 
 def test_unreadable_parquet_is_a_clear_error(tmp_path):
@@ -742,3 +764,182 @@ def test_dataset_arguments_are_checked(tmp_path):
         P.prepare_data(tmp_path, "climbmix", num_shards=0)
     with pytest.raises(ValueError, match="num_shards"):
         P.prepare_data(tmp_path, "climbmix", num_shards=SPEC.num_train_shards + 1)
+
+
+# --- downloads: progress, truncation, resuming, the data digest ------------------------------
+
+def test_fresh_download_reports_progress_to_the_full_size(tmp_path, shard_files):
+    seen = []
+    with ShardServer(shard_files) as server:
+        P._prepare(tmp_path / "home", "climbmix", lambda *a: seen.append(a), vocab_size=300,
+                   num_shards=2, data_url=server.url, backoff_s=0.01)
+    for name, data in shard_files.items():
+        steps = [(done, total) for stage, done, total in seen if stage == f"download {name}"]
+        assert steps and steps[-1] == (len(data), len(data))
+        assert [d for d, _ in steps] == sorted(d for d, _ in steps)
+    stages = [stage for stage, _, _ in seen]
+    assert stages.index(f"download {SPEC.shard_name(0)}") < stages.index("train tokenizer")
+
+
+BIG = bytes(np.random.default_rng(0).integers(0, 256, 3 * 2**20 + 12345, dtype=np.uint8))
+
+
+def test_a_truncated_shard_resumes_where_it_stopped(tmp_path, shard_files):
+    name = SPEC.shard_name(0)
+    cut = len(shard_files[name]) // 2
+    with ShardServer(shard_files) as server:
+        server.truncate_first[name] = cut
+        paths = prepare_climbmix(tmp_path / "home", server.url)
+    shard_dir = paths.train_bin.parent / "shards"
+    assert (shard_dir / name).read_bytes() == shard_files[name]
+    assert [r for n, r in server.ranges_asked if n == name] == [None, f"bytes={cut}-"]
+    assert not [p for p in shard_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_a_truncated_shard_without_range_support_starts_over(tmp_path, shard_files):
+    name = SPEC.shard_name(0)
+    with ShardServer(shard_files) as server:
+        server.ranges = False  # answers a Range request with the whole file (200)
+        server.truncate_first[name] = 100
+        prepare_climbmix(tmp_path / "home", server.url)
+    shard = tmp_path / "home" / "data" / "climbmix" / "shards" / name
+    assert shard.read_bytes() == shard_files[name]
+    assert [r for n, r in server.ranges_asked if n == name] == [None, "bytes=100-"]
+
+
+def test_truncated_every_time_fails_clearly(tmp_path):
+    with ShardServer({"big.bin": BIG}) as server:
+        server.ranges = False
+        server.truncate_first = _Always(1000)
+        with pytest.raises(P.DatasetUnavailable, match="truncated download"):
+            P.download_file(f"{server.url}/big.bin", tmp_path / "big.bin", attempts=2,
+                            backoff_s=0.01)
+
+
+class _Always(dict):
+    """truncate_first that never runs out."""
+
+    def __init__(self, cut):
+        super().__init__()
+        self.cut = cut
+
+    def pop(self, key, default=None):
+        return self.cut
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def interrupt_after(limit):
+    """A progress callback that stops the download (as Ctrl-C or a kill would) past limit bytes."""
+    def progress(stage, done, total):
+        if done >= limit:
+            raise _Interrupt(done)
+    return progress
+
+
+def test_an_interrupted_download_resumes_in_the_next_run(tmp_path):
+    dest = tmp_path / "dl" / "big.bin"
+    with ShardServer({"big.bin": BIG}) as server:
+        url = f"{server.url}/big.bin"
+        with pytest.raises(_Interrupt):
+            P.download_file(url, dest, progress=interrupt_after(1))
+        part = dest.with_name(".big.bin.part")
+        assert part.stat().st_size == 2**20 and not dest.exists()  # one block was written
+        assert json.loads(dest.with_name(".big.bin.part.json").read_text()) == {
+            "url": url, "sha256": hashlib.sha256(BIG).hexdigest()}
+        seen = []
+        digest = P.download_file(url, dest, progress=lambda *a: seen.append(a[1:]))
+    assert digest == hashlib.sha256(BIG).hexdigest() and dest.read_bytes() == BIG
+    assert server.ranges_asked == [("big.bin", None), ("big.bin", f"bytes={2**20}-")]
+    assert seen[0] == (2 * 2**20, len(BIG)) and seen[-1] == (len(BIG), len(BIG))
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["big.bin"]
+
+
+def test_a_resumed_download_of_a_changed_file_starts_over(tmp_path):
+    dest = tmp_path / "big.bin"
+    with ShardServer({"big.bin": BIG}) as server:
+        url = f"{server.url}/big.bin"
+        with pytest.raises(_Interrupt):
+            P.download_file(url, dest, progress=interrupt_after(1))
+        server.files["big.bin"] = changed = BIG[::-1]  # upstream published a new version
+        digest = P.download_file(url, dest, backoff_s=0.01)
+    assert digest == hashlib.sha256(changed).hexdigest() and dest.read_bytes() == changed
+    # the Range request got a 206 for another sha256: dropped, and the next request is whole
+    assert [r for _, r in server.ranges_asked] == [None, f"bytes={2**20}-", None]
+
+
+def test_a_pinned_sha_resumes_and_a_wrong_part_is_caught(tmp_path):
+    dest = tmp_path / "big.bin"
+    sha = hashlib.sha256(BIG).hexdigest()
+    with ShardServer({"big.bin": BIG}) as server:
+        server.advertise_sha = False
+        url = f"{server.url}/big.bin"
+        with pytest.raises(_Interrupt):
+            P.download_file(url, dest, expected_sha256=sha, progress=interrupt_after(1))
+        part = dest.with_name(".big.bin.part")
+        part.write_bytes(b"\0" * 2**20)  # the part on disk went bad
+        with pytest.raises(P.DatasetUnavailable, match="sha256 mismatch"):
+            P.download_file(url, dest, expected_sha256=sha, attempts=1)
+        assert not part.exists()  # wrong bytes are never resumed from
+        assert P.download_file(url, dest, expected_sha256=sha, attempts=1) == sha
+    assert dest.read_bytes() == BIG
+
+
+def test_without_a_known_sha_nothing_is_kept_to_resume(tmp_path):
+    dest = tmp_path / "dl" / "big.bin"
+    with ShardServer({"big.bin": BIG}) as server:
+        server.advertise_sha = False
+        url = f"{server.url}/big.bin"
+        with pytest.raises(_Interrupt):
+            P.download_file(url, dest, progress=interrupt_after(1))
+        assert list(dest.parent.iterdir()) == []  # bytes nobody can check are not resumed
+        P.download_file(url, dest)
+    assert [r for _, r in server.ranges_asked] == [None, None]
+    assert dest.read_bytes() == BIG
+
+
+def test_a_download_another_process_holds_still_works(tmp_path):
+    dest = tmp_path / "big.bin"
+    other = P._Partial(dest)
+    assert other.lock()  # as if a second node on this home were fetching the same file
+    try:
+        with ShardServer({"big.bin": BIG}) as server:
+            assert P.download_file(f"{server.url}/big.bin", dest) == hashlib.sha256(BIG).hexdigest()
+    finally:
+        other.release()
+    assert dest.read_bytes() == BIG and not other.path.exists()
+
+
+def test_a_range_the_server_cannot_satisfy_starts_over(tmp_path):
+    dest = tmp_path / "big.bin"
+    with ShardServer({"big.bin": BIG}) as server:
+        url = f"{server.url}/big.bin"
+        with pytest.raises(_Interrupt):
+            P.download_file(url, dest, progress=interrupt_after(1))
+        part = dest.with_name(".big.bin.part")
+        part.write_bytes(b"\0" * (len(BIG) + 5))  # longer than the file: 416
+        assert P.download_file(url, dest, backoff_s=0.01) == hashlib.sha256(BIG).hexdigest()
+    assert [r for _, r in server.ranges_asked][-2:] == [f"bytes={len(BIG) + 5}-", None]
+
+
+def test_the_data_digest_names_the_prepared_data(tmp_path, shard_files):
+    with ShardServer(shard_files) as server:
+        first = prepare_climbmix(tmp_path / "a", server.url)
+        same = prepare_climbmix(tmp_path / "b", server.url)  # another node, same bytes
+        one_shard = P._prepare(tmp_path / "c", "climbmix", None, vocab_size=300, num_shards=1,
+                               data_url=server.url, backoff_s=0.01)
+        other_val = dict(shard_files)
+        other_val[SPEC.shard_name(SPEC.val_shard)] = write_shard(
+            tmp_path / "v.parquet", ["Validation text served by another mirror."] * 30)
+    with ShardServer(other_val) as server:
+        bad_mirror = prepare_climbmix(tmp_path / "d", server.url)
+    digest = P.data_digest(first)
+    assert re.fullmatch(r"[0-9a-f]{16}", digest)
+    assert P.data_digest(same) == digest
+    assert P.data_digest(one_shard) != digest  # other training data
+    assert P.data_digest(bad_mirror) != digest  # other validation data
+    P._sidecar(first.val_bin).unlink()
+    with pytest.raises(P.CorpusError, match="sha256 sidecar"):
+        P.data_digest(first)
