@@ -391,7 +391,11 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
                   "bos_id": bos_id, "seq_len": settings["seq_len"], "threads": threads,
                   "feed_fds": list(feed.child_fds())}
     mem_limit = mem_limit_mb or default_mem_limit_mb(device)
-    ws = create_workspace(home, source, trusted_prepare_py, run_config)
+    try:
+        ws = create_workspace(home, source, trusted_prepare_py, run_config)
+    except BaseException:
+        feed.stop()  # its pipes, which no child will ever hold
+        raise
     try:
         # --- training child: its tokens come from the feed, which counts the budget
         log = LogFile(ws.train_log)
