@@ -57,6 +57,9 @@ VERIFY_RE = re.compile(r"^verify ([0-9a-f]{16}): ")
 PROGRAMS_PER_SLICE = 200     # records the program index reads between checkpoints
 MACHINE_FAILURES = ("crash", "timeout")  # statuses a broken machine gives any program
 YIELDED = "yielded: another node announced the same run on the same parent first"
+EXHAUSTED = "search exhausted: the agent has nothing left to propose on the top records"
+IDLE_MAX_S = 60.0        # a node with nothing to run waits 1, 2, 4 ... up to this long
+IDLE_POLL_S = 1.0        # between looks at the store: new records end the wait early
 
 
 class Trainer(Protocol):
@@ -160,6 +163,10 @@ class ResearchLoop:
         self._liars: tuple[int, set[bytes]] | None = None  # (store count, known liars)
         self.failed_in_a_row = 0  # own runs that crashed or timed out since the last ok one
         self._cancel = threading.Event()
+        self._exhausted: dict[bytes, tuple] = {}  # parent id -> `_news()` when the agent
+                                                  # said it had nothing left on it
+        self._idle_s = 0.0                      # the last wait after a step that ran nothing
+        self.sleep = trio.sleep                 # the idle wait's clock (tests pass a fake)
 
     # -- parent choice --------------------------------------------------------
 
@@ -348,8 +355,7 @@ class ResearchLoop:
                                    ": no verdict"}
                 self._show("verified", entry)
                 return health  # a failed baseline: serve() counts it towards stopping
-        holds = result.status == "ok" and \
-            result.val_bpb <= claim.val_bpb + self.config.rules.noise_k * sigma
+        holds = self.scores.reproduces(result, claim.val_bpb, sigma)
         reason = result.reason
         record_result = result.to_record_result()
         if holds and getattr(result, "test_bpb", None) is not None:
@@ -412,10 +418,10 @@ class ResearchLoop:
             if not r.patch or (r.result or {}).get("reason", "").startswith("interrupted"):
                 continue  # baselines, and runs the node cut short, are not tried edits
             delta = self.scores.delta(r)
-            status = r.status if r.status != "ok" else (
-                "kept" if self.scores.is_kept(r, sigma) else "discarded")
+            status = self.scores.label(r, sigma)
             tried.append(Tried(edit_key=edit_key_of(r.desc or ""), desc=r.desc or "",
-                               parent_id=r.parents[0].hex(), status=status, delta=delta))
+                               parent_id=r.parents[0].hex(), status=status, delta=delta,
+                               record_id=r.id.hex(), val_bpb=r.val_bpb))
         return tried
 
     def known_programs(self) -> KnownPrograms:
@@ -458,8 +464,9 @@ class ResearchLoop:
             outcome = await self.step()
             if outcome.kind != "no-proposal":
                 run += 1
+                self._idle_s = 0.0
             else:
-                await trio.sleep(1.0)  # an agent that keeps failing must not spin the CPU
+                await self._idle(outcome)  # an agent that keeps failing must not spin the CPU
             if outcome.kind == "baseline" and outcome.record is not None:
                 failed = outcome.record.status != "ok"
                 root_failures = root_failures + 1 if failed else 0
@@ -531,8 +538,18 @@ class ResearchLoop:
             self.crossovers.failed.add((parent.id, crossover.donor.id))
             self._log_failed(parent, checked)
         proposal = await self._propose(parent, parent_source)
+        if proposal is None and self._is_exhausted(parent.id):
+            # Nothing left on this parent: the agent moves on to the other top records.
+            for other in self._other_parents(parent):
+                parent = other
+                parent_source = self.lineage.source_of(parent.id) if parent.record else \
+                    self.lineage.base_source
+                proposal = await self._propose(parent, parent_source)
+                if proposal is not None or not self._is_exhausted(parent.id):
+                    break
         if proposal is None:
-            return StepOutcome("no-proposal", parent=parent, reason="no usable proposal")
+            return StepOutcome("no-proposal", parent=parent, reason=EXHAUSTED if
+                               self._is_exhausted(parent.id) else "no usable proposal")
         if isinstance(proposal, Record):      # the agent's idea is a peer's open claim
             return await self.verify(proposal)
         return await self._run_edit(parent, parent_source, proposal)
@@ -601,7 +618,11 @@ class ResearchLoop:
                        ) -> Proposal | Record | None:
         """The agent's next edit on `parent`, checked; or, when the edit rebuilds the
         program of a peer's claim that would beat our best, that claim (to re-run: see
-        claim_behind); None when every attempt failed."""
+        claim_behind); None when every attempt failed, or at once when the agent says it
+        has nothing left on this parent (see `_is_exhausted`: until new records arrive, it
+        is not asked again about this parent)."""
+        if self._is_exhausted(parent.id):
+            return None
         known = self.known_programs()
         busy = {desc for pid, desc in self.busy() if pid == parent.id}
         # What others run on this parent now, so the agent picks something else: many
@@ -631,11 +652,58 @@ class ResearchLoop:
             if proposal.failure is None:
                 return proposal
             self._log_failed(parent, proposal)
+            if proposal.exhausted:
+                self._exhausted[parent.id] = self._news()
+                return None  # asking again changes nothing until the history does
             # Let the agent's next attempt know what went wrong.
             history = history + [Tried(edit_key=proposal.edit_key, desc=proposal.desc,
                                        parent_id=parent.id.hex(), status="rejected",
                                        delta=None)]
         return None
+
+    def _is_exhausted(self, parent_id: bytes) -> bool:
+        """Whether the agent said it had nothing left on this parent, and no record has
+        arrived since (a new result, ours or a peer's, can change its mind)."""
+        seen = self._exhausted.get(parent_id)
+        if seen is None:
+            return False
+        if seen != self._news():
+            self._exhausted.clear()
+            return False
+        return True
+
+    def _news(self) -> tuple[int, int]:
+        """What the agent and the parent choice read, counted: experiments and attestations
+        (announces come and go without being news)."""
+        return self.store.count("experiment"), self.store.count("attestation")
+
+    def _other_parents(self, tried: Candidate) -> list[Candidate]:
+        """The other top records (`explore_top` of them, as `choose_parent` may pick), in
+        order, that the agent has not said it has nothing left on."""
+        found = self.scores.candidates()
+        if not self.config.foreign_code:
+            found = [c for c in found if self.own_lineage(c.id)]
+        return [c for c in found[:self.config.explore_top]
+                if c.id != tried.id and not self._is_exhausted(c.id)]
+
+    async def _idle(self, outcome: StepOutcome) -> None:
+        """Wait after a step that ran nothing: 1 s, then twice as long each time in a row,
+        up to IDLE_MAX_S, ending early when new records arrive (they can give the agent
+        something to do again). Only this task sleeps: the node goes on serving the swarm.
+        A run yielded to a peer ran something: one second, no backoff."""
+        if outcome.reason == YIELDED:
+            await self.sleep(1.0)
+            return
+        if outcome.reason == EXHAUSTED and not self._idle_s:   # said once per idle spell
+            self.on_event("exhausted", {"reason": EXHAUSTED})
+        self._idle_s = min(max(1.0, 2 * self._idle_s), IDLE_MAX_S)
+        news, waited = self._news(), 0.0
+        while waited < self._idle_s:
+            wait = min(IDLE_POLL_S, self._idle_s - waited)
+            await self.sleep(wait)
+            waited += wait
+            if self._news() != news:
+                return
 
     def claim_behind(self, source: str) -> Record | None:
         """The peer's claim that ran exactly this program, if re-running it would change

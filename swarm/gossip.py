@@ -74,6 +74,13 @@ SPAM_LIMIT_PER_TOPIC_S = 500.0
 PUBLISH_RATE_PER_S = 100.0  # our own publishes, well under the spam limit
 PACE_QUEUE_LEN = 12  # wait while any peer's outbound queue (32 slots) is this full
 PACE_MAX_WAIT_S = 5.0
+# ... but not for a queue that did not shrink for this long: its peer does not keep up (it
+# is busy, stuck, or will not read: anyone can connect and never read), and waiting would
+# only stall our own publishes, and the research loop that awaits them, for PACE_MAX_WAIT_S
+# each (bench/bench_attacks.py: under a flood of valid records, 15-28 s of every 150 s).
+# Such a peer gets what fits in its queue; py-libp2p drops the rest for it alone, and
+# IHAVE gossip and sync repair it. A healthy peer takes a queued RPC in milliseconds.
+PACE_STALL_S = 0.25
 SUBSCRIPTION_BUFFER = 1024  # py-libp2p's default of 32 drops on a burst
 
 
@@ -479,6 +486,7 @@ class Gossip:
         self._pacer = _Pacer(rate=PUBLISH_RATE_PER_S, burst=PUBLISH_RATE_PER_S / 2,
                              tokens=PUBLISH_RATE_PER_S / 2, at=time.monotonic())
         self._publish_lock = trio.Lock()
+        self._queue_seen: dict[Any, tuple[int, float]] = {}  # peer -> (length, since)
 
     # -- reading
     async def _read(self, subscription: Any, topic: str) -> None:
@@ -510,9 +518,28 @@ class Gossip:
             await self.pubsub.publish(gossip_topic, envelope)
 
     async def _wait_queues_drain(self) -> None:
+        """Wait (at most PACE_MAX_WAIT_S) while a peer's outbound queue is nearly full, so
+        that a burst of our own publishes does not overflow it; never for a queue that has
+        not shrunk for PACE_STALL_S (see there)."""
         with trio.move_on_after(PACE_MAX_WAIT_S):
-            while any(len(q) >= PACE_QUEUE_LEN for q in list(self.pubsub.peer_queues.values())):
+            while self._queues_draining():
                 await trio.sleep(0.005)
+
+    def _queues_draining(self) -> bool:
+        """Whether a peer's queue is nearly full and still shrinking (or newly full)."""
+        now = trio.current_time()
+        seen, self._queue_seen = self._queue_seen, {}
+        draining = False
+        for peer, queue in list(self.pubsub.peer_queues.items()):
+            length = len(queue)
+            if length < PACE_QUEUE_LEN:
+                continue
+            before = seen.get(peer)
+            if before is None or length < before[0]:
+                before = (length, now)      # newly full, or it took something
+            self._queue_seen[peer] = before
+            draining |= now - before[1] < PACE_STALL_S
+        return draining
 
     # -- peers
     def peer_topics(self) -> dict[str, set[str]]:

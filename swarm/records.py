@@ -495,16 +495,19 @@ def load_stored_body(body_bytes: bytes) -> dict:
     return msgpack.unpackb(body_bytes, raw=False)
 
 
-def load_stored(envelope: bytes) -> Record:
+def load_stored(envelope: bytes, stored_id: bytes | None = None) -> Record:
     """Rebuild a Record from an envelope this node verified before (its own store).
 
     Skips validation and the signature check; never use it on bytes from the network.
+    `stored_id`: the id the store computed when it verified the record, so that it is not
+    hashed again (hashing the body was most of the cost of reading a large record, and
+    the loop reads every record of its arena several times a step).
     """
     env = msgpack.unpackb(envelope, raw=False)
     body_bytes = env["body"]
     body = msgpack.unpackb(body_bytes, raw=False)
-    return Record(record_id(body_bytes), body["kind"], body, body_bytes, env["sig"],
-                  body["author"], envelope)
+    rid = stored_id if stored_id is not None else record_id(body_bytes)
+    return Record(rid, body["kind"], body, body_bytes, env["sig"], body["author"], envelope)
 
 
 # ---------------------------------------------------------------------------

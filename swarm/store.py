@@ -605,12 +605,13 @@ class Store:
     # -- reading records ------------------------------------------------------
 
     def _records(self, sql: str, args: tuple = ()) -> list[Record]:
-        return [load_stored(row[0]) for row in self._conn.execute(sql, args)]
+        """Records from a query that selects (id, envelope)."""
+        return [load_stored(row[1], bytes(row[0])) for row in self._conn.execute(sql, args)]
 
     def get(self, record_id: bytes) -> Record | None:
         row = self._conn.execute("SELECT envelope FROM records WHERE id = ?",
                                  (record_id,)).fetchone()
-        return load_stored(row[0]) if row else None
+        return load_stored(row[0], bytes(record_id)) if row else None
 
     def has(self, record_id: bytes) -> bool:
         return self._conn.execute("SELECT 1 FROM records WHERE id = ?",
@@ -634,7 +635,7 @@ class Store:
     def children(self, record_id: bytes) -> list[Record]:
         """Stored records that name `record_id` as a parent, oldest first."""
         return self._records(
-            "SELECT r.envelope FROM parents p JOIN records r ON r.id = p.child "
+            "SELECT r.id, r.envelope FROM parents p JOIN records r ON r.id = p.child "
             "WHERE p.parent = ? ORDER BY r.t, r.id", (record_id,))
 
     def parent_ids(self, record_id: bytes) -> list[bytes]:
@@ -690,7 +691,7 @@ class Store:
                     current = None
                     break
                 seen.add(row_id)
-                record = load_stored(envelope)
+                record = load_stored(envelope, bytes(row_id))
                 chain.append(record)
                 current = record.parents[0] if record.kind == "experiment" else None
             if len(rows) < 4096:
@@ -716,7 +717,8 @@ class Store:
         # walk experiments newest first until `limit` leaves are found (recent records
         # are mostly leaves, so a limited walk stops early)
         index = "records_by_kind_t" if arena is None else "records_by_kind_arena"
-        sql = f"SELECT r.envelope FROM records r INDEXED BY {index} WHERE r.kind = 'experiment'"
+        sql = (f"SELECT r.id, r.envelope FROM records r INDEXED BY {index} "
+               "WHERE r.kind = 'experiment'")
         args: list = []
         if arena is not None:
             sql += " AND r.arena = ?"
@@ -750,10 +752,10 @@ class Store:
                       "AND a.verifier != r.author))")
         order = "ORDER BY r.val_bpb, r.t, r.id"
         if callable(verified_ids):
-            for (envelope,) in self._conn.execute(
-                    f"SELECT r.envelope FROM records r INDEXED BY records_best {where} {order}",
-                    args):
-                record = load_stored(envelope)
+            for record_id, envelope in self._conn.execute(
+                    f"SELECT r.id, r.envelope FROM records r INDEXED BY records_best "
+                    f"{where} {order}", args):
+                record = load_stored(envelope, bytes(record_id))
                 if verified_ids(record):
                     return record
             return None
@@ -769,14 +771,14 @@ class Store:
         kinds = KINDS if kind is None else (kind,)
         marks = ", ".join("?" * len(kinds))
         return self._records(
-            f"SELECT envelope FROM records INDEXED BY records_by_kind_t "
+            f"SELECT id, envelope FROM records INDEXED BY records_by_kind_t "
             f"WHERE kind IN ({marks}) AND t >= ? ORDER BY t, id", (*kinds, t_ms))
 
     def experiments(self, arena: str | None = None, topic: str | None = None,
                     author: bytes | None = None, local: bool | None = None,
                     limit: int | None = None) -> list[Record]:
         """Experiments matching every given filter, oldest first (newest `limit` if set)."""
-        sql = "SELECT envelope FROM records WHERE kind = 'experiment'"
+        sql = "SELECT id, envelope FROM records WHERE kind = 'experiment'"
         args: list = []
         for column, value in (("arena", arena), ("topic", topic), ("author", author)):
             if value is not None:
@@ -800,7 +802,7 @@ class Store:
     def announces(self) -> list[Record]:
         """Each author's newest announce, newest first (at most MAX_STORED_ANNOUNCES
         of others', and ours)."""
-        return self._records("SELECT envelope FROM records WHERE kind = 'announce' "
+        return self._records("SELECT id, envelope FROM records WHERE kind = 'announce' "
                              "ORDER BY t DESC, id")
 
     def live_announces(self, received_since_ms: int
@@ -854,7 +856,7 @@ class Store:
 
     def attestations_for(self, record_id: bytes) -> list[Record]:
         return self._records(
-            "SELECT r.envelope FROM attestations a JOIN records r ON r.id = a.id "
+            "SELECT r.id, r.envelope FROM attestations a JOIN records r ON r.id = a.id "
             "WHERE a.target = ? ORDER BY a.t, a.id", (record_id,))
 
     def _verifiers(self, record_id: bytes, verdict: str) -> list[bytes]:

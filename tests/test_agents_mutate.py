@@ -205,12 +205,45 @@ def run_agent(agent, history, n, topic="general", parent=FIXTURE, pid=PID, seed=
 
 
 def test_mutate_never_repeats_a_key_on_the_same_parent_until_exhausted():
+    """Every edit hurt (+0.01): no stack is worth a run either, and the agent says the
+    parent is exhausted (`exhausted`), so the loop moves on instead of asking again."""
     agent = MutateAgent(base_source=FIXTURE)
     n = len(build_catalogue(FIXTURE))
     keys, failure = run_agent(agent, [], n + 5)
-    assert failure is not None and "already tried" in failure.failure
+    assert failure is not None and "already tried" in failure.failure and failure.exhausted
     singles = [k for k in keys if "&" not in k]
     assert len(keys) == len(set(keys)) and len(singles) == n
+
+
+TINY = """MATRIX_LR = 0.02  # learning rate
+QK_NORM = True  # normalise queries and keys
+
+
+def build_model(run):
+    return None
+"""
+
+
+def test_mutate_moves_on_to_wider_stacks_before_it_gives_up_on_a_parent():
+    """Two knobs, two single edits gained a little (too little to keep, and even together
+    less than half the bar), the rest hurt: their stack all the same (a wider move), then
+    nothing left, said as such."""
+    agent = MutateAgent(base_source=TINY)
+    gains = {"MATRIX_LR*1.4": -0.002, "QK_NORM=False": -0.0015}   # stack: below half the bar
+    history = _bar_history() + [Tried(k, "", "tiny", "discarded", gains.get(k, 0.01))
+                                for k in build_catalogue(TINY)]
+    keys = []
+    for i in range(40):
+        p = agent.propose(TINY, brief(), history, parent_id="tiny", rng=random.Random(i))
+        if p.failure:
+            break
+        keys.append(p.edit_key)
+        history.append(Tried(p.edit_key, "", "tiny", "discarded", -0.001))
+    assert p.failure is not None and p.exhausted and "already tried" in p.failure
+    assert "MATRIX_LR*1.4&QK_NORM=False" in keys
+    assert all("&" in k for k in keys) and len(keys) == len(set(keys))
+    assert not RandomAgent().propose(TINY, brief(), [], parent_id="t",
+                                     rng=random.Random(0)).exhausted
 
 
 def test_mutate_proposals_are_valid_and_carry_their_key():
@@ -547,7 +580,7 @@ def test_random_agent_is_uniform_and_does_not_repeat():
     agent = RandomAgent()
     n = len(build_catalogue(FIXTURE))
     keys, failure = run_agent(agent, [], n + 1)
-    assert len(keys) == n == len(set(keys)) and failure is not None
+    assert len(keys) == n == len(set(keys)) and failure is not None and failure.exhausted
     firsts = {agent.propose(FIXTURE, brief(), [], parent_id=PID,
                             rng=random.Random(s)).edit_key for s in range(200)}
     assert len(firsts) > n * 0.8

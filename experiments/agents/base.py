@@ -37,6 +37,12 @@ class Tried:
     parent_id: str
     status: str                 # kept | discarded | crash | rejected | timeout | running
     delta: float | None         # child val_bpb - parent val_bpb (negative is better)
+    # Where the history knows them (ResearchLoop's does): the record's own id (hex), which
+    # is the parent_id of the records built on it, and its measured val_bpb. Agents that
+    # model settings -> val_bpb (the Optuna agents) follow lineages and read absolute scores
+    # with them; agents that only read deltas ignore them.
+    record_id: str | None = None
+    val_bpb: float | None = None
 
 
 @dataclass
@@ -45,6 +51,8 @@ class Proposal:
     desc: str
     edit_key: str | None = None
     failure: str | None = None  # set: a failed proposal, and this is why
+    exhausted: bool = False     # a failure that says: nothing left to try on this parent
+                                # (until the history changes); the loop moves on, no retry
 
     @property
     def ok(self) -> bool:
@@ -58,8 +66,15 @@ class Agent(Protocol):
                 parent_id: str, rng: random.Random) -> Proposal: ...
 
 
-def failed(reason: str, desc: str = "", edit_key: str | None = None) -> Proposal:
-    return Proposal(None, clean_line(desc), edit_key, clean_line(reason) or "failed")
+def failed(reason: str, desc: str = "", edit_key: str | None = None,
+           exhausted: bool = False) -> Proposal:
+    return Proposal(None, clean_line(desc), edit_key, clean_line(reason) or "failed",
+                    exhausted=bool(exhausted))
+
+
+def exhausted(reason: str) -> Proposal:
+    """The failure an agent returns when it has nothing left to propose on this parent."""
+    return failed(reason, exhausted=True)
 
 
 # ---------------------------------------------------------------------------
@@ -154,7 +169,7 @@ def validate_proposal(parent_source: str, proposal: object, *, screen: bool = Tr
     key = proposal.edit_key if isinstance(proposal.edit_key, str) else None
     key = clean_line(key, 200) or None
     if proposal.failure is not None:
-        return failed(str(proposal.failure), desc, key)
+        return failed(str(proposal.failure), desc, key, proposal.exhausted is True)
     src, why_not = usable_source(parent_source, proposal)
     if src is None:
         return failed(why_not, desc, key)
@@ -224,7 +239,7 @@ def history_digest(history: list[Tried], limit: int = 40) -> str:
 # Making agents from a spec string.
 
 def make_agent(spec: str, **opts) -> Agent:
-    """`mutate` | `random` | `command:<CMD>` | `openai:<URL>`.
+    """`mutate` | `random` | `optuna:tpe` | `optuna:cmaes` | `command:<CMD>` | `openai:<URL>`.
 
     Options an agent does not take are ignored, so a caller can pass one pool of settings
     (e.g. base_source, timeout_s) whatever the spec."""
@@ -237,10 +252,20 @@ def make_agent(spec: str, **opts) -> Agent:
     kind, _, arg = spec.partition(":")
     kind = kind.strip().lower()
     makers = {"mutate": MutateAgent, "random": RandomAgent, "command": CommandAgent,
-              "openai": OpenAIAgent}
+              "openai": OpenAIAgent, "optuna": None}
     if kind not in makers:
-        raise ValueError(f"unknown agent {spec!r}: use mutate, random, command:<CMD> or "
-                         "openai:<URL>")
+        raise ValueError(f"unknown agent {spec!r}: use mutate, random, optuna:tpe, "
+                         "optuna:cmaes, command:<CMD> or openai:<URL>")
+    if kind == "optuna":
+        from experiments.agents.optuna_agent import SAMPLERS, OptunaAgent
+        sampler = arg.strip().lower()
+        if sampler not in SAMPLERS:
+            raise ValueError(f"agent optuna takes one of {', '.join(SAMPLERS)}: "
+                             f"optuna:{SAMPLERS[0]}")
+        accepted = inspect.signature(OptunaAgent.__init__).parameters
+        kwargs = {k: v for k, v in opts.items() if k in accepted and k not in ("self",
+                                                                              "sampler")}
+        return OptunaAgent(sampler, **kwargs)
     cls = makers[kind]
     accepted = inspect.signature(cls.__init__).parameters
     kwargs = {k: v for k, v in opts.items() if k in accepted and k != "self"}

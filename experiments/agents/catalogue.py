@@ -726,6 +726,31 @@ def build_catalogue(source: str, settings: list[Setting] | None = None,
     return edits
 
 
+def set_values(source: str, values: dict[str, object], settings: list[Setting] | None = None,
+               profile: str | None = None) -> str | None:
+    """`source` with each named setting set to its value: every occurrence the node may edit
+    (module constants and its own profile's entries), written like an `=` catalogue edit (an
+    int setting stays an int, a float a float, the comment stays where it was). None if the
+    source does not parse, a value cannot be written there, or nothing changes."""
+    ss = locate_settings(source) if settings is None else settings
+    if ss is None:
+        return None
+    todo = []
+    for s in for_profile(ss, profile):
+        if s.name not in values:
+            continue
+        new = _set(values[s.name])(s, ss)
+        if new is None:
+            return None
+        if _same(new, s.value):
+            continue
+        try:
+            todo.append((s, format_value(new, s.text)))
+        except ValueError:
+            return None
+    return splice(source, todo) if todo else None
+
+
 def key_target(key: str) -> str:
     """The setting (or code target) an edit key names: `MATRIX_LR*2` -> `MATRIX_LR`."""
     m = re.match(r"[A-Za-z_][A-Za-z0-9_]*", key or "")

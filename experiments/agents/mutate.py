@@ -33,7 +33,11 @@ to gain the most:
   to the values most likely to crash, and untried values carry the history's crash rate
   (higher for moves beyond x4.5).
 - An edit or stack already tried on this parent is never proposed again for it; edits
-  tagged with the brief's topic come first (`general` takes every edit).
+  tagged with the brief's topic come first (`general` takes every edit). When a parent has
+  nothing promising left, wider stacks follow (of edits expected to help, measured or not,
+  however small the gain); only when those are gone too does the agent say the parent is
+  exhausted (`Proposal.exhausted`), and the loop moves on to other parents or waits for
+  news.
 
 Descriptions start with `[key]` (a stack joins its keys with `&`), so the key travels with
 the record and peers' agents learn from it too. `RandomAgent` is the benchmark's control: a
@@ -52,13 +56,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from experiments.agents.base import GENOME_DIR, Brief, Proposal, Tried, static_screen, \
-    failed, validate_proposal
+from experiments.agents.base import GENOME_DIR, Brief, Proposal, Tried, exhausted, \
+    failed, static_screen, validate_proposal
 from experiments.agents.catalogue import Edit, Setting, build_catalogue, edit_in_topic, \
     for_profile, format_value, locate_settings
 
 MAX_STACK = 4              # settings changed at once, at most
 STACK_FROM = 8             # stacks are drawn from this many best-predicted edits
+STACK_FROM_WIDE = 10       # ... and from this many once a parent has nothing else left
+MAX_OPTIONS = 50           # options tried in turn when the best ones do not apply
 MAX_KEY_CHARS = 80         # experiments.loop.edit_key_of reads keys up to this long
 CODE_TARGETS = ("activation",)   # catalogue targets that are code patterns, not settings
 FAILED = ("crash", "timeout", "rejected")
@@ -487,7 +493,8 @@ def _candidates(catalogue: dict[str, Edit], topic: str, exclude: set[str]) -> li
 
 
 def _exhausted(topic: str) -> Proposal:
-    return failed(f"every catalogue edit for topic {topic} was already tried on this parent")
+    return exhausted(f"every catalogue edit for topic {topic} was already tried on this "
+                     "parent")
 
 
 _screened: dict[str, bool] = {}
@@ -574,11 +581,15 @@ class MutateAgent:
         stacks_allowed = not singles or rng.random() < self.combine_p
         options = self._options(found, singles, pool if stacks_allowed else [], tried)
         if not options:
+            # Every single edit and every promising stack was tried here: move on to wider
+            # stacks (edits expected to help, however little) before giving up on it.
+            options = self._stacks(found, pool, tried, wide=True)
+        if not options:
             return _exhausted(brief.topic)
         jitter = {id(o): rng.random() for o in options}
         options.sort(key=lambda o: (-o.value, jitter[id(o)]))
         proposal = None
-        for option in options[:5]:
+        for option in options[:MAX_OPTIONS]:   # a stack may not apply: try the next
             if len(option.edits) == 1:
                 proposal = _propose_edit(parent_source, option.edits[0], settings)
             else:
@@ -712,20 +723,25 @@ class MutateAgent:
                     guess.mean, guess.sd ** 2, guess.crash_p)))
         return options + self._stacks(found, pool, tried)
 
-    def _stacks(self, found: _Fitted, pool: list[Edit], tried: set[str]) -> list[_Option]:
+    def _stacks(self, found: _Fitted, pool: list[Edit], tried: set[str],
+                wide: bool = False) -> list[_Option]:
         """Stacks of promising edits, one per setting: every set of two to `max_stack` of
         the best-predicted few (among edits whose value the history has measured, or whose
         setting's curve it has pinned down) that the model expects to clear at least half
-        the bar."""
+        the bar. `wide`: once nothing else is left on the parent, stacks of the
+        `STACK_FROM_WIDE` best-predicted edits expected to help, measured or not, however
+        small the gain (still ranked by it)."""
         a, model = found.assessment, found.model
         best: dict[str, Edit] = {}
         for e in pool:
             guess = a.predictions.get(e.key)
-            if guess is None or guess.mean >= 0 or guess.crash_p >= 0.5 or not guess.measured:
+            if guess is None or guess.mean >= 0 or guess.crash_p >= 0.5 or (
+                    not guess.measured and not wide):
                 continue
             if e.target not in best or guess.mean < a.predictions[best[e.target].key].mean:
                 best[e.target] = e
-        ranked = sorted(best.values(), key=lambda e: a.predictions[e.key].mean)[:STACK_FROM]
+        ranked = sorted(best.values(), key=lambda e: a.predictions[e.key].mean)[
+            :STACK_FROM_WIDE if wide else STACK_FROM]
         vectors = {e.key: model.vector(found.changes[e.key]) for e in ranked}
         out = []
         for size in range(2, min(self.max_stack, len(ranked)) + 1):
@@ -735,7 +751,7 @@ class MutateAgent:
                     continue
                 x = sum(vectors[c.key] for c in chosen)
                 mean = float(x @ model.mean)
-                if mean > -a.bar / 2:
+                if mean > -a.bar / 2 and not wide:
                     continue     # below the noise: not worth a run
                 var = float(max(x @ model.cov @ x, 0.0))
                 survive = math.prod(1 - a.predictions[c.key].crash_p for c in chosen)

@@ -1,25 +1,29 @@
-"""Benchmark: the history-aware `mutate` agent against the `random` control, on the synthetic
-trainer (experiments/synthetic.py), from the real base genome.
+"""Benchmark: the proposers on the synthetic trainer (experiments/synthetic.py), from the real
+base genome: the history-aware `mutate` agent, Optuna's TPE and CMA-ES over the settings
+(`optuna:tpe`, `optuna:cmaes`, experiments/agents/optuna_agent.py) and the `random` control.
 
 For each landscape seed, each agent runs a single-lineage research loop of N experiments:
 propose an edit of the current parent, run it (one synthetic run, noise sigma), keep it only if
 it beats the parent's measured score by more than 2 sigma, and then it becomes the parent (the
 best so far). As in ResearchLoop, every run uses the same seed (the arena's), so a child and
 its parent share part of their noise (paired seeds); `--fresh-seeds` gives each run its own
-seed instead. The curve is the parent's *true* (noise-free) val_bpb after each experiment.
-A proposal the agent cannot make (catalogue exhausted on this parent) is not an experiment; an
-agent that cannot propose any more keeps its score for the rest of the run.
+seed instead. The history the agents get carries what ResearchLoop's does: each record's
+parent, key, status, delta, its own id and its measured val_bpb. The curve is the parent's
+*true* (noise-free) val_bpb after each experiment. A proposal the agent cannot make (nothing
+left on this parent) is not an experiment; an agent that cannot propose any more keeps its
+score for the rest of the run.
 
 `--keep-rule` measures prototypes of loop-level rules (see `run_one`); only the default rule
 (ResearchLoop's) writes to the docs.
 
-Goal: mutate reaches random's final score (mean over seeds, after N experiments) in at most
-N/2 experiments. The result, met or not, goes to docs/BENCHMARKS.md between
-`<!-- bench_mutate -->` and `<!-- /bench_mutate -->`.
+Goal: every agent but random reaches random's final score (mean over seeds, after N
+experiments) in at most N/2 experiments. The result, met or not, goes to docs/BENCHMARKS.md
+between `<!-- bench_agents -->` and `<!-- /bench_agents -->`.
 
-    python bench/bench_mutate.py                     # 40 seeds x 200 experiments, 2 processes
-    python bench/bench_mutate.py --seeds 4 --experiments 100 --no-write
-    python bench/bench_mutate.py --seeds 8 --keep-rule remeasure:2 --no-write
+    python bench/bench_agents.py                     # 40 seeds x 200 experiments, 2 processes
+    python bench/bench_agents.py --seeds 4 --experiments 100 --no-write
+    python bench/bench_agents.py --agents mutate,random --seeds 8 --keep-rule remeasure:2 \
+        --no-write
 """
 from __future__ import annotations
 
@@ -41,9 +45,11 @@ from experiments.synthetic import SyntheticTrainer  # noqa: E402
 from genome import base_train_source  # noqa: E402
 
 BENCHMARKS = REPO / "docs" / "BENCHMARKS.md"
-BEGIN, END = "<!-- bench_mutate -->", "<!-- /bench_mutate -->"
-AGENTS = ("mutate", "random")
+BEGIN, END = "<!-- bench_agents -->", "<!-- /bench_agents -->"
+AGENTS = ("mutate", "optuna:tpe", "optuna:cmaes", "random")
+CONTROL = "random"
 MAX_FAILURES_IN_A_ROW = 20
+MARKS = {"mutate": "*", "optuna:tpe": "t", "optuna:cmaes": "c", "random": "o"}
 
 
 def sid(source: str) -> str:
@@ -81,17 +87,20 @@ def run_one(job: tuple) -> dict:
 
     history: list[Tried] = []
     curve: list[float] = []
-    kept, crashes, combos = 0, 0, 0
+    kept, crashes, combos, failures, stopped_at = 0, 0, 0, 0, None
     parent_score = trainer.run(base, run_seed=run_seed(0)).val_bpb
     true_deltas: list[float | None] = []      # child true bpb - parent true bpb, per proposal
-    failures_in_a_row, propose_s = 0, 0.0
+    failures_in_a_row, propose_s, proposals = 0, 0.0, 0
     while len(curve) < n:
         t0 = time.perf_counter()
         proposal = agent.propose(parent, brief, history, parent_id=pid, rng=rng)
         propose_s += time.perf_counter() - t0
+        proposals += 1
         if proposal.failure:
+            failures += 1
             failures_in_a_row += 1
-            if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            if failures_in_a_row >= MAX_FAILURES_IN_A_ROW or proposal.exhausted:
+                stopped_at = len(curve)
                 curve += [curve[-1] if curve else trainer.true_bpb(base)] * (n - len(curve))
                 break
             continue
@@ -100,9 +109,11 @@ def run_one(job: tuple) -> dict:
         child_true = trainer.true_bpb(proposal.source)
         true_deltas.append(None if child_true is None else child_true - trainer.true_bpb(parent))
         result = trainer.run(proposal.source, run_seed=run_seed(len(curve) + 1))
+        child_id = sid(proposal.source)
         if result.status != "ok":
             crashes += 1
-            history.append(Tried(proposal.edit_key, proposal.desc, pid, "crash", None))
+            history.append(Tried(proposal.edit_key, proposal.desc, pid, "crash", None,
+                                 record_id=child_id))
             curve.append(trainer.true_bpb(parent))
             continue
         score = result.val_bpb
@@ -112,7 +123,8 @@ def run_one(job: tuple) -> dict:
             score = (score + trainer.run(proposal.source, run_seed=fresh_seed()).val_bpb) / 2
             keep = score - parent_score < -2 * sigma
         history.append(Tried(proposal.edit_key, proposal.desc, pid,
-                             "kept" if keep else "discarded", score - parent_score))
+                             "kept" if keep else "discarded", score - parent_score,
+                             record_id=child_id, val_bpb=score))
         if keep:
             kept += 1
             parent, pid, parent_score = proposal.source, sid(proposal.source), score
@@ -123,10 +135,10 @@ def run_one(job: tuple) -> dict:
                 runs.append(trainer.run(parent, run_seed=fresh_seed()).val_bpb)
                 curve.append(trainer.true_bpb(parent))
             parent_score = statistics.fmean(runs)
-    proposals = len(history) or 1
     return {"agent": agent_name, "seed": seed, "curve": curve, "kept": kept,
-            "crashes": crashes, "combos": combos, "propose_ms": 1000 * propose_s / proposals,
-            "true_deltas": true_deltas, "sigma": sigma}
+            "crashes": crashes, "combos": combos,
+            "propose_ms": 1000 * propose_s / max(proposals, 1), "failures": failures,
+            "stopped_at": stopped_at, "true_deltas": true_deltas, "sigma": sigma}
 
 
 def proposal_quality(results: list[dict]) -> dict[str, float]:
@@ -149,18 +161,18 @@ def first_reach(curve: list[float], target: float) -> int | None:
 
 
 def ascii_plot(series: dict[str, list[float]], width: int = 64, height: int = 16) -> str:
-    marks = {"mutate": "*", "random": "o"}
     lo = min(min(s) for s in series.values())
     hi = max(max(s) for s in series.values())
     hi = hi if hi > lo else lo + 1e-6
     n = max(len(s) for s in series.values())
     grid = [[" "] * width for _ in range(height)]
     for name, s in series.items():
+        mark = MARKS.get(name, name[:1])
         for col in range(width):
             i = min(len(s) - 1, round(col * (len(s) - 1) / (width - 1)))
             row = round((s[i] - lo) / (hi - lo) * (height - 1))
             cell = grid[row][col]
-            grid[row][col] = "#" if cell not in (" ", marks[name]) else marks[name]
+            grid[row][col] = "#" if cell not in (" ", mark) else mark
     lines = []
     for r, row in enumerate(grid):
         label = f"{lo + (hi - lo) * r / (height - 1):.4f}" if r in (0, height // 2,
@@ -169,58 +181,86 @@ def ascii_plot(series: dict[str, list[float]], width: int = 64, height: int = 16
     lines.append(" " * 9 + "+" + "-" * width)
     ticks = " " * 10 + "0" + f"{n // 2:>{width // 2}}" + f"{n:>{width - width // 2 - 1}}"
     lines.append(ticks)
-    lines.append(" " * 10 + "experiments   (* mutate, o random, # both; true val_bpb of the "
-                 "parent, mean over seeds; top = best)")
+    legend = ", ".join(f"{MARKS.get(a, a[:1])} {a}" for a in series)
+    lines.append(" " * 10 + f"experiments   ({legend}, # several; true val_bpb of the parent, "
+                 "mean over seeds; top = best)")
     return "\n".join(lines)
 
 
 def summarise(results: list[dict], n: int, sigma: float, seeds: int, wall_s: float,
               paired: bool = True, rule: str = "single") -> str:
-    curves = {a: [r["curve"] for r in results if r["agent"] == a] for a in AGENTS}
-    mean = {a: [statistics.fmean(c[i] for c in curves[a]) for i in range(n)] for a in AGENTS}
+    agents = [a for a in AGENTS if any(r["agent"] == a for r in results)]
+    agents += sorted({r["agent"] for r in results} - set(agents))
+    control = CONTROL if CONTROL in agents else agents[-1]
+    others = [a for a in agents if a != control]
+    curves = {a: [r["curve"] for r in results if r["agent"] == a] for a in agents}
+    mean = {a: [statistics.fmean(c[i] for c in curves[a]) for i in range(n)] for a in agents}
     base = 1.9
-    random_final = mean["random"][-1]
-    reach = first_reach(mean["mutate"], random_final)
-    per_seed = []
-    for m, r in zip(sorted((x for x in results if x["agent"] == "mutate"),
-                           key=lambda x: x["seed"]),
-                    sorted((x for x in results if x["agent"] == "random"),
-                           key=lambda x: x["seed"])):
-        per_seed.append(first_reach(m["curve"], r["curve"][-1]))
-    reached = [p for p in per_seed if p is not None]
-    met = reach is not None and reach <= n // 2
-    checkpoints = [c for c in (10, 25, 50, 100, 150, 200, n) if c <= n]
-    checkpoints = sorted(set(checkpoints))
+    control_final = mean[control][-1]
+    by_seed = {a: {r["seed"]: r for r in results if r["agent"] == a} for a in agents}
+    checkpoints = sorted({c for c in (10, 25, 50, 100, 150, 200, n) if c <= n})
     rows = ["| experiments | " + " | ".join(str(c) for c in checkpoints) + " |",
             "|---|" + "---|" * len(checkpoints)]
-    for a in AGENTS:
+    for a in agents:
         rows.append(f"| {a}: mean gain | " + " | ".join(
             f"{base - mean[a][c - 1]:.4f}" for c in checkpoints) + " |")
-    by_seed = {a: {r["seed"]: r["curve"] for r in results if r["agent"] == a} for a in AGENTS}
-    paired = []
-    for c in checkpoints:
-        d = [by_seed["random"][s][c - 1] - by_seed["mutate"][s][c - 1] for s in by_seed["mutate"]]
-        se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else 0.0
-        paired.append(f"{statistics.fmean(d):+.4f} ± {se:.4f}")
-    rows.append("| mutate - random (paired, ± s.e.) | " + " | ".join(paired) + " |")
-    stats = {a: [r for r in results if r["agent"] == a] for a in AGENTS}
+
+    def paired_row(a: str, b: str) -> str:
+        cells = []
+        common = sorted(set(by_seed[a]) & set(by_seed[b]))
+        for c in checkpoints:
+            d = [by_seed[b][s]["curve"][c - 1] - by_seed[a][s]["curve"][c - 1] for s in common]
+            se = statistics.stdev(d) / len(d) ** 0.5 if len(d) > 1 else 0.0
+            cells.append(f"{statistics.fmean(d):+.4f} ± {se:.4f}")
+        return f"| {a} - {b} (paired, ± s.e.) | " + " | ".join(cells) + " |"
+
+    for a in others:
+        rows.append(paired_row(a, control))
+    if "mutate" in others:
+        for a in others:
+            if a != "mutate":
+                rows.append(paired_row(a, "mutate"))
+    stats = {a: [r for r in results if r["agent"] == a] for a in agents}
 
     def avg(a, key):
         return statistics.fmean(r[key] for r in stats[a])
 
-    quality = {a: proposal_quality(stats[a]) for a in AGENTS}
-    qrows = ["| proposals (all runs) | truly better by > 2 sigma | truly worse by > 2 sigma "
-             "| crash | mean true delta |", "|---|---|---|---|---|"]
-    for a in AGENTS:
+    goals = []
+    for a in others:
+        reach = first_reach(mean[a], control_final)
+        per_seed = [first_reach(by_seed[a][s]["curve"], by_seed[control][s]["curve"][-1])
+                    for s in sorted(set(by_seed[a]) & set(by_seed[control]))]
+        reached = [p for p in per_seed if p is not None]
+        met = reach is not None and reach <= n // 2
+        goals.append(
+            f"- {a}: **{'met' if met else 'not met'}** - its mean curve reaches {control}'s "
+            f"final mean ({base - control_final:.4f} gain) after "
+            f"{reach if reach is not None else 'more than ' + str(n)} experiments; per seed "
+            f"it reached that seed's {control} final score in {len(reached)}/{len(per_seed)} "
+            f"seeds" + (f", after a median of {statistics.median(reached):.0f} experiments"
+                        if reached else "") + ".")
+    quality = {a: proposal_quality(stats[a]) for a in agents}
+    qrows = ["| agent | kept edits per run | crashes per run | stacks per run | "
+             "failed proposals per run | runs that ran out of proposals | "
+             "truly better by > 2 sigma | truly worse by > 2 sigma | crash | "
+             "mean true delta | proposal time |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in agents:
         q = quality[a]
-        qrows.append(f"| {a} | {100 * q['good']:.1f}% | {100 * q['bad']:.1f}% | "
-                     f"{100 * q['crash']:.1f}% | {q['mean']:+.4f} |")
-
+        stopped = [r["stopped_at"] for r in stats[a] if r["stopped_at"] is not None]
+        qrows.append(
+            f"| {a} | {avg(a, 'kept'):.1f} | {avg(a, 'crashes'):.1f} | "
+            f"{avg(a, 'combos'):.1f} | {avg(a, 'failures'):.1f} | {len(stopped)}/"
+            f"{len(stats[a])}" + (f" (median at {statistics.median(stopped):.0f})"
+                                  if stopped else "") +
+            f" | {100 * q['good']:.1f}% | {100 * q['bad']:.1f}% | {100 * q['crash']:.1f}% | "
+            f"{q['mean']:+.4f} | {avg(a, 'propose_ms'):.0f} ms |")
     lines = [
         BEGIN,
-        "## bench_mutate: history-aware mutate vs random proposals (synthetic trainer)",
+        "## bench_agents: mutate, Optuna TPE, Optuna CMA-ES and random proposals "
+        "(synthetic trainer)",
         "",
-        f"`python bench/bench_mutate.py` - {seeds} landscape seeds x {n} experiments per agent "
+        f"`python bench/bench_agents.py` - {seeds} landscape seeds x {n} experiments per agent "
         f"from the real base genome (cpu profile), synthetic trainer with sigma = {sigma}; an "
         f"edit is kept when it beats the parent's measured score by > 2 sigma, and the parent "
         f"is the best so far; "
@@ -230,46 +270,37 @@ def summarise(results: list[dict], n: int, sigma: float, seeds: int, wall_s: flo
            else "")
         + f"Scores are the parent's true (noise-free) val_bpb; the table "
         f"shows the mean gain over the base genome (val_bpb 1.9, higher is better) and the "
-        f"paired difference per seed (positive: mutate ahead). "
+        f"paired difference per seed (positive: the first agent ahead). "
         f"Run on {time.strftime('%Y-%m-%d')}, {wall_s:.0f} s wall on this machine's CPUs.",
         "",
         *rows,
         "",
-        f"- Goal (mutate reaches random's final mean score within {n // 2} experiments): "
-        f"**{'met' if met else 'not met'}** - mutate's mean curve reaches random's final "
-        f"mean ({base - random_final:.4f} gain) after "
-        f"{reach if reach is not None else 'more than ' + str(n)} experiments.",
-        f"- Per seed: mutate reached that seed's random final score in {len(reached)}/"
-        f"{len(per_seed)} seeds"
-        + (f", after a median of {statistics.median(reached):.0f} experiments"
-           if reached else "") + ".",
-        f"- Kept edits per run: mutate {avg('mutate', 'kept'):.1f}, random "
-        f"{avg('random', 'kept'):.1f}; crashes: mutate {avg('mutate', 'crashes'):.1f}, "
-        f"random {avg('random', 'crashes'):.1f}; stacks (several edits in one run) tried by "
-        f"mutate: {avg('mutate', 'combos'):.1f} per run.",
+        f"Goal: reach {control}'s final mean score within {n // 2} experiments.",
         "",
-        "What the proposals were worth, measured on the noise-free landscape against their "
-        "parent (the keep rule only sees one noisy measurement of each):",
+        *goals,
+        "",
+        "Per run, and what the proposals were worth, measured on the noise-free landscape "
+        "against their parent (the keep rule only sees one noisy measurement of each):",
         "",
         *qrows,
         "",
-        f"- Proposal time: mutate {avg('mutate', 'propose_ms'):.0f} ms, random "
-        f"{avg('random', 'propose_ms'):.0f} ms per proposal (catalogue build + checks, "
-        f"including the static screen).",
         "- How to read it: the curves show what the keep rule made of the proposals; the "
         "second table shows how good the proposals were. Each child is compared with one "
         "noisy measurement of a parent that was itself kept on a (often lucky) noisy "
         "measurement, against a 2 sigma bar: once the single edits left are each worth less "
         "than the bar, a lineage stalls unless several of them are run together. mutate "
         "models each setting's effect from every result (with an offset per parent for the "
-        "luck of its measurement) and stacks edits whose gains it has measured; random tries "
-        "single edits, each at most once per parent.",
+        "luck of its measurement) and stacks edits whose gains it has measured; the Optuna "
+        "agents model settings -> val_bpb from every record (TPE: Parzen estimators of good "
+        "and bad settings; CMA-ES: a Gaussian search distribution replayed generation by "
+        "generation) and move the parent's settings that the draw moves most, up to 4 in one "
+        "run; random tries single edits, each at most once per parent.",
         "- Caveat: the landscape is synthetic. Knobs have smooth optima and some knobs "
-        "matter while most do not (see experiments/synthetic.py), the structure the "
-        "history-aware strategy exploits; on real training its advantage is unmeasured.",
+        "matter while most do not (see experiments/synthetic.py); on real training the "
+        "agents' ranking is unmeasured.",
         "",
         "```",
-        ascii_plot({a: mean[a] for a in AGENTS}),
+        ascii_plot({a: mean[a] for a in agents}),
         "```",
         END,
     ]
@@ -299,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="print only, leave the docs alone")
     ap.add_argument("--fresh-seeds", action="store_true",
                     help="give every run its own seed (ResearchLoop uses one seed for all)")
+    ap.add_argument("--agents", default=",".join(AGENTS),
+                    help="comma-separated agent specs (default: all four)")
     ap.add_argument("--keep-rule", default="single",
                     help="single (ResearchLoop's), remeasure:K or confirm (prototypes)")
     args = ap.parse_args(argv)
@@ -306,8 +339,11 @@ def main(argv: list[str] | None = None) -> int:
             args.keep_rule.startswith("remeasure:") and args.keep_rule[10:].isdigit())):
         ap.error("--keep-rule is single, confirm or remeasure:<K>")
     paired = not args.fresh_seeds
+    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
+    for a in agents:
+        make_agent(a)     # a bad spec fails here, not in a worker
     jobs = [(a, s, args.experiments, args.sigma, paired, args.keep_rule)
-            for s in range(args.seeds) for a in AGENTS]
+            for s in range(args.seeds) for a in agents]
     t0 = time.time()
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs) as pool:
@@ -317,9 +353,10 @@ def main(argv: list[str] | None = None) -> int:
     text = summarise(results, args.experiments, args.sigma, args.seeds, time.time() - t0,
                      paired, args.keep_rule)
     print(text)
-    if not args.no_write and (args.keep_rule != "single" or not paired):
+    if not args.no_write and (args.keep_rule != "single" or not paired or
+                              tuple(agents) != AGENTS):
         print("\nnot written: only ResearchLoop's setting (paired seeds, keep rule single) "
-              "goes to the docs")
+              "with all four agents goes to the docs")
     elif not args.no_write:
         write_section(text)
         print(f"\nwritten to {BENCHMARKS}")
