@@ -21,12 +21,15 @@ one attacker process doing it from its own libp2p hosts:
 - `copy`: every honest announce is copied at once with a key that sorts before every
   honest key and a `t` 1 ms earlier than the original's.
 - `flood-valid`: valid, buildable experiments (a `train.py` patch adding junk lines, a
-  poor score) from 1,000 fresh keys on the honest arena and topic, 60 % small (1 KiB
-  patch) and 40 % large (96 KiB), from 2 attacker peers connected to every honest node.
+  poor score) from 1,000 fresh keys on the honest arena and topic, 25 % small (1 KiB
+  patch) and 75 % large (96 KiB), from 2 attacker peers connected to every honest node.
 - `flood-orphan`: the same, but each record's parent is a random id nobody has.
 - `slow-sync`: 20 attacker peers, each connected to every honest node, hold 4 sync
   streams each there (80 > the server's cap of 64): half never send a request, half send
   a one-id `get` every 9 s; every reset stream is reopened 1 s later.
+- `slow-gossip` (not in the issue's list): 3 attacker peers connected to every honest
+  node subscribe to every topic and never read their gossip streams, and a fourth gives
+  the honest nodes something to relay to them (4 large presence announces a second).
 - `discovery`: 1,000 keys announce (every 60 s) 64 addresses each: a TCP listener of the
   attacker's that accepts and says nothing (the victim of steered dials), closed ports on
   127.0.0.0/8, the honest nodes' own addresses (under the attacker's peer ids), and
@@ -99,7 +102,7 @@ ATTACKS = ("none", "squat-1", "squat-1000", "copy", "flood-valid", "flood-orphan
 LOOP_ADDR = "/ip4/127.0.0.1/tcp/0"
 GOAL = 0.9              # honest progress under attack, as a share of the no-attack runs
 SAMPLE_S = 10.0         # workers report their stores this often
-LARGE_SHARE = 0.4       # of flood records with a 96 KiB patch (the rest 1 KiB)
+LARGE_SHARE = 0.75      # of flood records with a 96 KiB patch (the rest 1 KiB)
 SQUAT_T_AHEAD_MS = 9 * 60 * 1000   # an author's t may run 10 minutes ahead
 
 
@@ -119,15 +122,26 @@ def honest_keys(landscape: int, n: int) -> list[NodeIdentity]:
 # =========================================================================== honest workers
 
 class Catcher(logging.Handler):
-    """Counts log records that carry a traceback, and those at ERROR or above."""
+    """Counts log records that carry a traceback, and those at ERROR or above; and why
+    catch-ups failed (swarm.network logs that at DEBUG)."""
 
     def __init__(self) -> None:
-        super().__init__(logging.WARNING)
+        super().__init__(logging.DEBUG)
         self.tracebacks = 0
         self.errors = Counter()    # logger name -> records at ERROR or above
+        self.catch_up_failures = Counter()   # error type -> catch-ups (any peer)
         self.first: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < logging.WARNING:
+            if record.msg.startswith("catch-up with") and record.args:
+                error = record.args[-1]
+                cause = error.__cause__ or error.__context__
+                why = f"{type(error).__name__}" + (f" ({type(cause).__name__}: "
+                                                  f"{' '.join(str(cause).split())[:90]})"
+                                                  if cause else "")
+                self.catch_up_failures[why] += 1
+            return
         if record.levelno >= logging.ERROR:
             self.errors[record.name] += 1
         if not record.exc_info or record.exc_info[1] is None:
@@ -278,6 +292,7 @@ async def worker_main(spec: dict) -> None:
     catcher = Catcher()
     logging.getLogger().addHandler(catcher)
     logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("loopy.swarm.network").setLevel(logging.DEBUG)
     _count_catch_ups()
     landscape, delay = spec["landscape"], spec["delay"]
     work = Path(spec["work"])
@@ -370,6 +385,7 @@ async def worker_main(spec: dict) -> None:
             }
         emit(ev="final", nodes=nodes, cpu_s=time.process_time() - cpu0,
              vmhwm_mb=_vm("VmHWM"), log_tracebacks=catcher.tracebacks,
+             catch_up_failures=dict(catcher.catch_up_failures),
              log_errors=dict(catcher.errors), first_tracebacks=catcher.first)
     scaling.close_loops(loops.values())
 
@@ -682,8 +698,9 @@ class Attacker:
                         await reader.read_frame()
                         self.count["slow_requests"] += 1
                         await trio.sleep(9.0)
-            except Exception:
+            except Exception as error:
                 self.count["streams_reset"] += 1
+                self.count[f"stream error: {type(error).__name__}"] += 1
             self.count["stream_s"] += trio.current_time() - opened
             await trio.sleep(1.0)
 
@@ -902,6 +919,8 @@ def run_config(attack: str, args, work: Path, label: str) -> dict:
         "stopped": {**stopped, **{i: node["stopped"] for i, node in nodes.items()
                                   if node["stopped"]}},
         "log_tracebacks": sum(finals[c.tag]["log_tracebacks"] for c in workers),
+        "catch_up_failures": sum((Counter(finals[c.tag]["catch_up_failures"])
+                                  for c in workers), Counter()),
         "log_errors": sum((Counter(finals[c.tag]["log_errors"]) for c in workers), Counter()),
         "first_tracebacks": [e for c in workers for e in finals[c.tag]["first_tracebacks"]][:6],
         "stderr_tracebacks": sum(c.tracebacks() for c in workers),
@@ -909,6 +928,8 @@ def run_config(attack: str, args, work: Path, label: str) -> dict:
         "attacker": finals["attacker"]["counts"] if attacker is not None else {},
         "nodes": nodes,
     }
+    honest_cpu = sum(v for k, v in cpu.items() if k != "attacker")
+    row["cpu_per_run_s"] = honest_cpu / max(1, row["runs"])
     row["notes"] = notes(row)
     return row
 
@@ -1001,8 +1022,8 @@ def render(meta: dict, rows: list[dict]) -> str:
 
     def mean(key):
         return statistics.mean(r[key] for r in ref) if ref else float("nan")
-    ref_gain, ref_runs, ref_kept, ref_rss = (mean(k) for k in ("gain", "runs", "kept",
-                                                                  "rss_mb"))
+    ref_gain, ref_runs, ref_kept, ref_rss, ref_cpu = (
+        mean(k) for k in ("gain", "runs", "kept", "rss_mb", "cpu_per_run_s"))
 
     def share(x, of):
         return f"{100 * x / of:.0f} %" if of else "-"
@@ -1018,12 +1039,16 @@ def render(meta: dict, rows: list[dict]) -> str:
              f"graph and agent seeds) run for {m['duration']:g} s of wall time; attacks at "
              f"scale {m['scale']:g} ({max(1, round(1000 * m['scale']))} keys where the "
              f"attack has 1,000), floods at {m['flood_rate']:g} records/s "
-             f"({100 * LARGE_SHARE:.0f} % with a 96 KiB patch). **Progress**: the mean over "
+             f"({100 * LARGE_SHARE:.0f} % with a 96 KiB patch). **Load**: the machine's load "
+             "average when the configuration started and ended (other jobs share it; the "
+             "no-attack runs are spread over the whole run). **Progress**: the mean over "
              "honest nodes of the true improvement (base minus true val_bpb) of the record "
              "each holds as its best verified, as a share of the no-attack runs' mean (the "
              "goal: 90 %); runs and kept edits are all honest nodes' in the same wall time. "
              "**Outside training**: the share of the honest loops' time not spent in the "
-             "trainer (deciding, reading the store, publishing). **Store growth**: the "
+             "trainer (deciding, reading the store, publishing). **Honest CPU per run**: "
+             "the CPU time of all honest processes over the runs they completed (what "
+             "the attack costs them, whatever the load). **Store growth**: the "
              "attacker's records in the fullest honest store (body + envelope + 3 KiB a "
              "row) and, in brackets, the strangers' bytes that node admitted (the attacker's "
              "and honest peers' it does not trust yet), against the bound 32 MiB + 128 MiB/h "
@@ -1034,17 +1059,20 @@ def render(meta: dict, rows: list[dict]) -> str:
              f"(VmHWM) of the fullest honest process ({m['nodes_per_proc']} node(s) each). "
              "**Errors**: honest loops that stopped / log records with a traceback in the "
              "honest processes / tracebacks on their stderr.", "",
-             "| attack | progress | runs | kept edits | outside training | store growth, "
-             "MiB | database, MiB | memory, MiB | errors | attacker CPU (cores) | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| attack | load | progress | runs | kept edits | outside training | honest CPU "
+             "per run | store growth, MiB | database, MiB | memory, MiB | errors | attacker "
+             "CPU (cores) | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         progress = r["gain"] / ref_gain if ref_gain else float("nan")
         errors = f"{len(r['stopped'])} / {r['log_tracebacks']} / {r['stderr_tracebacks']}"
         cpu = r["cpu_cores"].get("attacker")
         lines.append(
-            f"| {r['label']} | {100 * progress:.0f} % | {r['runs']} ({share(r['runs'], ref_runs)}) "
+            f"| {r['label']} | {r['load'][0]:.1f}-{r['load'][1]:.1f} "
+            f"| {100 * progress:.0f} % | {r['runs']} ({share(r['runs'], ref_runs)}) "
             f"| {r['kept']} ({share(r['kept'], ref_kept)}) "
             f"| {100 * outside_training(r):.0f} % "
+            f"| {r['cpu_per_run_s']:.2f} s ({share(r['cpu_per_run_s'], ref_cpu)}) "
             f"| {mib(r['attack_bytes'])} ({mib(r['charged'])}) | {mib(r['db_bytes'])} "
             f"| {r['rss_mb']:.0f} ({share(r['rss_mb'], ref_rss)}) | {errors} "
             f"| {'-' if cpu is None else f'{cpu:.2f}'} | {verdict(r, progress)} |")
@@ -1076,7 +1104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--landscape", type=int, default=0)
     ap.add_argument("--procs", type=int, default=8,
                     help="honest worker processes (default: one per node)")
-    ap.add_argument("--baseline-runs", type=int, default=2, help="no-attack runs (noise)")
+    ap.add_argument("--baseline-runs", type=int, default=3,
+                    help="no-attack runs, spread over the run (load drift, noise)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="attack size: 1,000 keys at 1, and so on")
     ap.add_argument("--flood-rate", type=float, default=10.0,
@@ -1112,9 +1141,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(attacks) - set(ATTACKS)
     if unknown:
         ap.error(f"unknown attacks: {', '.join(sorted(unknown))}")
-    plan = [("none", f"none (run {k + 1})") for k in range(args.baseline_runs)] \
-        if "none" in attacks else []
-    plan += [(a, a) for a in attacks if a != "none"]
+    # no-attack runs spread over the whole run (first, last, between): the machine's load
+    # from other jobs drifts, and every attack is compared with their mean
+    plan: list[tuple[str, str]] = [(a, a) for a in attacks if a != "none"]
+    nones = args.baseline_runs if "none" in attacks else 0
+    for k in range(nones):
+        at = 0 if k == 0 else round(k * len(plan) / (nones - 1)) + k if nones > 1 else 0
+        plan.insert(min(at, len(plan)), ("none", f"none (run {k + 1})"))
     load0 = os.getloadavg()
     t_start = time.time()
     meta = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_name(), "machine": platform.machine(),

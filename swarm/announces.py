@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import re
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -165,13 +166,21 @@ class Hint:
         return self.standing in ("trusted", "earned")
 
 
+# The last hints computed from each store, reused while nothing they depend on changed:
+# the store (any write, by any connection), the reputations, the policy's settings, and
+# the clock (until the first moment a hint expires or a promise breaks). The loop asks
+# several times a step, and with the store full of a flood of fresh keys' announces
+# (1,000) one computation costs about 25 ms (bench/bench_attacks.py, squat-1000).
+_HINTS_MEMO: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
+
+
 class AnnouncePolicy:
     """Weighted, capped hints from the announces in `store`, for the node keyed `me`.
 
     `arena`: count only announces of this arena (a run in another arena duplicates
     nothing here); `reputations()`: author key -> reputation (swarm.trust); `clock`:
-    unix seconds (tests move it). Every method reads the store afresh: cheap, since the
-    store keeps at most `MAX_STORED_ANNOUNCES` announces.
+    unix seconds (tests move it). Every method reads the store afresh (the hints are
+    reused only while the store, the reputations and the moment's hints are unchanged).
     """
 
     def __init__(self, store: Any, me: bytes, *, arena: str | None = None,
@@ -204,6 +213,7 @@ class AnnouncePolicy:
         """(author, working_on, received_ms, since_ms) of the live announces of our arena,
         ours included."""
         out = []
+        self._arenas: dict[bytes, str | None] = {}
         for author, arena, text, received, since in self.store.live_announces(
                 now_ms - int(self.limits.expire_s * 1000)):
             if self.arena is not None and arena != self.arena:
@@ -211,15 +221,41 @@ class AnnouncePolicy:
             if now_ms - since > hold_s(arena) * 1000:
                 continue   # held too long: a run that never ends is not a run
             out.append((author, text, received, since))
+            self._arenas[author] = arena
         return out
 
     def hints(self, now_ms: int | None = None) -> list[Hint]:
         """Other nodes' live hints that this node honours, heaviest first, capped."""
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
+        reps = self.reputations()
+        marker = getattr(self.store, "change_marker", None)
+        key = None
+        if marker is not None:
+            key = (self.me, self.arena, self.limits, marker(), tuple(sorted(reps.items())))
+            memo = _HINTS_MEMO.get(self.store)
+            if memo is not None and memo[0] == key and memo[1] <= now_ms <= memo[2]:
+                return list(memo[3])
+        out, valid_until = self._hints(now_ms, reps)
+        if key is not None:
+            try:
+                _HINTS_MEMO[self.store] = (key, now_ms, valid_until, out)
+            except TypeError:   # a store that cannot be referenced weakly: no reuse
+                pass
+        return list(out)
+
+    def _hints(self, now_ms: int, reps: dict[bytes, float]) -> tuple[list[Hint], float]:
+        """The hints at `now_ms`, and until when (ms) they stay the same if nothing else
+        changes: the first moment a live announce expires or an open promise breaks."""
         live = [x for x in self._live(now_ms) if x[0] != self.me]
         if not live:
-            return []
-        reps = self.reputations()
+            return [], float("inf")
+        expire_ms = self.limits.expire_s * 1000
+        valid_until = min(min(received + expire_ms,
+                              since + hold_s(self._arenas.get(author)) * 1000)
+                          for author, _text, received, since in live)
+        next_deadline = getattr(self.store, "next_promise_deadline", None)
+        deadline = next_deadline(now_ms) if next_deadline is not None else now_ms
+        valid_until = min(valid_until, deadline if deadline is not None else float("inf"))
         tallies = self.store.announce_tallies([x[0] for x in live], now_ms)
         found = []
         for author, text, received, since in live:
@@ -239,7 +275,7 @@ class AnnouncePolicy:
             if slots[hint.standing] > 0:
                 slots[hint.standing] -= 1
                 out.append(hint)
-        return out
+        return out, valid_until
 
     def busy(self, firm_only: bool = False) -> set[tuple[bytes, str]]:
         """(parent, desc) pairs honoured hints say other nodes run now; `firm_only`: from

@@ -207,12 +207,23 @@ def run_agent(agent, history, n, topic="general", parent=FIXTURE, pid=PID, seed=
 def test_mutate_never_repeats_a_key_on_the_same_parent_until_exhausted():
     """Every edit hurt (+0.01): no stack is worth a run either, and the agent says the
     parent is exhausted (`exhausted`), so the loop moves on instead of asking again."""
-    agent = MutateAgent(base_source=FIXTURE)
+    agent = MutateAgent(base_source=FIXTURE, then=None)
     n = len(build_catalogue(FIXTURE))
     keys, failure = run_agent(agent, [], n + 5)
     assert failure is not None and "already tried" in failure.failure and failure.exhausted
     singles = [k for k in keys if "&" not in k]
     assert len(keys) == len(set(keys)) and len(singles) == n
+
+
+def test_mutate_hands_an_exhausted_parent_over_to_tpe():
+    """By default, where the catalogue model has nothing left, Optuna's TPE proposes: the
+    lineage goes on with its absolute-valued keys, which the model then reads too."""
+    agent = MutateAgent(base_source=FIXTURE)
+    n = len(build_catalogue(FIXTURE))
+    keys, failure = run_agent(agent, [], n + 5)
+    assert failure is None and len(keys) == len(set(keys)) == n + 5
+    handed = keys[n:]
+    assert all(parse_key(k) and all(op == "=" for _, op, _ in parse_key(k)) for k in handed)
 
 
 TINY = """MATRIX_LR = 0.02  # learning rate
@@ -228,7 +239,7 @@ def test_mutate_moves_on_to_wider_stacks_before_it_gives_up_on_a_parent():
     """Two knobs, two single edits gained a little (too little to keep, and even together
     less than half the bar), the rest hurt: their stack all the same (a wider move), then
     nothing left, said as such."""
-    agent = MutateAgent(base_source=TINY)
+    agent = MutateAgent(base_source=TINY, then=None)
     gains = {"MATRIX_LR*1.4": -0.002, "QK_NORM=False": -0.0015}   # stack: below half the bar
     history = _bar_history() + [Tried(k, "", "tiny", "discarded", gains.get(k, 0.01))
                                 for k in build_catalogue(TINY)]
@@ -347,7 +358,7 @@ def test_mutate_stacks_small_gains_that_each_miss_the_bar():
     history = _bar_history() + [
         Tried(k, "", PID, "discarded", -0.0045 if k in small else (0.012, 0.0, 0.02)[i % 3])
         for i, k in enumerate(cat)]
-    agent = MutateAgent(base_source=FIXTURE)
+    agent = MutateAgent(base_source=FIXTURE, then=None)
     p = agent.propose(FIXTURE, brief(), history, parent_id=PID, rng=random.Random(0))
     assert p.ok and set(small) <= set(p.edit_key.split("&"))
     assert "MATRIX_LR = 0.014" in p.source and "WARMUP_FRAC = 0.0" in p.source
@@ -498,7 +509,7 @@ def test_stack_keys_stay_readable_by_the_loop():
     cat = build_catalogue(FIXTURE)
     history = _bar_history() + [Tried(k, "", PID, "discarded", (-0.004, 0.015)[i % 2])
                                 for i, k in enumerate(cat)]
-    agent = MutateAgent(base_source=FIXTURE, max_stack=3)
+    agent = MutateAgent(base_source=FIXTURE, max_stack=3, then=None)
     stacks = 0
     for i in range(40):
         p = agent.propose(FIXTURE, brief(), history, parent_id=PID, rng=random.Random(i))
@@ -561,8 +572,8 @@ def test_gains_below_the_noise_are_not_stacked():
     cat = build_catalogue(FIXTURE)
     history = _bar_history() + [Tried(k, "", PID, "discarded", (0.0005, -0.0005)[i % 2])
                                 for i, k in enumerate(cat)]
-    p = MutateAgent(base_source=FIXTURE).propose(FIXTURE, brief(), history, parent_id=PID,
-                                                 rng=random.Random(0))
+    p = MutateAgent(base_source=FIXTURE, then=None).propose(
+        FIXTURE, brief(), history, parent_id=PID, rng=random.Random(0))
     assert p.failure and "already tried" in p.failure
 
 

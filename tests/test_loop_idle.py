@@ -189,10 +189,10 @@ async def test_all_parents_exhausted_says_so(tmp_path):
 
 
 async def test_mutate_on_a_tiny_catalogue_runs_out_and_never_busy_loops(tmp_path):
-    """The real mutate agent on a genome with two knobs: it runs every edit and stack it
-    has, says so, and the node idles: in the second half of a virtual hour nothing runs and
+    """The real mutate agent (without its TPE hand-over) on a genome with two knobs: it
+    runs every edit and stack it has, says so, and the node idles: in the second half of a virtual hour nothing runs and
     the agent is asked a bounded number of times (old loop: 5 times a second)."""
-    agent = CountingAgent(make_agent("mutate", base_source=TINY), [])
+    agent = CountingAgent(make_agent("mutate", base_source=TINY, then=None), [])
     loop = make_loop(tmp_path, agent, base=TINY)
     events = []
     loop.on_event = lambda kind, data: events.append(kind)

@@ -35,9 +35,11 @@ to gain the most:
 - An edit or stack already tried on this parent is never proposed again for it; edits
   tagged with the brief's topic come first (`general` takes every edit). When a parent has
   nothing promising left, wider stacks follow (of edits expected to help, measured or not,
-  however small the gain); only when those are gone too does the agent say the parent is
-  exhausted (`Proposal.exhausted`), and the loop moves on to other parents or waits for
-  news.
+  however small the gain); when those are gone too, Optuna's TPE over the settings takes
+  over on that parent (`then`; on the synthetic landscapes mutate alone ran out after a
+  median of 110 experiments, and the hand-over kept the lineage improving: see
+  docs/BENCHMARKS.md). Without `then`, the agent says the parent is exhausted
+  (`Proposal.exhausted`), and the loop moves on to other parents or waits for news.
 
 Descriptions start with `[key]` (a stack joins its keys with `&`), so the key travels with
 the record and peers' agents learn from it too. `RandomAgent` is the benchmark's control: a
@@ -544,11 +546,16 @@ class MutateAgent:
     name = "mutate"
 
     def __init__(self, *, base_source: str | None = None, profile: str | None = None,
-                 combine_p: float = 1.0, max_stack: int = MAX_STACK):
+                 combine_p: float = 1.0, max_stack: int = MAX_STACK,
+                 then: str | None = "tpe"):
         """`combine_p`: the chance that stacks of edits compete with single edits while the
         parent still has untried single edits (once it has none, stacks are all that is
-        left); `max_stack`: the most edits in one stack."""
+        left); `max_stack`: the most edits in one stack; `then`: the Optuna sampler ("tpe",
+        "cmaes", experiments/agents/optuna_agent.py) that proposes on a parent where this
+        agent has nothing left (None: say the parent is exhausted)."""
         self.profile = profile
+        self.then = then
+        self._then_agent = None
         self.base_source = base_source if base_source is not None else _default_base_source()
         self.combine_p = combine_p
         self.max_stack = max(1, int(max_stack))
@@ -585,7 +592,7 @@ class MutateAgent:
             # stacks (edits expected to help, however little) before giving up on it.
             options = self._stacks(found, pool, tried, wide=True)
         if not options:
-            return _exhausted(brief.topic)
+            return self._then(parent_source, brief, history, parent_id, rng)
         jitter = {id(o): rng.random() for o in options}
         options.sort(key=lambda o: (-o.value, jitter[id(o)]))
         proposal = None
@@ -597,6 +604,18 @@ class MutateAgent:
             if proposal.ok:
                 return proposal
         return proposal
+
+    def _then(self, parent_source: str, brief: Brief, history: list[Tried], parent_id: str,
+              rng: random.Random) -> Proposal:
+        """Nothing left on this parent: the `then` sampler's proposal, else exhausted."""
+        if not self.then:
+            return _exhausted(brief.topic)
+        if self._then_agent is None:
+            from experiments.agents.optuna_agent import OptunaAgent
+            self._then_agent = OptunaAgent(self.then, base_source=self.base_source,
+                                           profile=self.profile, max_moves=self.max_stack)
+        return self._then_agent.propose(parent_source, brief, history, parent_id=parent_id,
+                                        rng=rng)
 
     def assess(self, parent_source: str, history: list[Tried], *,
                parent_id: str) -> Assessment | None:
