@@ -169,8 +169,8 @@ def fail(message: str, code: int = 2) -> int:
 
 def cmd_run(settings: Settings, args) -> int:
     """Train the genome (or an edit of it) once and print the harness's score."""
-    from experiments.harness import run_experiment, run_patch
-    from experiments.progress import RunProgress
+    from experiments.run.harness import run_experiment, run_patch
+    from experiments.views.progress import RunProgress
 
     home = home_dir(settings)
     patch_text = None
@@ -180,7 +180,7 @@ def cmd_run(settings: Settings, args) -> int:
         except (OSError, UnicodeDecodeError) as e:
             return fail(f"cannot read patch {args.patch}: {e}")
     if patch_text is not None:
-        from experiments.sandbox import missing_isolation
+        from experiments.run.sandbox import missing_isolation
         missing = missing_isolation()
         if missing:
             print("WARNING: this machine cannot fully isolate the patch's code ("
@@ -268,9 +268,9 @@ class Local:
         if saved:
             return saved
         if settings.trainer == "synthetic":
-            from experiments.synthetic import SyntheticTrainer
+            from experiments.simulation.synthetic import SyntheticTrainer
             return SyntheticTrainer(0).arena
-        from experiments.harness import _resolve
+        from experiments.run.harness import _resolve
         return _resolve(settings.device, settings.dataset or None, settings.budget or None)[3]
 
     def ran_with(self, settings: Settings) -> tuple[list[str], bool]:
@@ -286,7 +286,7 @@ class Local:
         return TrustPolicy(self.store, self.identity.public_key, TrustRules(k=settings.trust_k))
 
     def scoreboard(self, arena: str, settings: Settings):
-        from experiments.scoreboard import Scoreboard, ScoreRules
+        from experiments.research.scoreboard import Scoreboard, ScoreRules
         return Scoreboard(self.store, self.lineage, self.root_id, arena,
                           ScoreRules(seed=settings.seed), self.trust(settings).is_verified)
 
@@ -415,7 +415,7 @@ def prepare_trainer(trainer, settings: Settings) -> str | None:
     prepare = getattr(trainer, "prepare", None)
     if prepare is None:  # the synthetic trainer needs no data
         return None
-    from experiments.progress import RunProgress
+    from experiments.views.progress import RunProgress
     from genome.prepare import CorpusError, DatasetUnavailable
     live = not settings.json and not settings.plain and sys.stdout.isatty()
     try:
@@ -451,9 +451,9 @@ def build_loop(local: Local, settings: Settings, until: float | None):
     """The node's research loop, its trainer's data prepared; or, when the data cannot be
     prepared, the message that says what to fix."""
     from experiments.agents import load_brief, make_agent
-    from experiments.loop import LoopConfig, ResearchLoop
-    from experiments.scoreboard import ScoreRules
-    from experiments.trainers import make_trainer
+    from experiments.research.loop import LoopConfig, ResearchLoop
+    from experiments.research.scoreboard import ScoreRules
+    from experiments.research.trainers import make_trainer
     from swarm.trust import TrustRules
 
     trainer = make_trainer(settings.trainer, local.home, dataset=settings.dataset or None,
@@ -468,7 +468,7 @@ def build_loop(local: Local, settings: Settings, until: float | None):
     topic = settings.topic[0]
     foreign_code = True
     if settings.trainer == "genome":
-        from experiments.sandbox import missing_isolation
+        from experiments.run.sandbox import missing_isolation
         missing = missing_isolation()
         if missing:
             foreign_code = False
@@ -496,8 +496,8 @@ async def run_node(local: Local, settings: Settings, loop) -> int:
     import signal
 
     import trio
-    from experiments.loop import connect_to_swarm
-    from experiments.view import log_line, render
+    from experiments.research.loop import connect_to_swarm
+    from experiments.views.view import log_line, render
 
     live = not settings.plain and not settings.json and sys.stdout.isatty()
     if not live:
@@ -536,7 +536,7 @@ async def run_node(local: Local, settings: Settings, loop) -> int:
 
     dashboard = None
     if settings.dashboard:
-        from experiments.dashboard import start_dashboard
+        from experiments.views.dashboard import start_dashboard
         dashboard = start_dashboard(local.home, port=settings.dashboard,
                                     host=settings.dashboard_host, arena=loop.arena,
                                     me=local.identity.public_key, rules=loop.config.rules,
@@ -610,7 +610,7 @@ def cmd_status(settings: Settings, args) -> int:
         emit_json(snap)
     else:
         from rich.console import Console
-        from experiments.view import render
+        from experiments.views.view import render
         Console().print(render(snap))
     return 0
 
@@ -670,7 +670,7 @@ def cmd_export(settings: Settings, args) -> int:
 def cmd_log(settings: Settings, args) -> int:
     """The best lineage, step by step, then the latest results."""
     from swarm import export
-    from experiments.view import fmt_bpb, fmt_delta
+    from experiments.views.view import fmt_bpb, fmt_delta
 
     local = Local.open(settings)
     try:
@@ -698,7 +698,7 @@ def cmd_log(settings: Settings, args) -> int:
 def cmd_verify(settings: Settings, args) -> int:
     """Re-run one record in this node's arena, print the comparison, store an attestation."""
     import trio
-    from experiments.trainers import make_trainer
+    from experiments.research.trainers import make_trainer
     from swarm.lineage import LineageError
     from swarm.records import make_attestation
 
@@ -710,7 +710,7 @@ def cmd_verify(settings: Settings, args) -> int:
         if record.kind != "experiment" or record.status != "ok":
             return fail(f"{record.id_hex[:12]} is not a scored experiment", 1)
         if settings.trainer == "genome" and record.author != local.identity.public_key:
-            from experiments.sandbox import missing_isolation
+            from experiments.run.sandbox import missing_isolation
             missing = missing_isolation()
             if missing:
                 return fail("refusing to run another author's program: this machine cannot "
@@ -725,8 +725,8 @@ def cmd_verify(settings: Settings, args) -> int:
             print(f"note: the record was measured in {record.arena}, this node runs in "
                   f"{trainer.arena}: scores are not comparable, no attestation is made",
                   file=sys.stderr)
-        from experiments.loop import MACHINE_FAILURES, run_cancellable
-        from experiments.progress import RunProgress
+        from experiments.research.loop import MACHINE_FAILURES, run_cancellable
+        from experiments.views.progress import RunProgress
         live = not settings.json and not settings.plain and sys.stdout.isatty()
         with RunProgress(live=live, plain=not settings.json) as progress:
             result = trio.run(run_cancellable, lambda cancel: trainer.run(
@@ -754,7 +754,7 @@ def cmd_verify(settings: Settings, args) -> int:
     if settings.json:
         emit_json(report)
     else:
-        from experiments.view import fmt_bpb
+        from experiments.views.view import fmt_bpb
         print(f"record   {record.id_hex[:12]}  {record.desc}")
         print(f"claimed  {fmt_bpb(record.val_bpb)}")
         print(f"measured {fmt_bpb(result.val_bpb)}  ({result.status}"
@@ -810,7 +810,7 @@ def cmd_peers(settings: Settings, args) -> int:
 
 def cmd_plot(settings: Settings, args) -> int:
     """Draw the progress chart (every experiment, the running best, kept edits) as a PNG."""
-    from experiments.plot import render_plot
+    from experiments.views.plot import render_plot
 
     local = Local.open(settings)
     try:

@@ -1,4 +1,4 @@
-"""Benchmark: the proposers on the synthetic trainer (experiments/synthetic.py), from the real
+"""Benchmark: the proposers on the synthetic trainer (experiments/simulation/synthetic.py), from the real
 base genome: the history-aware `mutate` agent, Optuna's TPE and CMA-ES over the settings
 (`optuna:tpe`, `optuna:cmaes`, experiments/agents/optuna_agent.py) and the `random` control.
 
@@ -41,7 +41,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from experiments.agents.base import Tried, load_brief, make_agent  # noqa: E402
-from experiments.synthetic import SyntheticTrainer  # noqa: E402
+from experiments.simulation.synthetic import SyntheticTrainer  # noqa: E402
 from genome import base_train_source  # noqa: E402
 
 BENCHMARKS = REPO / "docs" / "BENCHMARKS.md"
@@ -297,7 +297,7 @@ def summarise(results: list[dict], n: int, sigma: float, seeds: int, wall_s: flo
         "generation) and move the parent's settings that the draw moves most, up to 4 in one "
         "run; random tries single edits, each at most once per parent.",
         "- Caveat: the landscape is synthetic. Knobs have smooth optima and some knobs "
-        "matter while most do not (see experiments/synthetic.py); on real training the "
+        "matter while most do not (see experiments/simulation/synthetic.py); on real training the "
         "agents' ranking is unmeasured.",
         "",
         "```",

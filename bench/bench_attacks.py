@@ -286,7 +286,7 @@ def _cpu_s(pid: int) -> float:
 
 async def worker_main(spec: dict) -> None:
     """Host some honest nodes: build them, wait for `go`, run until `stop`, report."""
-    from experiments.loop import announce_policy
+    from experiments.research.loop import announce_policy
     from swarm.network import open_swarm_node
 
     catcher = Catcher()
@@ -450,7 +450,7 @@ class Attacker:
     """One attack, from one process (see the module docstring)."""
 
     def __init__(self, spec: dict) -> None:
-        from experiments.synthetic import SyntheticTrainer
+        from experiments.simulation.synthetic import SyntheticTrainer
         from swarm.gossip import heads_topic, topic_name
         self.spec = spec
         self.attack = spec["attack"]
@@ -534,7 +534,7 @@ class Attacker:
     def _mutate_proposals(self) -> list[str]:
         """`working_on` texts of the edits the mutate agent proposes first on the root."""
         from experiments.agents import load_brief, make_agent
-        from experiments.programs import program_digest
+        from experiments.research.programs import program_digest
         from swarm.announces import working_on
         agent = make_agent("mutate", base_source=scaling.BASE)
         brief = load_brief(scaling.TOPIC)

@@ -39,10 +39,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from experiments.arena_view import read_arena  # noqa: E402
-from experiments.dashboard import start_dashboard  # noqa: E402
-from experiments.plot import plot_progress  # noqa: E402
-from experiments.scoreboard import Scoreboard, ScoreRules  # noqa: E402
+from experiments.views.arena_view import read_arena  # noqa: E402
+from experiments.views.dashboard import start_dashboard  # noqa: E402
+from experiments.views.plot import plot_progress  # noqa: E402
+from experiments.research.scoreboard import Scoreboard, ScoreRules  # noqa: E402
 from genome import base_train_source, genome_id, genome_root_id  # noqa: E402
 from swarm.identity import NodeIdentity  # noqa: E402
 from swarm.lineage import Lineage  # noqa: E402

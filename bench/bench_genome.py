@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchdoc import write_section  # noqa: E402
-from experiments.harness import run_experiment  # noqa: E402
+from experiments.run.harness import run_experiment  # noqa: E402
 from genome import base_train_source  # noqa: E402
 
 EDITS = {

@@ -1,6 +1,6 @@
 """Verification under attack: 8 honest nodes with 0%, 20% and 40% extra liar nodes.
 
-Synthetic trainer, in-process swarm (experiments/simulate.py: a perfect bus instead of
+Synthetic trainer, in-process swarm (experiments/simulation/simulate.py: a perfect bus instead of
 libp2p, so the numbers are about the verification policy, not the network). For each
 liar share: the share of honest runs spent on verification, false records in any honest
 node's best verified lineage (what it announces and exports), and the honest swarm's
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchdoc import write_section  # noqa: E402
-from experiments.simulate import false_steps, run  # noqa: E402
+from experiments.simulation.simulate import false_steps, run  # noqa: E402
 
 HONEST = 8
 

@@ -145,7 +145,7 @@ def train_log_values(home: Path, run_id: str | None) -> dict:
 
 
 def one_run(kind: str, size_gb, budget: str, seed: int, repeat: int, args, torch) -> dict:
-    from experiments.harness import run_experiment
+    from experiments.run.harness import run_experiment
     from genome import base_train_source
 
     home = Path(args.home)

@@ -18,7 +18,7 @@ prepared in the node's home before the node starts, so preparing it does not cou
 While the node runs, the load average is sampled every 15 s (other jobs may share the
 machine; on a time budget a busy core means fewer steps, hence worse scores). Afterwards
 the node's store is read read-only with the same rules the node used
-(experiments/arena_view.py `read_arena`, experiments/scoreboard.py): every run in order
+(experiments/views/arena_view.py `read_arena`, experiments/research/scoreboard.py): every run in order
 with its delta against its parent in units of the baselines' sigma and whether it was
 kept (beat its parent by more than 2 sigma), the running best, and the goal:
 
@@ -80,8 +80,8 @@ def node_command(home: Path, args) -> list[str]:
 
 def run_timeout_s(budget: str, runs: int) -> float:
     """A cap for the whole node run: every run at its harness wall limit, plus evaluation."""
-    from experiments.budget import parse_budget
-    from experiments.harness import training_wall_limit
+    from experiments.run.budget import parse_budget
+    from experiments.run.harness import training_wall_limit
     per_run = training_wall_limit(parse_budget(budget), "cpu") + 180.0
     return runs * per_run + 300.0
 
@@ -223,9 +223,9 @@ def draw_plot(home: Path, out: Path, core: int) -> str:
 
 def read_report(home: Path, seed: int = 0) -> dict:
     """Every run of the node's arena in order, scored with the node's own rules."""
-    from experiments.arena_view import read_arena
-    from experiments.dashboard.source import open_readonly, read_public_key
-    from experiments.scoreboard import Scoreboard, ScoreRules
+    from experiments.views.arena_view import read_arena
+    from experiments.views.dashboard.source import open_readonly, read_public_key
+    from experiments.research.scoreboard import Scoreboard, ScoreRules
     from genome import base_train_source, genome_root_id
     from swarm.lineage import Lineage, LineageError
     from swarm.trust import TrustPolicy
@@ -486,7 +486,7 @@ def main() -> int:
                 print("node log tail:\n" + log_tail(home), flush=True)
         if args.report_only:
             run, prep_s = load_run(home, args)
-        from experiments.dashboard.source import DashboardError
+        from experiments.views.dashboard.source import DashboardError
         try:
             report = read_report(home, args.seed)
         except DashboardError as e:   # no store, a damaged one, one from a newer Loopy

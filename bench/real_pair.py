@@ -11,7 +11,7 @@ verification, libp2p on 127.0.0.1) on the real genome on CPU, for the same wall 
   to core 0, do not reach; if they load core 0, the pair is the one handicapped).
 
 Each node process is pinned with `taskset`; the harness sizes training threads from the
-process's CPU affinity (`experiments.hardware.cpu_threads`), so every training child runs
+process's CPU affinity (`experiments.run.hardware.cpu_threads`), so every training child runs
 on 1 thread, and children inherit the pin. The data (tokenizer, tokenised corpus) is
 prepared once and copied into every node's home, so no setup counts against a node.
 
@@ -136,7 +136,7 @@ def run_setup(name: str, nodes: list[dict], minutes: float) -> dict:
 
 def read_setup(homes: list[Path]) -> dict:
     """Runs, kept edits and best verified score over the setup's stores."""
-    from experiments.scoreboard import Scoreboard, is_baseline
+    from experiments.research.scoreboard import Scoreboard, is_baseline
     from genome import base_train_source, genome_root_id
     from swarm.identity import NodeIdentity
     from swarm.lineage import Lineage

@@ -10,7 +10,7 @@ Every node is real: a `ResearchLoop` (the `mutate` agent, the noise-aware scoreb
 verification and trust) over its own SQLite store and key, joined to the others by the
 libp2p network layer (`swarm/network.py`: gossipsub, sync, discovery) exactly as `node.py`
 joins them: the loop publishes what it records, announces what it runs, and skips what
-other live nodes announce. Training is the synthetic trainer (`experiments/synthetic.py`: a
+other live nodes announce. Training is the synthetic trainer (`experiments/simulation/synthetic.py`: a
 hidden landscape with noise, labelled synthetic everywhere), each run waiting `delay` seconds
 (+-20 % jitter, as real runs vary) so that gossip costs what it would next to real training.
 Each node bootstraps to 3 random earlier nodes (a sparse graph; discovery may add a few).
@@ -73,11 +73,11 @@ if str(REPO) not in sys.path:
 import trio  # noqa: E402
 
 from experiments.agents import load_brief, make_agent  # noqa: E402
-from experiments.loop import (VERIFY_RE, LoopConfig, ResearchLoop, announced_program,  # noqa: E402
+from experiments.research.loop import (VERIFY_RE, LoopConfig, ResearchLoop, announced_program,  # noqa: E402
                              parse_working_on)
-from experiments.programs import program_digest  # noqa: E402
-from experiments.scoreboard import ScoreRules, is_baseline  # noqa: E402
-from experiments.synthetic import SyntheticTrainer  # noqa: E402
+from experiments.research.programs import program_digest  # noqa: E402
+from experiments.research.scoreboard import ScoreRules, is_baseline  # noqa: E402
+from experiments.simulation.synthetic import SyntheticTrainer  # noqa: E402
 from genome import base_train_source, genome_id, genome_root_id  # noqa: E402
 from swarm.identity import NodeIdentity  # noqa: E402
 from swarm.lineage import Lineage, LineageError  # noqa: E402
@@ -539,8 +539,8 @@ async def worker_main(spec: dict) -> None:
 
 
 def _join(loop: ResearchLoop, net, index: int, latencies: list, published: list) -> None:
-    """What node.py does (experiments.loop.connect_to_swarm), plus counters."""
-    from experiments.loop import connect_to_swarm
+    """What node.py does (experiments.research.loop.connect_to_swarm), plus counters."""
+    from experiments.research.loop import connect_to_swarm
 
     connect_to_swarm(loop, net)
 

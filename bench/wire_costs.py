@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:
 
 from experiments.agents.base import load_brief  # noqa: E402
 from experiments.agents.mutate import MutateAgent  # noqa: E402
-from experiments.synthetic import SyntheticTrainer  # noqa: E402
+from experiments.simulation.synthetic import SyntheticTrainer  # noqa: E402
 from genome import base_train_source, genome_id, genome_root_id  # noqa: E402
 from swarm import records as rec  # noqa: E402
 from swarm.identity import NodeIdentity  # noqa: E402

@@ -1,22 +1,16 @@
-"""Doing one experiment safely, and proposing the next.
+"""Doing one experiment and proposing the next: four jobs, one subpackage each.
 
-Running one edit (DESIGN.md, "Experiments: running one edit safely"):
+- `run/`         running one experiment safely: budgets, hardware, the static screen, the
+                 sandbox, the workspace, the data feed, the export and evaluation children,
+                 the model graph and `harness.run_experiment()` that drives them
+- `agents/`      proposing the next edit: the brief, `mutate`, Optuna, CLI and HTTP agents
+- `research/`    research policy: the loop, the scoreboard, programs run, crossover,
+                 which trainer a node uses
+- `views/`       what people see: the live view, progress bars, the dashboard, the plot
+- `simulation/`  the synthetic trainer and the in-process swarm (labelled simulations)
 
-- `budget.py`         budgets ("60s", "300ktok") and arena strings
-- `hardware.py`       device detection, hardware class, profile, evaluation settings
-- `static_check.py`   patch and source screening before anything runs
-- `sandbox.py`        running an untrusted child process; lists what it isolates and what not
-- `workspace.py`      the per-experiment directory under home/runs/<id>/
-- `data_feed.py`      the harness's side of the training data: serves batches, counts budgets
-- `export_child.py`   the untrusted export step: the trained model becomes a graph
-- `model_graph.py`    the model-as-data format and its trusted checks and interpreter
-- `evaluate_child.py` the trusted evaluation child (part of the genome id)
-- `model_store.py`    exported models of the node's own runs, for scoring them again
-- `harness.py`        run_experiment() / run_patch(): check -> train -> export -> evaluate
-
-Proposing and looping: `agents/`, `loop.py`, `synthetic.py` (labelled simulations),
-`progress.py`, `view.py`.
-
-Nothing here imports torch at module level: the node process imports torch only when it
-detects a GPU; training and evaluation happen in child processes.
+Dependencies point down the list's reverse: `views` and `research` use `run` and
+`agents`; `run` uses neither. Nothing here imports torch at module level: the node
+process imports torch only when it detects a GPU; training and evaluation happen in
+child processes.
 """

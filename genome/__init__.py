@@ -23,8 +23,8 @@ DATA_DIR = GENOME_DIR / "data"
 TOPICS_DIR = GENOME_DIR / "topics"
 
 # The trusted code whose bytes define the genome id, in this order.
-GENOME_ID_FILES = ("genome/prepare.py", "experiments/evaluate_child.py",
-                   "experiments/model_graph.py", "experiments/data_feed.py")
+GENOME_ID_FILES = ("genome/prepare.py", "experiments/run/evaluate_child.py",
+                   "experiments/run/model_graph.py", "experiments/run/data_feed.py")
 GENOME_ID_DOMAIN = b"loopy-genome/1\0"
 
 TOPIC_RE = re.compile(r"[a-z0-9-]{1,32}")

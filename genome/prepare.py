@@ -848,7 +848,7 @@ _meter_lock = threading.Lock()
 _tokens_served = 0
 
 # The feed protocol, spoken between the training child (make_dataloader) and
-# the harness (experiments/data_feed.py, which imports these constants from the
+# the harness (experiments/run/data_feed.py, which imports these constants from the
 # trusted copy of this file). The child writes a request, the harness answers
 # with a reply header and, when the status is FEED_OK, B*(T+1) tokens: B
 # row-major rows of T+1 little-endian uint16, x = rows[:, :-1], y = rows[:, 1:].

@@ -30,7 +30,7 @@ The rules (docs/PROTOCOL.md states them for other implementations):
 - **Baselines are never blocked.** An announced baseline seed only reorders which seed a
   node runs first; a node defers a baseline (explores the root meanwhile) only for a
   trusted or earned author, and only for that hint's hold. See
-  `experiments.loop.ResearchLoop._missing_baseline_seed`.
+  `experiments.research.loop.ResearchLoop._missing_baseline_seed`.
 - **Yielding.** A node stops its running experiment for a peer's announce of the same
   work only when that peer has earned trust (trusted or earned) AND this node received
   the peer's announce of it strictly before it announced the work itself (by the local

@@ -39,7 +39,7 @@ from swarm.announces import parse_working_on, verify_target
 log = logging.getLogger("loopy.swarm.retention")
 
 MIB = 1024 * 1024
-INFLIGHT_META = "loop.inflight"  # experiments.loop's marker of the run in flight
+INFLIGHT_META = "loop.inflight"  # experiments.research.loop's marker of the run in flight
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ def main() -> None:
     os.setresgid(NOBODY, NOBODY, NOBODY)
     os.setresuid(NOBODY, NOBODY, NOBODY)
     sys.path.insert(0, REPO)
-    from experiments.sandbox import SandboxError, isolation_plan, missing_isolation, run_sandboxed
+    from experiments.run.sandbox import SandboxError, isolation_plan, missing_isolation, run_sandboxed
 
     plan = isolation_plan()
     if not (plan.userns and plan.complete):

@@ -503,9 +503,9 @@ def test_far_moves_carry_a_higher_crash_chance():
 
 
 def test_stack_keys_stay_readable_by_the_loop():
-    """Stacks keep their key within what experiments.loop reads back from a description,
+    """Stacks keep their key within what experiments.research.loop reads back from a description,
     and never hold more than max_stack edits."""
-    from experiments.loop import edit_key_of
+    from experiments.research.loop import edit_key_of
     cat = build_catalogue(FIXTURE)
     history = _bar_history() + [Tried(k, "", PID, "discarded", (-0.004, 0.015)[i % 2])
                                 for i, k in enumerate(cat)]

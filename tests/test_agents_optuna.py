@@ -11,7 +11,7 @@ from experiments.agents.base import Brief, Tried, make_agent, validate_proposal
 from experiments.agents.catalogue import locate_settings
 from experiments.agents.mutate import parse_key
 from experiments.agents.optuna_agent import MAX_MOVES, OptunaAgent, search_space
-from experiments.loop import edit_key_of
+from experiments.research.loop import edit_key_of
 
 PID = source_id(FIXTURE)
 SAMPLERS = ("tpe", "cmaes")

@@ -12,10 +12,10 @@ import pytest
 import trio
 
 from experiments.agents import load_brief, make_agent
-from experiments.loop import (YIELDED, LoopConfig, ResearchLoop, announce_policy,
+from experiments.research.loop import (YIELDED, LoopConfig, ResearchLoop, announce_policy,
                               connect_to_swarm)
-from experiments.scoreboard import ScoreRules, is_baseline
-from experiments.synthetic import SyntheticTrainer
+from experiments.research.scoreboard import ScoreRules, is_baseline
+from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
 from swarm import announces as ann
 from swarm import records as rec
@@ -324,7 +324,7 @@ def test_the_store_keeps_a_bounded_promise_history(store, monkeypatch):
 
 
 def test_working_on_conventions_have_one_home():
-    import experiments.loop as loop
+    import experiments.research.loop as loop
     assert loop.working_on is ann.working_on
     assert loop.parse_working_on is ann.parse_working_on
     assert loop.announced_program is ann.announced_program

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from experiments import harness
+from experiments.run import harness
 from genome import prepare as P
 from test_prepare import SPEC, ShardServer, shard_files, write_shard  # noqa: F401 (fixture)
 

@@ -2,7 +2,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from experiments.budget import (Arena, Budget, default_budget, make_arena, parse_arena,
+from experiments.run.budget import (Arena, Budget, default_budget, make_arena, parse_arena,
                                 parse_budget)
 
 

@@ -1,4 +1,4 @@
-"""Crossovers (experiments/crossover.py) and their wiring into the research loop: merges of
+"""Crossovers (experiments/research/crossover.py) and their wiring into the research loop: merges of
 sibling improvements (two-parent with a verified donor, single-parent with a claim), the
 donors a merge must never use, conflicts, ports from other arenas, re-runs skipped
 because trusted peers are running them already, and claims built on before they are
@@ -12,13 +12,13 @@ import time
 
 import pytest
 
-import experiments.crossover as crossover_module
+import experiments.research.crossover as crossover_module
 from experiments.agents import load_brief, make_agent
-from experiments.crossover import Crossover, merge_desc, port_desc, ported_ids
-from experiments.loop import (LoopConfig, ResearchLoop, verifiers_from_announces,
+from experiments.research.crossover import Crossover, merge_desc, port_desc, ported_ids
+from experiments.research.loop import (LoopConfig, ResearchLoop, verifiers_from_announces,
                               verify_desc, working_on)
-from experiments.scoreboard import Candidate, ScoreRules
-from experiments.synthetic import SyntheticTrainer
+from experiments.research.scoreboard import Candidate, ScoreRules
+from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage

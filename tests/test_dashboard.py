@@ -27,9 +27,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from experiments.dashboard import DashboardError, serve_dashboard, start_dashboard
-from experiments.scoreboard import Scoreboard, ScoreRules
-from experiments.synthetic import SyntheticTrainer
+from experiments.views.dashboard import DashboardError, serve_dashboard, start_dashboard
+from experiments.research.scoreboard import Scoreboard, ScoreRules
+from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
 from swarm.export import export_patch
 from swarm.identity import NodeIdentity, peer_id_from_public_key
@@ -52,7 +52,7 @@ RESULT = {"status": "ok", "train_s": 1.0, "total_s": 2.0, "tokens": 100, "steps"
 @pytest.fixture(scope="module")
 def swarm_home(tmp_path_factory) -> Path:
     """honest0's home after a short simulated swarm run (stores closed: files at rest)."""
-    from experiments.simulate import run
+    from experiments.simulation.simulate import run
     base = tmp_path_factory.mktemp("swarm")
     result = run(base, honest=3, liars=1, experiments=8)
     loop = result.loops[0]
@@ -327,7 +327,7 @@ TRAVERSALS = [
     "/static/%252e%252e/node.key", "/static/app.js/../../node.key", "//etc/passwd",
     "/static/", "/static", "/static/app.js%00.key", "/static/./app.js", "/api/",
     "/api/status/../../node.key", "/..\\..\\node.key", "/static/..%5c..%5cnode.key",
-    "/experiments/dashboard/source.py", "/static/index.html",
+    "/experiments/views/dashboard/source.py", "/static/index.html",
 ]
 
 
@@ -391,9 +391,9 @@ def test_headers_lock_the_page_down(dashboard):
     assert "script-src 'self'" in csp and "default-src 'none'" in csp
     assert "unsafe-inline" not in csp
     assert headers["X-Content-Type-Options"] == "nosniff"
-    page = (REPO / "experiments/dashboard/static/index.html").read_text()
+    page = (REPO / "experiments/views/dashboard/static/index.html").read_text()
     assert "http://" not in page and "https://" not in page  # nothing from the internet
-    js = (REPO / "experiments/dashboard/static/app.js").read_text()
+    js = (REPO / "experiments/views/dashboard/static/app.js").read_text()
     assert "innerHTML" not in js and "eval(" not in js  # peers' text is never markup
 
 

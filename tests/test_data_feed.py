@@ -1,4 +1,4 @@
-"""Tests for experiments/data_feed.py and the feed client in genome/prepare.py:
+"""Tests for experiments/run/data_feed.py and the feed client in genome/prepare.py:
 the harness serves and counts the training tokens, the child only asks."""
 import json
 import os
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import genome.prepare as P
-from experiments.data_feed import DataFeed
+from experiments.run.data_feed import DataFeed
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,8 +18,8 @@ import torch
 import torch.nn as nn
 
 import fake_genome as fg
-from experiments import evaluate_child
-from experiments import model_graph as mg
+from experiments.run import evaluate_child
+from experiments.run import model_graph as mg
 from genome import train
 
 VOCAB = 300  # the fake genome's tokenizer

@@ -11,16 +11,16 @@ import genome
 
 def fake_repo(root, prepare=b"prepare", evaluate=b"evaluate", graph=b"graph", feed=b"feed"):
     (root / "genome").mkdir(parents=True, exist_ok=True)
-    (root / "experiments").mkdir(parents=True, exist_ok=True)
+    (root / "experiments" / "run").mkdir(parents=True, exist_ok=True)
     (root / "genome" / "prepare.py").write_bytes(prepare)
-    (root / "experiments" / "evaluate_child.py").write_bytes(evaluate)
-    (root / "experiments" / "model_graph.py").write_bytes(graph)
-    (root / "experiments" / "data_feed.py").write_bytes(feed)
+    (root / "experiments" / "run" / "evaluate_child.py").write_bytes(evaluate)
+    (root / "experiments" / "run" / "model_graph.py").write_bytes(graph)
+    (root / "experiments" / "run" / "data_feed.py").write_bytes(feed)
     return root
 
 
-PINNED = "051f56a121f5ad9b"
-TAIL = (b"experiments/model_graph.py\0graph\0" b"experiments/data_feed.py\0feed\0")
+PINNED = "566874af5af29364"
+TAIL = (b"experiments/run/model_graph.py\0graph\0" b"experiments/run/data_feed.py\0feed\0")
 
 
 def test_genome_id_follows_the_documented_formula(tmp_path):
@@ -28,7 +28,7 @@ def test_genome_id_follows_the_documented_formula(tmp_path):
     expected = hashlib.sha256(
         b"loopy-genome/1\0"
         + b"genome/prepare.py\0" + b"P\x00bytes" + b"\0"
-        + b"experiments/evaluate_child.py\0" + b"E" + b"\0" + TAIL).hexdigest()[:16]
+        + b"experiments/run/evaluate_child.py\0" + b"E" + b"\0" + TAIL).hexdigest()[:16]
     assert genome.genome_id(repo) == expected
 
 
@@ -38,7 +38,7 @@ def test_genome_id_test_vector(tmp_path):
     repo = fake_repo(tmp_path, b"prepare", b"evaluate")
     assert genome.genome_id(repo) == hashlib.sha256(
         b"loopy-genome/1\x00genome/prepare.py\x00prepare\x00"
-        b"experiments/evaluate_child.py\x00evaluate\x00" + TAIL).hexdigest()[:16]
+        b"experiments/run/evaluate_child.py\x00evaluate\x00" + TAIL).hexdigest()[:16]
     assert genome.genome_id(repo) == PINNED
 
 
@@ -55,13 +55,13 @@ def test_genome_id_changes_with_any_trusted_byte(tmp_path):
 
 def test_genome_id_without_evaluation_code_is_a_clear_error(tmp_path):
     repo = fake_repo(tmp_path)
-    (repo / "experiments" / "evaluate_child.py").unlink()
+    (repo / "experiments" / "run" / "evaluate_child.py").unlink()
     with pytest.raises(FileNotFoundError, match="evaluate_child.py"):
         genome.genome_id(repo)
 
 
 def test_real_genome_id_is_stable_across_processes():
-    if not (genome.REPO_DIR / "experiments" / "evaluate_child.py").is_file():
+    if not (genome.REPO_DIR / "experiments" / "run" / "evaluate_child.py").is_file():
         with pytest.raises(FileNotFoundError):
             genome.genome_id()
         return

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.static_check import check_source
+from experiments.run.static_check import check_source
 from genome import base_train_source
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from experiments import hardware
+from experiments.run import hardware
 from genome import train
 
 GiB = 2**30

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from experiments.hardware import (arena_class, cpu_threads, cuda_token_class, detect_device,
+from experiments.run.hardware import (arena_class, cpu_threads, cuda_token_class, detect_device,
                                   eval_settings, gpu_class, hardware_class, profile)
 
 

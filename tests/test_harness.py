@@ -14,11 +14,11 @@ import threading
 import pytest
 
 import fake_genome as fg
-from experiments.harness import (ExperimentCancelled, ExperimentResult, _TrainingOutput,
+from experiments.run.harness import (ExperimentCancelled, ExperimentResult, _TrainingOutput,
                                  run_experiment, run_patch, training_wall_limit)
-from experiments.budget import parse_budget
-from experiments.sandbox import alive, isolation_plan
-from experiments.workspace import (Workspace, copy_weights, create_workspace)
+from experiments.run.budget import parse_budget
+from experiments.run.sandbox import alive, isolation_plan
+from experiments.run.workspace import (Workspace, copy_weights, create_workspace)
 from swarm.identity import NodeIdentity
 from swarm.patch import make_patch
 from swarm.records import make_experiment
@@ -109,7 +109,7 @@ def _peek_targets(home, genome):
     return [str(data / name) for name in ("val.bin", "test.bin", "train.bin", "tokenizer.pkl")] + [
         str(genome / "data" / "embedded-val.jsonl.xz"), str(home / "identity.key"),
         str(fg.REAL_PREPARE.parent / "data" / "embedded-val.jsonl.xz"),
-        str(fg.REAL_PREPARE.parent.parent / "experiments" / "evaluate_child.py")]
+        str(fg.REAL_PREPARE.parent.parent / "experiments" / "run" / "evaluate_child.py")]
 
 
 def _with_peek(source, where, targets):
@@ -122,7 +122,7 @@ def _with_peek(source, where, targets):
 @pytest.fixture
 def no_screen(monkeypatch):
     """Turn the static screen off: the defences under test must hold without it."""
-    import experiments.harness as harness
+    import experiments.run.harness as harness
     monkeypatch.setattr(harness, "check_source", lambda source: (True, ""))
 
 
@@ -347,7 +347,7 @@ def test_bad_arguments_are_errors_not_results(home, genome):
 
 
 def test_summary_parsing_is_defensive(tmp_path):
-    from experiments.workspace import LogFile
+    from experiments.run.workspace import LogFile
 
     calls = []
     out = _TrainingOutput(LogFile(tmp_path / "log"), lambda f, l: calls.append((f, l)))

@@ -5,10 +5,10 @@ import random
 import trio
 
 from experiments.agents import load_brief, make_agent
-from experiments.harness import ExperimentResult
-from experiments.loop import LoopConfig, ResearchLoop
-from experiments.scoreboard import ScoreRules, is_baseline
-from experiments.synthetic import SyntheticTrainer
+from experiments.run.harness import ExperimentResult
+from experiments.research.loop import LoopConfig, ResearchLoop
+from experiments.research.scoreboard import ScoreRules, is_baseline
+from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage

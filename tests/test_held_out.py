@@ -2,9 +2,9 @@
 import random
 
 from experiments.agents import load_brief, make_agent
-from experiments.loop import LoopConfig, ResearchLoop
-from experiments.scoreboard import ScoreRules
-from experiments.synthetic import SyntheticTrainer
+from experiments.research.loop import LoopConfig, ResearchLoop
+from experiments.research.scoreboard import ScoreRules
+from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage

@@ -7,9 +7,9 @@ import pytest
 import trio
 
 from experiments.agents import Proposal, load_brief, make_agent
-from experiments.loop import INFLIGHT_KEY, LoopConfig, ResearchLoop
-from experiments.scoreboard import Candidate, ScoreRules, is_baseline
-from experiments.synthetic import SyntheticTrainer
+from experiments.research.loop import INFLIGHT_KEY, LoopConfig, ResearchLoop
+from experiments.research.scoreboard import Candidate, ScoreRules, is_baseline
+from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage
@@ -203,7 +203,7 @@ class BrokenMachineTrainer:
         self.arena, self.label, self.runs = self.inner.arena, "broken", 0
 
     def run(self, source, *, seed, progress=None, cancel=None):
-        from experiments.harness import ExperimentResult
+        from experiments.run.harness import ExperimentResult
         self.runs += 1
         return ExperimentResult(status="crash", arena=self.arena,
                                 reason="train.py exited with status 1: RuntimeError: CUDA 304")

@@ -10,9 +10,9 @@ import trio
 
 from experiments.agents import Proposal, load_brief, make_agent
 from experiments.agents.base import exhausted
-from experiments.loop import EXHAUSTED, IDLE_MAX_S, LoopConfig, ResearchLoop
-from experiments.scoreboard import Candidate, ScoreRules
-from experiments.synthetic import SyntheticTrainer
+from experiments.research.loop import EXHAUSTED, IDLE_MAX_S, LoopConfig, ResearchLoop
+from experiments.research.scoreboard import Candidate, ScoreRules
+from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage

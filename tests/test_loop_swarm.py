@@ -10,10 +10,10 @@ import time
 import trio
 
 from experiments.agents import load_brief, make_agent
-from experiments.loop import (YIELDED, LoopConfig, ResearchLoop, working_on,
+from experiments.research.loop import (YIELDED, LoopConfig, ResearchLoop, working_on,
                               yield_to_peer)
-from experiments.scoreboard import ScoreRules, is_baseline
-from experiments.synthetic import SyntheticTrainer
+from experiments.research.scoreboard import ScoreRules, is_baseline
+from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage

@@ -1,4 +1,4 @@
-"""The model-as-data format (experiments/model_graph.py) and the untrusted export child.
+"""The model-as-data format (experiments/run/model_graph.py) and the untrusted export child.
 
 Exports of the real base genome must reproduce the eager logits and pass the trusted
 loader; every catalogue edit of it must too (slow). Hand-made hostile graphs and weight
@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from experiments import model_graph as mg
+from experiments.run import model_graph as mg
 from experiments.agents.catalogue import build_catalogue
 from genome import train
 
@@ -398,7 +398,7 @@ def _export_workspace(tmp_path, train_source):
     tools = tmp_path / "tools"
     tools.mkdir()
     for name in ("export_child.py", "model_graph.py"):
-        shutil.copyfile(REPO / "experiments" / name, tools / name)
+        shutil.copyfile(REPO / "experiments" / "run" / name, tools / name)
     done = subprocess.run([sys.executable, "-I", str(tools / "export_child.py"),
                            str(ws / "spec.json")], cwd=ws, capture_output=True, text=True,
                           timeout=300, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})

@@ -158,7 +158,7 @@ def test_start_without_its_dataset_stops_with_a_clear_error_before_any_run(tmp_p
 def test_verify_by_hand_attests_only_what_it_measured(researched_home, tmp_path, claim,
                                                       verdict, code):
     """A run that crashes here may be this machine's fault: no verdict, no attestation."""
-    from experiments.synthetic import SyntheticTrainer
+    from experiments.simulation.synthetic import SyntheticTrainer
     from genome import base_train_source, genome_id, genome_root_id
     from swarm.identity import NodeIdentity
     from swarm.patch import make_patch

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from experiments.arena_view import read_arena
-from experiments.plot import BAD, BEST, plot_progress, render_plot, short_desc
-from experiments.scoreboard import Scoreboard, ScoreRules
+from experiments.views.arena_view import read_arena
+from experiments.views.plot import BAD, BEST, plot_progress, render_plot, short_desc
+from experiments.research.scoreboard import Scoreboard, ScoreRules
 from genome import base_train_source, genome_id, genome_root_id
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage

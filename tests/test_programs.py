@@ -8,11 +8,11 @@ import pytest
 
 from experiments.agents import load_brief
 from experiments.agents.base import Proposal
-from experiments.loop import (LoopConfig, ResearchLoop, announced_program, parse_working_on,
+from experiments.research.loop import (LoopConfig, ResearchLoop, announced_program, parse_working_on,
                               programs_from_announces, working_on, yield_to_peer)
-from experiments.programs import KnownPrograms, ProgramIndex, program_digest
-from experiments.scoreboard import ScoreRules
-from experiments.synthetic import SyntheticTrainer
+from experiments.research.programs import KnownPrograms, ProgramIndex, program_digest
+from experiments.research.scoreboard import ScoreRules
+from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage

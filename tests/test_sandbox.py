@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-import experiments.sandbox as sandbox
-from experiments.sandbox import (IsolationPlan, SandboxError, alive, isolation_plan,
+import experiments.run.sandbox as sandbox
+from experiments.run.sandbox import (IsolationPlan, SandboxError, alive, isolation_plan,
                                  missing_isolation, mount_ops, run_sandboxed)
 
 PLAN = isolation_plan()
@@ -146,7 +146,7 @@ def test_only_the_allowlist_is_visible(tmp_path, ws):
     raw.mkdir()
     (raw / "val.txt").write_text("raw validation text")
     files = [data / "val.bin", data / "train.bin", home / "identity.key", raw / "val.txt",
-             REPO / "node.py", REPO / "experiments" / "sandbox.py", Path("/etc/hostname")]
+             REPO / "node.py", REPO / "experiments" / "run" / "sandbox.py", Path("/etc/hostname")]
     probe = f"""
         import json, os
         out = {{}}

@@ -4,7 +4,7 @@ import textwrap
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from experiments.static_check import (MAX_PATCH_BYTES, MAX_SOURCE_BYTES, check_patch,
+from experiments.run.static_check import (MAX_PATCH_BYTES, MAX_SOURCE_BYTES, check_patch,
                                       check_source, normalize_patch)
 from genome import base_train_source
 from swarm.patch import apply_patch, make_patch
@@ -179,7 +179,7 @@ def test_normalize_leaves_hunk_lines_alone():
 @pytest.mark.parametrize("patch, reason", [
     (make_patch(BASE, NEW, path="prepare.py"), "only train.py may change"),
     (make_patch(BASE, NEW, path="genome/prepare.py"), "only train.py may change"),
-    (make_patch(BASE, NEW, path="experiments/evaluate_child.py"), "only train.py may change"),
+    (make_patch(BASE, NEW, path="experiments/run/evaluate_child.py"), "only train.py may change"),
     (make_patch(BASE, NEW, path="../train.py"), "only train.py may change"),
     (make_patch(BASE, NEW) + make_patch(BASE, NEW, path="node.py"), "only train.py may change"),
     (make_patch(BASE, NEW) + make_patch(BASE, NEW), "changes 2 files"),

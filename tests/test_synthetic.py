@@ -7,7 +7,7 @@ import pytest
 
 from agents_fixture import FIXTURE
 from experiments.agents.catalogue import build_catalogue
-from experiments.synthetic import SyntheticResult, SyntheticTrainer
+from experiments.simulation.synthetic import SyntheticResult, SyntheticTrainer
 
 
 def trainer(seed=0, **kw):

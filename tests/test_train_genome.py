@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from experiments.static_check import check_source
+from experiments.run.static_check import check_source
 from genome import train
 
 GENOME_DIR = Path(train.__file__).resolve().parent

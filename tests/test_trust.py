@@ -1,7 +1,7 @@
 """Verification and trust: who counts as a verifier, and a swarm that liars cannot poison."""
 import pytest
 
-from experiments.simulate import false_steps, run
+from experiments.simulation.simulate import false_steps, run
 from genome import genome_id, genome_root_id
 from swarm.identity import NodeIdentity
 from swarm.records import make_attestation, make_experiment

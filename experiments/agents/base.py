@@ -113,9 +113,9 @@ def clean_line(text: object, limit: int = MAX_DESC_CHARS) -> str:
 
 
 def static_screen(source: str) -> tuple[bool, str]:
-    """experiments.static_check when it is installed; the harness runs it again regardless."""
+    """experiments.run.static_check when it is installed; the harness runs it again regardless."""
     try:
-        from experiments.static_check import check_source
+        from experiments.run.static_check import check_source
     except ImportError:
         return True, ""
     try:

@@ -67,7 +67,7 @@ MAX_STACK = 4              # settings changed at once, at most
 STACK_FROM = 8             # stacks are drawn from this many best-predicted edits
 STACK_FROM_WIDE = 10       # ... and from this many once a parent has nothing else left
 MAX_OPTIONS = 50           # options tried in turn when the best ones do not apply
-MAX_KEY_CHARS = 80         # experiments.loop.edit_key_of reads keys up to this long
+MAX_KEY_CHARS = 80         # experiments.research.loop.edit_key_of reads keys up to this long
 CODE_TARGETS = ("activation",)   # catalogue targets that are code patterns, not settings
 FAILED = ("crash", "timeout", "rejected")
 CURVATURE = 3.0            # prior mean of the shared curvature, in typical effects per u^2
@@ -535,7 +535,7 @@ def _propose_stack(parent_source: str, edits: list[Edit], key: str,
 
 def describe(key: str, text: str) -> str:
     """`[key] text`: the key travels in the record's description, where peers' mutate agents
-    (and experiments.loop.edit_key_of) read it back."""
+    (and experiments.research.loop.edit_key_of) read it back."""
     return f"[{key}] {text}"
 
 

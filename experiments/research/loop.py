@@ -5,7 +5,7 @@ becomes a signed `experiment` record in the store, crashes and rejections
 included; it resumes from the store after a restart (an experiment cut off by a
 kill is recorded once, as interrupted).
 
-Noise-aware keeping (experiments/scoreboard.py): an edit is kept when it beats
+Noise-aware keeping (experiments/research/scoreboard.py): an edit is kept when it beats
 its parent by more than the arena's noise. The node runs baseline seeds itself
 while the arena has fewer than `baseline_repeats`, and adds one every
 `sigma_refresh` experiments so the noise estimate keeps improving.
@@ -17,7 +17,7 @@ genome (a health check) before it goes on. A re-run is attested `refuted` for a 
 only when that check passes; when the check fails too, the node attests nothing, and
 `root_failures` failed baselines in a row stop it with the reason.
 
-No program is run twice (experiments/programs.py): a proposal whose train.py the arena
+No program is run twice (experiments/research/programs.py): a proposal whose train.py the arena
 already ran, or another live node announces it runs now, is refused like a duplicate edit.
 
 The store is only touched from the thread that runs the loop (trio's); the
@@ -40,9 +40,9 @@ import trio
 
 from experiments.agents.base import (Agent, Brief, Proposal, Tried, usable_source,
                                      validate_proposal)
-from experiments.crossover import Crossover, CrossoverFinder
-from experiments.programs import KnownPrograms, ProgramIndex, program_digest
-from experiments.scoreboard import Candidate, Scoreboard, ScoreRules
+from experiments.research.crossover import Crossover, CrossoverFinder
+from experiments.research.programs import KnownPrograms, ProgramIndex, program_digest
+from experiments.research.scoreboard import Candidate, Scoreboard, ScoreRules
 from swarm.announces import (EXPIRE_S, AnnounceLimits, AnnouncePolicy,  # noqa: F401
                              announced_program, parse_working_on, seeds_of, working_on)
 from swarm.lineage import Lineage
@@ -99,7 +99,7 @@ class LoopConfig:
                                   # stranger before it is verified (see speculative_parent)
     foreign_code: bool = True     # run programs holding other authors' edits (claims,
                                   # re-runs, merges, peers' lineages); a node without full
-                                  # isolation (experiments/sandbox.py) sets it False
+                                  # isolation (experiments/run/sandbox.py) sets it False
     root_failures: int = 3        # the unmodified genome failing this often in a row stops
                                   # the loop: the machine, not an edit, is broken; and
                                   # this many failed runs of any kind in a row call for a

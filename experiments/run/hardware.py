@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 
-from experiments.evaluate_child import EVAL_SETTINGS
+from experiments.run.evaluate_child import EVAL_SETTINGS
 
 DEVICES = ("cpu", "cuda", "mps")
 _MEMORY_TOKEN = re.compile(r"\d+gb")

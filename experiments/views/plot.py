@@ -18,7 +18,7 @@ import os
 import re
 from pathlib import Path
 
-from experiments.arena_view import ArenaView, Row, read_arena
+from experiments.views.arena_view import ArenaView, Row, read_arena
 
 WIDTH_PX, HEIGHT_PX, DPI = 1600, 900, 100
 MAX_LABELS = 30
@@ -50,7 +50,7 @@ def _y_range(view: ArenaView, best: list[float | None]) -> tuple[float, float]:
 
 def plot_progress(view: ArenaView, out_path: str | Path, title: str | None = None,
                   width_px: int = WIDTH_PX, height_px: int = HEIGHT_PX, dpi: int = DPI) -> Path:
-    """Draw `view` (experiments.arena_view.read_arena) to a PNG of width_px x height_px.
+    """Draw `view` (experiments.views.arena_view.read_arena) to a PNG of width_px x height_px.
 
     Written to a temporary name and renamed into place; returns the path."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -1,6 +1,6 @@
 """UNTRUSTED-side export: turn the candidate's trained model into data for the evaluator.
 
-    python -I experiments/export_child.py <spec.json>
+    python -I experiments/run/export_child.py <spec.json>
 
 The harness runs this inside the training sandbox (the candidate's code runs here, so
 nothing here is trusted), with cwd = a directory holding the candidate's train.py, a copy
@@ -8,10 +8,10 @@ of prepare.py, run.json and model.pt. spec.json: {"train_py", "prepare_py", "run
 "model_pt", "out_dir", "batch_size", "seq_len"}. It builds the model with
 `train.build_model(prepare.run_config(run_config))`, loads model.pt with
 `torch.load(weights_only=True)` + `load_state_dict(strict=True)`, and writes
-out_dir/graph.json + out_dir/weights.safetensors (experiments/model_graph.py). Exit 0 on
+out_dir/graph.json + out_dir/weights.safetensors (experiments/run/model_graph.py). Exit 0 on
 success; on failure one line `export failed: <reason>` and exit 3.
 
-Only experiments/model_graph.py needs to sit next to this file: it is loaded by path.
+Only experiments/run/model_graph.py needs to sit next to this file: it is loaded by path.
 """
 from __future__ import annotations
 

@@ -42,10 +42,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import trio
 
-from experiments.dashboard.source import (STORE_READ_ERRORS, BadRequest, DashboardError,
+from experiments.views.dashboard.source import (STORE_READ_ERRORS, BadRequest, DashboardError,
                                           DashboardSource, NotFound, check_params,
                                           describe_error, encode_json)
-from experiments.scoreboard import ScoreRules
+from experiments.research.scoreboard import ScoreRules
 from swarm.trust import TrustRules
 
 log = logging.getLogger(__name__)
@@ -324,9 +324,9 @@ async def serve_dashboard(home: str | Path, *, task_status=trio.TASK_STATUS_IGNO
 def main(argv: list[str] | None = None) -> int:
     """Serve the dashboard of a node home from this process (the node need not run)."""
     parser = argparse.ArgumentParser(
-        prog="python -m experiments.dashboard",
+        prog="python -m experiments.views.dashboard",
         description="Serve the read-only dashboard of a Loopy node home.\n\n"
-                    "example: python -m experiments.dashboard --home ~/.loopy --port 8080",
+                    "example: python -m experiments.views.dashboard --home ~/.loopy --port 8080",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--home", default="~/.loopy", help="the node's home")
     parser.add_argument("--port", type=int, default=8080, help="port (0: any free one)")

@@ -6,22 +6,22 @@
 
 The boundary (DESIGN.md, "Experiments: running one edit safely"): candidate code never
 shares a process with the validation data or the verdict.
-1. Static check (experiments/static_check.py): train.py only, size limit, AST screen.
+1. Static check (experiments/run/static_check.py): train.py only, size limit, AST screen.
    Failures are `rejected` with the reason; nothing runs. The screen is a first filter,
    not the defence: everything below holds for a program that passes it.
 2. Data: the trusted genome/prepare.py prepares (or finds cached) tokenizer and the
    train, val and test token files, in the node's home.
-3. Training child, `python train.py` in a fresh workspace (experiments/workspace.py),
-   sandboxed (experiments/sandbox.py): it sees its workspace, the interpreter and
+3. Training child, `python train.py` in a fresh workspace (experiments/run/workspace.py),
+   sandboxed (experiments/run/sandbox.py): it sees its workspace, the interpreter and
    nothing else; no network. Its tokens come over a pipe from the harness's data feed
-   (experiments/data_feed.py), which counts the budget: exactly the token budget, or
+   (experiments/run/data_feed.py), which counts the budget: exactly the token budget, or
    batches until `budget` seconds after the first one; then the child has a short grace
    to save its weights, and is killed after it. train_s, tokens and steps (batches
    served) are the feed's measurements; what the child prints is informational.
-4. Export child (experiments/export_child.py, sandboxed the same way, no GPU): imports
+4. Export child (experiments/run/export_child.py, sandboxed the same way, no GPU): imports
    the candidate to rebuild its model from the saved weights and writes it as data,
-   a graph of standard operators and safetensors weights (experiments/model_graph.py).
-5. Evaluation child (experiments/evaluate_child.py, trusted code only): reads the graph
+   a graph of standard operators and safetensors weights (experiments/run/model_graph.py).
+5. Evaluation child (experiments/run/evaluate_child.py, trusted code only): reads the graph
    as data, checks it (allowed operators, no state or randomness, shapes), checks
    causality on its own scoring windows, computes val_bpb (and, given `test_seed`,
    test_bpb on held-out windows) with the trusted metric. Its answer counts only if it
@@ -46,15 +46,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from experiments import evaluate_child, export_child, model_graph
-from experiments.budget import Budget, default_budget, make_arena, parse_budget
-from experiments.data_feed import DataFeed
-from experiments.hardware import (arena_class, cpu_threads, detect_device, eval_settings,
+from experiments.run import evaluate_child, export_child, model_graph
+from experiments.run.budget import Budget, default_budget, make_arena, parse_budget
+from experiments.run.data_feed import DataFeed
+from experiments.run.hardware import (arena_class, cpu_threads, detect_device, eval_settings,
                                   profile as device_profile, total_memory_mb)
-from experiments.model_store import ModelStore, model_key
-from experiments.sandbox import missing_isolation, run_sandboxed
-from experiments.static_check import check_patch, check_source
-from experiments.workspace import (MAX_WEIGHTS_BYTES, LogFile, cleanup, copy_model_files,
+from experiments.run.model_store import ModelStore, model_key
+from experiments.run.sandbox import missing_isolation, run_sandboxed
+from experiments.run.static_check import check_patch, check_source
+from experiments.run.workspace import (MAX_WEIGHTS_BYTES, LogFile, cleanup, copy_model_files,
                                    create_workspace, prepare_export_dir)
 
 STATUSES = ("ok", "crash", "timeout", "rejected")

@@ -26,7 +26,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 
 from experiments.agents.base import clean_line
-from experiments.scoreboard import Candidate, Scoreboard, ScoreRules
+from experiments.research.scoreboard import Candidate, Scoreboard, ScoreRules
 from swarm.lineage import Lineage, LineageError
 from swarm.patch import MergeConflict, PatchError, merge3
 from swarm.records import Record

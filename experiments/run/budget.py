@@ -19,7 +19,7 @@ A downloaded dataset's part carries the digest of the data a node prepared
 `climbmix.0123456789abcdef/time:300/nvidia-h100-80gb`: nodes whose mirrors served other
 bytes never compare scores. The embedded corpus is pinned by SHA256SUMS in the repository
 (and so by the genome id), so its arenas carry no digest. The hardware part is
-`experiments.hardware.arena_class`: per card for time budgets, shared for token budgets.
+`experiments.run.hardware.arena_class`: per card for time budgets, shared for token budgets.
 """
 from __future__ import annotations
 

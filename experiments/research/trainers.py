@@ -1,6 +1,6 @@
 """The trainers a node can use: the real genome harness, or the synthetic landscape.
 
-Both follow `experiments.loop.Trainer`: an `arena`, a `label`, and a blocking
+Both follow `experiments.research.loop.Trainer`: an `arena`, a `label`, and a blocking
 `run(source, *, seed, progress, cancel)` that returns a result with
 `.status`, `.val_bpb`, `.reason` and `.to_record_result()`.
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from experiments.harness import _resolve, prepare_run_data, run_experiment, score_stored_model
-from experiments.model_store import ModelStore, model_key
+from experiments.run.harness import _resolve, prepare_run_data, run_experiment, score_stored_model
+from experiments.run.model_store import ModelStore, model_key
 
 
 class GenomeTrainer:
@@ -64,6 +64,6 @@ def make_trainer(kind: str, home: Path, *, dataset: str | None = None, budget=No
     if kind == "genome":
         return GenomeTrainer(home, dataset=dataset, budget=budget, device=device)
     if kind == "synthetic":
-        from experiments.synthetic import SyntheticTrainer
+        from experiments.simulation.synthetic import SyntheticTrainer
         return SyntheticTrainer(synthetic_seed, delay_s=synthetic_delay_s)
     raise ValueError(f"unknown trainer {kind!r}: use 'genome' or 'synthetic'")

@@ -51,7 +51,7 @@ _MASK = "_V_"                     # stands for a setting's value when comparing 
 
 @dataclass
 class SyntheticResult:
-    """Mirrors experiments.harness.ExperimentResult (same fields, same record map)."""
+    """Mirrors experiments.run.harness.ExperimentResult (same fields, same record map)."""
     status: str                   # ok | crash
     val_bpb: float | None
     train_s: float

@@ -25,8 +25,8 @@ from typing import Callable
 
 import msgpack
 
-from experiments.arena_view import ArenaView, lineage_tree, read_arena
-from experiments.scoreboard import Scoreboard, ScoreRules
+from experiments.views.arena_view import ArenaView, lineage_tree, read_arena
+from experiments.research.scoreboard import Scoreboard, ScoreRules
 from genome import base_train_source, genome_root_id
 from swarm.export import export_patch
 from swarm.identity import KEY_FILE, IdentityError, NodeIdentity, peer_id_from_public_key

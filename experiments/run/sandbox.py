@@ -343,7 +343,7 @@ def _resolve(path: str, links: list[tuple[str, str]], depth: int = 0) -> str:
 
 def _checkout() -> str | None:
     """The Loopy checkout this module runs from, or None when it is an installed package."""
-    root = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
     markers = (".git", "pyproject.toml", "node.py")
     return root if any(os.path.lexists(os.path.join(root, m)) for m in markers) else None
 

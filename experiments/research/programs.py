@@ -11,7 +11,7 @@ proposal's *program*, not only its (parent, edit) pair, against:
 - `ProgramIndex`: every experiment in the arena, by a digest of its source, kept up to
   date incrementally from the store;
 - the programs other live nodes announce they are running (`working_on` carries the
-  digest, see `experiments.loop.working_on`).
+  digest, see `experiments.research.loop.working_on`).
 """
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 """TRUSTED evaluation child: score one exported candidate model, or reject it with a reason.
 
-    python -I experiments/evaluate_child.py <eval.json>
+    python -I experiments/run/evaluate_child.py <eval.json>
 
 The harness runs this in a sandboxed child process that can read val.bin, the tokenizer
 and the exported graph, but no candidate code. Its bytes are part of the genome id,
 together with genome/prepare.py: the evaluation settings and the causality probe below
 define what a score means.
 
-What it trusts: this file, experiments/model_graph.py (next to it), the genome's
+What it trusts: this file, experiments/run/model_graph.py (next to it), the genome's
 prepare.py (loaded by path from the spec), torch, numpy, safetensors, and the data files.
 What it does not trust: everything in graph_dir (graph.json + weights.safetensors, written
 in the candidate's sandbox). That directory is only ever read as data by
@@ -81,10 +81,10 @@ def _load_module(name: str, path) -> object:
 
 
 def _model_graph():
-    """experiments/model_graph.py: the package's module where there is one, else by path
+    """experiments/run/model_graph.py: the package's module where there is one, else by path
     (`python -I` puts neither the script's directory nor the checkout on sys.path)."""
     if __package__:
-        from experiments import model_graph
+        from experiments.run import model_graph
         return model_graph
     return _load_module("loopy_model_graph", Path(__file__).resolve().with_name("model_graph.py"))
 

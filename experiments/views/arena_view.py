@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from experiments.scoreboard import Candidate, Scoreboard, is_baseline
+from experiments.research.scoreboard import Candidate, Scoreboard, is_baseline
 from swarm.records import Record
 from swarm.trust import TrustPolicy
 

@@ -28,7 +28,7 @@ AST screen that fails closed:
   bound to them, and no `__torch_function__` / `__torch_dispatch__` overrides.
 
 This is a screen, not a proof: Python is too dynamic for a static check to be complete.
-The sandbox (experiments/sandbox.py) is the wall; this screen rejects the obvious attacks
+The sandbox (experiments/run/sandbox.py) is the wall; this screen rejects the obvious attacks
 early with a precise reason ("line 12: import of 'socket' is not allowed"), and the
 evaluation child re-checks at run time what matters for the score (identity of the
 torch functions it relies on, causality of the model).
