@@ -40,9 +40,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from experiments.agents.base import Tried, load_brief, make_agent  # noqa: E402
+from experiments.agents import Tried, load_brief, make_agent  # noqa: E402
 from experiments.simulation.synthetic import SyntheticTrainer  # noqa: E402
 from genome import base_train_source  # noqa: E402
+from swarm.descriptions import is_stack  # noqa: E402
 
 BENCHMARKS = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench_agents -->", "<!-- /bench_agents -->"
@@ -105,7 +106,7 @@ def run_one(job: tuple) -> dict:
                 break
             continue
         failures_in_a_row = 0
-        combos += "&" in (proposal.edit_key or "")
+        combos += is_stack(proposal.edit_key or "")
         child_true = trainer.true_bpb(proposal.source)
         true_deltas.append(None if child_true is None else child_true - trainer.true_bpb(parent))
         result = trainer.run(proposal.source, run_seed=run_seed(len(curve) + 1))

@@ -286,7 +286,7 @@ def _cpu_s(pid: int) -> float:
 
 async def worker_main(spec: dict) -> None:
     """Host some honest nodes: build them, wait for `go`, run until `stop`, report."""
-    from experiments.research.loop import announce_policy
+    from experiments.research.swarm_link import announce_policy
     from swarm.network import open_swarm_node
 
     catcher = Catcher()
@@ -535,7 +535,7 @@ class Attacker:
         """`working_on` texts of the edits the mutate agent proposes first on the root."""
         from experiments.agents import load_brief, make_agent
         from experiments.research.programs import program_digest
-        from swarm.announces import working_on
+        from swarm.descriptions import working_on
         agent = make_agent("mutate", base_source=scaling.BASE)
         brief = load_brief(scaling.TOPIC)
         out: dict[str, None] = {}

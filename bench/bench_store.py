@@ -20,6 +20,7 @@ Results replace only the section between `<!-- bench_store -->` markers.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import os
 import platform
@@ -40,6 +41,7 @@ from swarm.lineage import Lineage  # noqa: E402
 from swarm.patch import make_patch, split_lines  # noqa: E402
 from swarm.records import decode_envelope, make_attestation, make_experiment  # noqa: E402
 from swarm.store import Store  # noqa: E402
+from swarm.trust import TrustPolicy  # noqa: E402
 
 ARENAS = ["embedded/tokens:300000/cpu", "climbmix/time:300/nvidia-h100-80gb",
           "climbmix/time:300/nvidia-a100-40gb", "embedded/time:60/apple-m2"]
@@ -213,10 +215,16 @@ def run(n_records: int, depth: int, workdir: Path) -> list[tuple[str, str, str, 
     timing = Timing(lambda: lineage.source_of(head), 20)
     rows.append(("rebuild again, warm cache", *timing.ms(), ""))
 
-    # --- exports of that lineage, each from a cold cache
+    # --- exports of that lineage, each from a cold cache, verifiers as a node counts them
+    trust = TrustPolicy(store, NodeIdentity(b"\0" * 32).public_key)
+
+    def verified_by(record_id):
+        return trust.verified_by(store.get(record_id))
     for name, fn in [("export_patch", export_patch),
-                     ("export_series (git am mbox)", export_series),
-                     ("export_tsv (with attempts)", export_tsv), ("log_lines", log_lines)]:
+                     ("export_series (git am mbox)",
+                      functools.partial(export_series, verified_by=verified_by)),
+                     ("export_tsv (with attempts)", export_tsv),
+                     ("log_lines", functools.partial(log_lines, verified_by=verified_by))]:
         timing = Timing(lambda: fn(Lineage(store, base, root), head), 3)
         out = timing.result
         size = len(out) if isinstance(out, str) else sum(len(x) + 1 for x in out)

@@ -73,12 +73,13 @@ if str(REPO) not in sys.path:
 import trio  # noqa: E402
 
 from experiments.agents import load_brief, make_agent  # noqa: E402
-from experiments.research.loop import (VERIFY_RE, LoopConfig, ResearchLoop, announced_program,  # noqa: E402
-                             parse_working_on)
+from experiments.research.loop import LoopConfig, ResearchLoop  # noqa: E402
 from experiments.research.programs import program_digest  # noqa: E402
 from experiments.research.scoreboard import ScoreRules, is_baseline  # noqa: E402
 from experiments.simulation.synthetic import SyntheticTrainer  # noqa: E402
 from genome import base_train_source, genome_id, genome_root_id  # noqa: E402
+from swarm.descriptions import (announced_program, is_interrupted, parse_working_on,  # noqa: E402
+                                verify_target)
 from swarm.identity import NodeIdentity  # noqa: E402
 from swarm.lineage import Lineage, LineageError  # noqa: E402
 from swarm.store import Store  # noqa: E402
@@ -185,7 +186,7 @@ def run_keys(loop: ResearchLoop) -> list[list]:
     """(parent, source digest, baseline seed or '') of each run this node made."""
     out = []
     for r in loop.store.experiments(arena=loop.arena, local=True):
-        if (r.result or {}).get("reason", "").startswith("interrupted"):
+        if is_interrupted((r.result or {}).get("reason")):
             continue
         try:
             source = loop.lineage.source_of(r.id)
@@ -294,9 +295,9 @@ def _verifying(working: dict[bytes, tuple[bytes, str]]) -> dict[str, set[bytes]]
     """verifiers_from_announces for the ideal bus: claim id prefix -> re-running nodes."""
     out: dict[str, set[bytes]] = {}
     for author, (_parent, desc) in working.items():
-        m = VERIFY_RE.match(desc)
-        if m:
-            out.setdefault(m.group(1), set()).add(author)
+        target = verify_target(desc)
+        if target:
+            out.setdefault(target, set()).add(author)
     return out
 
 
@@ -539,8 +540,8 @@ async def worker_main(spec: dict) -> None:
 
 
 def _join(loop: ResearchLoop, net, index: int, latencies: list, published: list) -> None:
-    """What node.py does (experiments.research.loop.connect_to_swarm), plus counters."""
-    from experiments.research.loop import connect_to_swarm
+    """What node.py does (experiments.research.swarm_link.connect_to_swarm), plus counters."""
+    from experiments.research.swarm_link import connect_to_swarm
 
     connect_to_swarm(loop, net)
 

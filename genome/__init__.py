@@ -5,29 +5,33 @@ only relays and verifies records starts fast.
 
 - `genome_root_id()`: sha256 of the base `genome/train.py` bytes (32 raw
   bytes), the first parent of every root edit.
-- `genome_id()`: 16 hex chars naming the trusted code that defines a score (prepare.py,
-  the data feed, the model-graph checks and the evaluation child); nodes with different
-  ids never mix results.
-- `program_brief(topic)`: the agent's standing brief plus the topic's focus.
+- `genome_id()`: 16 hex chars naming what defines a score: the base train.py and the
+  trusted code that scores it (prepare.py, the data feed, the model-graph checks and the
+  evaluation child); nodes with different ids never mix results. The downloader
+  (download.py) is left out: the data digest in the arena names what it fetched.
+- `program_brief(topic)`: the agent's standing brief plus the topic's focus; the one
+  builder of an agent's brief.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
+
+from swarm.conventions import TOPIC_RE
 
 GENOME_DIR = Path(__file__).resolve().parent
 REPO_DIR = GENOME_DIR.parent
 DATA_DIR = GENOME_DIR / "data"
 TOPICS_DIR = GENOME_DIR / "topics"
 
-# The trusted code whose bytes define the genome id, in this order.
-GENOME_ID_FILES = ("genome/prepare.py", "experiments/run/evaluate_child.py",
+# The files whose bytes define the genome id, in this order. The base train.py is one:
+# every patch applies to it and the baseline runs it, so nodes with different bases must
+# not share topics (with genome_root_id alone, each would admit the other's records as
+# orphans whose first parent no peer can serve).
+GENOME_ID_FILES = ("genome/train.py", "genome/prepare.py", "experiments/run/evaluate_child.py",
                    "experiments/run/model_graph.py", "experiments/run/data_feed.py")
 GENOME_ID_DOMAIN = b"loopy-genome/1\0"
-
-TOPIC_RE = re.compile(r"[a-z0-9-]{1,32}")
 
 
 def base_train_source() -> str:
@@ -41,7 +45,7 @@ def genome_root_id() -> bytes:
 
 
 def genome_id(repo_dir: Path = REPO_DIR) -> str:
-    """First 16 hex chars of the hash over the trusted evaluation code.
+    """First 16 hex chars of the hash over the base train.py and the trusted evaluation code.
 
     sha256(b"loopy-genome/1\\0" + for each file: relpath, \\0, bytes, \\0).
     """
@@ -50,7 +54,7 @@ def genome_id(repo_dir: Path = REPO_DIR) -> str:
         path = Path(repo_dir) / relpath
         if not path.is_file():
             raise FileNotFoundError(
-                f"genome id needs {relpath} (trusted evaluation code), "
+                f"genome id needs {relpath} (the base genome or trusted evaluation code), "
                 f"missing under {repo_dir}")
         digest.update(relpath.encode("utf-8") + b"\0")
         digest.update(path.read_bytes() + b"\0")
@@ -71,15 +75,17 @@ def available_topics() -> list[str]:
     return sorted(p.stem for p in TOPICS_DIR.glob("*.md") if TOPIC_RE.fullmatch(p.stem))
 
 
-def program_brief(topic: str) -> str:
-    """genome/program.md followed by genome/topics/<topic>.md.
+def program_brief(topic: str, genome_dir: Path | str | None = None) -> str:
+    """genome/program.md followed by genome/topics/<topic>.md (of `genome_dir` if given).
 
     A valid topic without a focus file gets the standing brief and a line
     naming the topic, so that new topics work before anyone writes a file.
     """
     check_topic(topic)
-    program = (GENOME_DIR / "program.md").read_text(encoding="utf-8")
-    focus_path = TOPICS_DIR / f"{topic}.md"
+    root = GENOME_DIR if genome_dir is None else Path(genome_dir)
+    topics = TOPICS_DIR if genome_dir is None else root / "topics"
+    program = (root / "program.md").read_text(encoding="utf-8")
+    focus_path = topics / f"{topic}.md"
     if focus_path.is_file():
         focus = focus_path.read_text(encoding="utf-8")
     else:

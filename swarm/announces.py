@@ -3,7 +3,8 @@
 An announce says what its author runs now (`working_on`). Read naively it is a veto
 anyone can cast with a free key: "skip this baseline seed, this edit, this program,
 stop the run you started". This module is the one place that turns the announces in
-the store into *weighted hints*, and the one home of the `working_on` conventions.
+the store into *weighted hints* (the `working_on` text itself is written and read by
+swarm/descriptions.py).
 
 The rules (docs/PROTOCOL.md states them for other implementations):
 
@@ -30,7 +31,7 @@ The rules (docs/PROTOCOL.md states them for other implementations):
 - **Baselines are never blocked.** An announced baseline seed only reorders which seed a
   node runs first; a node defers a baseline (explores the root meanwhile) only for a
   trusted or earned author, and only for that hint's hold. See
-  `experiments.research.loop.ResearchLoop._missing_baseline_seed`.
+  `experiments.research.baselines.Baselines._missing_baseline_seed`.
 - **Yielding.** A node stops its running experiment for a peer's announce of the same
   work only when that peer has earned trust (trusted or earned) AND this node received
   the peer's announce of it strictly before it announced the work itself (by the local
@@ -52,45 +53,10 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-# --------------------------------------------------------------------------- conventions
-
-_WORKING_ON = re.compile(r"^([0-9a-f]{64}) (?:#([0-9a-f]{16}) )?(.*)$", re.S)
-BASELINE_RE = re.compile(r"^baseline seed=(\d{1,9})$")
-VERIFY_RE = re.compile(r"^verify ([0-9a-f]{16}): ")
-MAX_WORKING_ON = 1000
+from swarm.descriptions import announced_program, baseline_seed, parse_working_on, verify_target
 
 
-def working_on(parent_id: bytes, desc: str, program: str | None = None) -> str:
-    """What an announce says a node is running: `<parent hex> <description>`, or, for an
-    edit, `<parent hex> #<program digest> <description>` so that nodes on other parents
-    can tell when they are about to run the same program."""
-    tag = f"#{program} " if program else ""
-    return f"{parent_id.hex()} {tag}{desc}"[:MAX_WORKING_ON]
-
-
-def parse_working_on(text: str | None) -> tuple[bytes, str] | None:
-    """(parent, description) of an announce's `working_on`; None if it is not ours."""
-    m = _WORKING_ON.match(text or "")
-    return (bytes.fromhex(m.group(1)), m.group(3)) if m else None
-
-
-def announced_program(text: str | None) -> str | None:
-    """The program digest an announce's `working_on` carries, if any."""
-    m = _WORKING_ON.match(text or "")
-    return m.group(2) if m else None
-
-
-def baseline_seed(desc: str) -> int | None:
-    """The seed of a `baseline seed=N` description, else None."""
-    m = BASELINE_RE.match(desc)
-    return int(m.group(1)) if m else None
-
-
-def verify_target(desc: str) -> str | None:
-    """The claim id prefix (16 hex) of a `verify <prefix>: ...` description, else None."""
-    m = VERIFY_RE.match(desc)
-    return m.group(1) if m else None
-
+# --------------------------------------------------------------------------- promises
 
 @dataclass(frozen=True)
 class Promise:
@@ -169,8 +135,8 @@ class Hint:
 # The last hints computed from each store, reused while nothing they depend on changed:
 # the store (any write, by any connection), the reputations, the policy's settings, and
 # the clock (until the first moment a hint expires or a promise breaks). The loop asks
-# several times a step, and with the store full of a flood of fresh keys' announces
-# (1,000) one computation costs about 25 ms (bench/bench_attacks.py, squat-1000).
+# several times a step, and a store full of a flood of fresh keys' announces makes each
+# computation costly (docs/LOG.md, 2026-12-03, squat-1000).
 _HINTS_MEMO: "weakref.WeakKeyDictionary[Any, tuple]" = weakref.WeakKeyDictionary()
 
 

@@ -15,6 +15,11 @@
   `crash`.
 - `log_lines`: a plain-text listing of the lineage and the arena's recent results.
 
+Scores and vouching come from their one home each: the genome's own score in an arena
+is swarm.conventions.root_score (what the scoreboard uses too), at the arena's `seed`;
+who verified a step is the caller's `verified_by`, normally a TrustPolicy's (this node's
+view: itself and the peers it trusts).
+
 Everything here reads the store and the lineage cache; nothing touches the network.
 """
 from __future__ import annotations
@@ -25,7 +30,7 @@ from email.header import Header
 from email.utils import format_datetime
 from typing import Callable
 
-from swarm.identity import peer_id_from_public_key
+from swarm.conventions import ARENA_SEED, baseline_runs, root_score
 from swarm.lineage import Lineage
 from swarm.patch import make_patch, make_patch_lines
 from swarm.records import Record
@@ -37,7 +42,7 @@ TSV_HEADER = "commit\tval_bpb\tmemory_gb\tstatus\tdescription\tval_delta\ttest_d
 _MBOX_FROM_DATE = "Mon Sep 17 00:00:00 2001"
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
-VerifiedBy = Callable[[bytes], list[str]]
+VerifiedBy = Callable[[bytes], list[str]]  # record id -> who vouches for it (TrustPolicy)
 
 
 def _one_line(text: str) -> str:
@@ -47,13 +52,6 @@ def _one_line(text: str) -> str:
 
 def _fmt_bpb(value: float | None) -> str:
     return f"{value:.6f}" if value is not None else "n/a"
-
-
-def _store_verifiers(lineage: Lineage) -> VerifiedBy:
-    """Default `verified_by`: peers whose newest attestation says reproduced."""
-    def verified_by(record_id: bytes) -> list[str]:
-        return [peer_id_from_public_key(k) for k in lineage.store.who_reproduced(record_id)]
-    return verified_by
 
 
 def export_source(lineage: Lineage, record_id: bytes) -> str:
@@ -66,20 +64,29 @@ def export_patch(lineage: Lineage, record_id: bytes) -> str:
     return make_patch(lineage.base_source, lineage.source_of(record_id), EXPORT_PATH)
 
 
-def baseline_bpb(lineage: Lineage, arena: str) -> float | None:
-    """The genome's own score in `arena`: the earliest ok unchanged run of the root."""
-    for child in lineage.store.children(lineage.root_id):
-        if child.arena == arena and child.patch == "" and child.status == "ok":
-            return child.val_bpb
-    return None
+def baseline_bpb(lineage: Lineage, arena: str, seed: int = ARENA_SEED) -> float | None:
+    """The genome's own score in `arena` (swarm.conventions.root_score)."""
+    return root_score(baseline_runs(lineage.store.children(lineage.root_id), arena), seed)
 
 
-def _parent_bpb(lineage: Lineage, record: Record) -> float | None:
-    parent = record.parents[0]
-    if parent == lineage.root_id:
-        return baseline_bpb(lineage, record.arena)
-    stored = lineage.store.get(parent)
-    return stored.val_bpb if stored is not None else None
+class _ParentScores:
+    """val_bpb of a record's first parent; the genome's score read once per arena."""
+
+    def __init__(self, lineage: Lineage, seed: int):
+        self.lineage, self.seed = lineage, seed
+        self._roots: dict[str, float | None] = {}
+
+    def root(self, arena: str) -> float | None:
+        if arena not in self._roots:
+            self._roots[arena] = baseline_bpb(self.lineage, arena, self.seed)
+        return self._roots[arena]
+
+    def of(self, record: Record) -> float | None:
+        parent = record.parents[0]
+        if parent == self.lineage.root_id:
+            return self.root(record.arena)
+        stored = self.lineage.store.get(parent)
+        return stored.val_bpb if stored is not None else None
 
 
 def _subject(text: str) -> str:
@@ -89,10 +96,10 @@ def _subject(text: str) -> str:
     return Header(text, "utf-8", header_name="Subject").encode()
 
 
-def export_series(lineage: Lineage, record_id: bytes,
-                  verified_by: VerifiedBy | None = None) -> str:
+def export_series(lineage: Lineage, record_id: bytes, *, verified_by: VerifiedBy,
+                  seed: int = ARENA_SEED) -> str:
     """The lineage as a `git am` mbox, one patch per step that changes train.py."""
-    verified_by = verified_by or _store_verifiers(lineage)
+    parent_bpb = _ParentScores(lineage, seed).of
     chain = lineage.chain(record_id)
     steps = []
     before = lineage.lines_of(lineage.root_id)
@@ -107,7 +114,7 @@ def export_series(lineage: Lineage, record_id: bytes,
         peer = record.author_peer_id
         when = datetime.fromtimestamp(record.t / 1000, tz=timezone.utc)
         subject = f"[PATCH {n}/{len(steps)}] {record.topic}: {_one_line(record.desc)}"
-        prev = _parent_bpb(lineage, record)
+        prev = parent_bpb(record)
         now = record.val_bpb
         change = f" ({now - prev:+.6f})" if prev is not None and now is not None else ""
         verifiers = verified_by(record.id)
@@ -153,18 +160,19 @@ def _fmt_delta(value: float | None) -> str:
     return f"{value:+.6f}" if value is not None else ""
 
 
-def _tsv_row(lineage: Lineage, record: Record, status: str) -> str:
+def _tsv_row(lineage: Lineage, parents: _ParentScores, record: Record, status: str) -> str:
     ok = record.status == "ok"
     bpb = record.val_bpb if ok else 0.0
     mem_mb = (record.result or {}).get("peak_mem_mb", 0.0) if ok else 0.0
     desc = _one_line(record.desc).replace("\t", " ")
-    parent = _parent_bpb(lineage, record)
+    parent = parents.of(record)
     val_delta = record.val_bpb - parent if ok and parent is not None else None
     return (f"{record.id_hex[:7]}\t{bpb:.6f}\t{mem_mb / 1024:.1f}\t{status}\t{desc}\t"
             f"{_fmt_delta(val_delta)}\t{_fmt_delta(test_delta(lineage, record.id))}")
 
 
-def export_tsv(lineage: Lineage, record_id: bytes, attempts: bool = True) -> str:
+def export_tsv(lineage: Lineage, record_id: bytes, attempts: bool = True, *,
+               seed: int = ARENA_SEED) -> str:
     """autoresearch's results.tsv for the lineage, oldest first.
 
     Lineage steps are `keep` (`crash` if a step itself failed). With `attempts`, the
@@ -175,7 +183,9 @@ def export_tsv(lineage: Lineage, record_id: bytes, attempts: bool = True) -> str
     chain = lineage.chain(record_id)
     on_chain = {r.id for r in chain}
     arena = chain[-1].arena
-    rows = [(r.t, r.id, _tsv_row(lineage, r, "keep" if r.status == "ok" else "crash")) for r in chain]
+    parents = _ParentScores(lineage, seed)
+    rows = [(r.t, r.id, _tsv_row(lineage, parents, r, "keep" if r.status == "ok" else "crash"))
+            for r in chain]
     if attempts:
         for parent in [lineage.root_id] + [r.id for r in chain]:
             for child in lineage.store.children(parent):
@@ -187,21 +197,20 @@ def export_tsv(lineage: Lineage, record_id: bytes, attempts: bool = True) -> str
                     status = "keep"  # a baseline run of the genome: where the lineage starts
                 else:
                     status = "discard"
-                rows.append((child.t, child.id, _tsv_row(lineage, child, status)))
+                rows.append((child.t, child.id, _tsv_row(lineage, parents, child, status)))
     rows.sort()
     return "\n".join([TSV_HEADER] + [row for _, _, row in rows]) + "\n"
 
 
-def log_lines(lineage: Lineage, record_id: bytes, verified_by: VerifiedBy | None = None,
-              recent: int = 10) -> list[str]:
+def log_lines(lineage: Lineage, record_id: bytes, *, verified_by: VerifiedBy, recent: int = 10,
+              seed: int = ARENA_SEED) -> list[str]:
     """A terminal listing: the lineage step by step, then the arena's latest results."""
-    verified_by = verified_by or _store_verifiers(lineage)
     chain = lineage.chain(record_id)
     head = chain[-1]
     lines = [f"lineage of {head.id_hex[:12]} in {head.arena}: {len(chain)} steps",
              f"{'step':>4}  {'record':7}  {'val_bpb':>9}  {'change':>9}  {'test chg':>9}  "
              f"{'topic':12}  {'author':8}  {'verified':>8}  description"]
-    prev = baseline_bpb(lineage, head.arena)
+    prev = baseline_bpb(lineage, head.arena, seed)
     if prev is not None:
         lines.append(f"{0:>4}  {'genome':7}  {prev:>9.6f}  {'':>9}  {'':>9}  {'':12}  {'':8}  "
                      f"{'':>8}  baseline")

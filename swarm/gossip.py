@@ -36,7 +36,6 @@ import hashlib
 import logging
 import math
 import random
-import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -53,6 +52,7 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, PROTOCOL_ID_V12, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.pubsub.score import ScoreParams, TopicScoreParams
 
+from swarm.conventions import GENOME_RE, TOPIC_RE
 from swarm.pubsub_fixes import cache_by_message_id, idontwant_only_for_large, running_service
 from swarm.ratelimit import RecordRateLimit
 
@@ -64,8 +64,6 @@ HEADS = "heads"
 RESEARCH_KINDS = ("experiment", "attestation")
 MAX_ENVELOPE = 192 * 1024
 
-_GENOME_RE = re.compile(r"[0-9a-f]{16}")
-_TOPIC_RE = re.compile(r"[a-z0-9-]{1,32}")
 
 HEARTBEAT_S = 1
 # py-libp2p counts messages per *forwarder* per topic: a relay passes on many
@@ -77,7 +75,7 @@ PACE_MAX_WAIT_S = 5.0
 # ... but not for a queue that did not shrink for this long: its peer does not keep up (it
 # is busy, stuck, or will not read: anyone can connect and never read), and waiting would
 # only stall our own publishes, and the research loop that awaits them, for PACE_MAX_WAIT_S
-# each (bench/bench_attacks.py: under a flood of valid records, 15-28 s of every 150 s).
+# each (docs/LOG.md, 2026-12-03: what a flood made of such waits).
 # Such a peer gets what fits in its queue; py-libp2p drops the rest for it alone, and
 # IHAVE gossip and sync repair it. A healthy peer takes a queued RPC in milliseconds.
 PACE_STALL_S = 0.25
@@ -88,11 +86,11 @@ SUBSCRIPTION_BUFFER = 1024  # py-libp2p's default of 32 drops on a burst
 
 def valid_topic(topic: str) -> bool:
     """A research topic name: 1-32 chars of a-z 0-9 -."""
-    return isinstance(topic, str) and _TOPIC_RE.fullmatch(topic) is not None
+    return isinstance(topic, str) and TOPIC_RE.fullmatch(topic) is not None
 
 
 def valid_genome(genome: str) -> bool:
-    return isinstance(genome, str) and _GENOME_RE.fullmatch(genome) is not None
+    return isinstance(genome, str) and GENOME_RE.fullmatch(genome) is not None
 
 
 def topic_name(genome: str, topic: str) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -182,16 +183,53 @@ def _expand_wildcard(addr: multiaddr.Multiaddr) -> list[multiaddr.Multiaddr]:
         return [addr]
 
 
+class ListenError(OSError):
+    """The host cannot listen on its address; the message says why."""
+
+
+class _NoListenFailureLog(logging.Filter):
+    """open_host raises ListenError with the reason: py-libp2p's own error line about it
+    would only say the same thing twice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to start TCP listener")
+
+
+_TCP_LOG = logging.getLogger("libp2p.transport.tcp.tcp")
+_TCP_LOG.addFilter(_NoListenFailureLog())
+
+
+def _bind_failure(addr: multiaddr.Multiaddr) -> str:
+    """Why a plain socket cannot bind `addr` (py-libp2p logs its own reason at debug)."""
+    family = "ip6" if addr.protocols()[0].name == "ip6" else "ip4"
+    ip, port = addr.value_for_protocol(family), int(addr.value_for_protocol("tcp"))
+    try:
+        with socket.socket(socket.AF_INET6 if family == "ip6" else socket.AF_INET) as probe:
+            probe.bind((ip, port))
+    except OSError as e:
+        return e.strerror or str(e)
+    return "py-libp2p could not start its listener"
+
+
 @asynccontextmanager
 async def open_host(
     seed: bytes, listen: str = DEFAULT_LISTEN, *, mdns: bool = False
 ) -> AsyncIterator[IHost]:
-    """Run a listening host for the duration of the block; always closes it."""
+    """Run a listening host for the duration of the block; always closes it.
+
+    ListenError when it cannot listen (a port in use, an address not this machine's):
+    py-libp2p's `listen` only logs that and carries on with no listener."""
     host = build_host(seed, listen, mdns=mdns)
-    async with host.run(listen_addrs=[parse_listen(listen)]):
+    addr = parse_listen(listen)
+    listening = False
+    async with host.run(listen_addrs=[addr]):
         try:
-            log.debug("host %s listening on %s", host.get_id(), host_addrs(host))
-            yield host
+            listening = bool(host.get_network().listeners)
+            if listening:
+                log.debug("host %s listening on %s", host.get_id(), host_addrs(host))
+                yield host
         finally:
             with trio.move_on_after(CLOSE_TIMEOUT_S, shield=True):
                 await host.close()
+    if not listening:
+        raise ListenError(f"cannot listen on {listen}: {_bind_failure(addr)}")

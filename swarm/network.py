@@ -89,8 +89,8 @@ ANNOUNCE_INTERVAL_S = 60.0
 SYNC_PEERS_PER_ROUND = 3
 # A periodic round asks peers that finished a catch-up with us before (within this long)
 # first, and one other: picked at random among all connected peers, a handful of honest
-# peers among many Sybil connections that do not serve sync were almost never asked
-# (bench/bench_attacks.py, slow-sync: 41 honest catch-ups in 150 s instead of 154).
+# peers among many Sybil connections that do not serve sync are almost never asked
+# (docs/LOG.md, 2026-12-03, slow-sync).
 SYNC_PROVEN_S = 3600.0
 MAX_SYNC_PROVEN = 1024
 MAX_PARALLEL_CATCH_UPS = 2

@@ -11,6 +11,9 @@ applying the patches along its ancestry. Both ends must therefore agree byte for
   header says and every context and removed line must match exactly; otherwise it raises
   `PatchError` saying which hunk and line failed. A patch from a peer is untrusted input.
 - Lines are split on `\\n` only (a `\\r` is part of a line's content), as git does.
+- `parse_patch` is the one reader of unified diffs: applying, record validation and the
+  static screen (experiments/run/static_check.py) all see the same structure, so no
+  patch can mean one thing to the screen and another to the code that applies it.
 
 `merge3` is a line-based three-way merge (the classic diff3 scheme: regions where the
 base is unchanged on both sides are kept, a region changed on one side takes that side,
@@ -24,6 +27,7 @@ from difflib import SequenceMatcher
 
 CONTEXT_LINES = 3
 NO_NEWLINE = "\\ No newline at end of file"
+MAX_PATCH_BYTES = 128 * 1024  # PROTOCOL.md's limit on a record's patch
 # Paths a train.py patch may name: the record format uses `train.py`, exports and
 # hand-made patches at the repository root use `genome/train.py`.
 TRAIN_PATHS = ("train.py", "genome/train.py")
@@ -35,10 +39,24 @@ _GIT_UNSUPPORTED = ("old mode ", "new mode ", "deleted file mode ", "new file mo
                     "copy from ", "copy to ", "rename from ", "rename to ",
                     "similarity index ", "dissimilarity index ", "Binary files ",
                     "GIT binary patch")
+# git writes the data of a binary patch after this line: `literal N` / `delta N` lines,
+# base85 lines (a length letter, then base85 digits) and blank lines
+_GIT_BINARY = "GIT binary patch"
+_GIT_BINARY_DATA = re.compile(r"(?:literal|delta) \d{1,20}"
+                              r"|[A-Za-z][0-9A-Za-z!#$%&()*+;<=>?@^_`{|}~-]*|")
 
 
 class PatchError(ValueError):
-    """A patch that cannot be parsed or does not apply; the message says exactly why."""
+    """A patch that cannot be parsed or does not apply; the message says exactly why.
+
+    `path` is the header text at fault when the patch names a file in a way the parser
+    cannot read (quoted, without its a/ or b/ prefix, an ambiguous `diff --git` line):
+    callers that allow only some paths report it as a path they do not allow.
+    """
+
+    def __init__(self, message: str, path: str | None = None):
+        super().__init__(message)
+        self.path = path
 
 
 class MergeConflict(ValueError):
@@ -65,22 +83,28 @@ def split_lines(text: str) -> list[str]:
 
 
 # ---------------------------------------------------------------------------
+# The structure parse_patch reads and format_patch writes
+
+
+@dataclass
+class Hunk:
+    old_start: int  # 1-based as written; 0 with old_len 0 means "insert at the top"
+    old_len: int
+    new_start: int
+    new_len: int
+    lines: list[tuple[str, str]] = field(default_factory=list)  # (" "|"-"|"+", line)
+
+
+@dataclass
+class FilePatch:
+    old_path: str | None  # None for /dev/null
+    new_path: str | None
+    hunks: list[Hunk] = field(default_factory=list)
+    git_extras: list[str] = field(default_factory=list)  # unsupported git header lines
+
+
+# ---------------------------------------------------------------------------
 # Making a patch
-
-
-def _range(start: int, length: int) -> str:
-    """A hunk range as diff writes it: 1-based start, `,length` omitted when 1."""
-    if length == 1:
-        return str(start + 1)
-    if length == 0:
-        return f"{start},0"  # an empty range names the line before it
-    return f"{start + 1},{length}"
-
-
-def _emit(out: list[str], tag: str, line: str) -> None:
-    out.append(tag + line)
-    if not line.endswith("\n"):
-        out.append("\n" + NO_NEWLINE + "\n")
 
 
 def _common_length(same, limit: int) -> int:
@@ -146,42 +170,47 @@ def make_patch_lines(a: list[str], b: list[str], path: str = "train.py") -> str:
     """`make_patch` on texts already split by `split_lines`."""
     if a == b:
         return ""
-    out = [f"--- a/{path}\n", f"+++ b/{path}\n"]
+    hunks = []
     for group in _grouped(_opcodes(a, b), CONTEXT_LINES):
         a0, a1 = group[0][1], group[-1][2]
         b0, b1 = group[0][3], group[-1][4]
-        out.append(f"@@ -{_range(a0, a1 - a0)} +{_range(b0, b1 - b0)} @@\n")
+        # as diff writes a range: 1-based, except that an empty one names the line before
+        hunk = Hunk(a0 + 1 if a1 > a0 else a0, a1 - a0, b0 + 1 if b1 > b0 else b0, b1 - b0)
         for tag, i1, i2, j1, j2 in group:
             if tag == "equal":
-                for line in a[i1:i2]:
-                    _emit(out, " ", line)
+                hunk.lines += [(" ", line) for line in a[i1:i2]]
                 continue
-            for line in a[i1:i2]:
-                _emit(out, "-", line)
-            for line in b[j1:j2]:
-                _emit(out, "+", line)
+            hunk.lines += [("-", line) for line in a[i1:i2]]
+            hunk.lines += [("+", line) for line in b[j1:j2]]
+        hunks.append(hunk)
+    return format_patch([FilePatch(path, path, hunks)])
+
+
+def _range(start: int, length: int) -> str:
+    """A hunk range as diff writes it: `,length` omitted when 1."""
+    return str(start) if length == 1 else f"{start},{length}"
+
+
+def format_patch(files: list[FilePatch]) -> str:
+    """Unified diff text of file patches, in `make_patch`'s form: `diff --git` and the
+    git header lines are not written, so `format_patch(parse_patch(p))` applies exactly as
+    `p` does whenever `p` has no `git_extras`."""
+    out: list[str] = []
+    for fp in files:
+        out.append(f"--- {'a/' + fp.old_path if fp.old_path is not None else '/dev/null'}\n")
+        out.append(f"+++ {'b/' + fp.new_path if fp.new_path is not None else '/dev/null'}\n")
+        for hunk in fp.hunks:
+            out.append(f"@@ -{_range(hunk.old_start, hunk.old_len)} "
+                       f"+{_range(hunk.new_start, hunk.new_len)} @@\n")
+            for tag, line in hunk.lines:
+                out.append(tag + line)
+                if line[-1:] != "\n":
+                    out.append("\n" + NO_NEWLINE + "\n")
     return "".join(out)
 
 
 # ---------------------------------------------------------------------------
 # Parsing
-
-
-@dataclass
-class Hunk:
-    old_start: int  # 1-based as written; 0 with old_len 0 means "insert at the top"
-    old_len: int
-    new_start: int
-    new_len: int
-    lines: list[tuple[str, str]] = field(default_factory=list)  # (" "|"-"|"+", line)
-
-
-@dataclass
-class FilePatch:
-    old_path: str | None  # None for /dev/null
-    new_path: str | None
-    hunks: list[Hunk] = field(default_factory=list)
-    git_extras: list[str] = field(default_factory=list)  # unsupported git header lines
 
 
 def _strip_prefix(header_value: str, prefix: str, lineno: int) -> str | None:
@@ -190,20 +219,20 @@ def _strip_prefix(header_value: str, prefix: str, lineno: int) -> str | None:
     if value == "/dev/null":
         return None
     if value.startswith('"'):
-        raise PatchError(f"line {lineno}: quoted paths are not supported")
+        raise PatchError(f"line {lineno}: quoted paths are not supported", value)
     if not value.startswith(prefix) or len(value) == len(prefix):
-        raise PatchError(f"line {lineno}: path {value!r} does not start with {prefix!r}")
+        raise PatchError(f"line {lineno}: path {value!r} does not start with {prefix!r}", value)
     return value[len(prefix):]
 
 
 def _git_header_paths(rest: str, lineno: int) -> tuple[str, str]:
     """Paths of `diff --git a/X b/X`; only the unambiguous same-path form is accepted."""
     if rest.startswith('"'):
-        raise PatchError(f"line {lineno}: quoted paths are not supported")
+        raise PatchError(f"line {lineno}: quoted paths are not supported", rest)
     n = (len(rest) - 5) // 2
     path = rest[2:2 + n]
     if n <= 0 or rest != f"a/{path} b/{path}":
-        raise PatchError(f"line {lineno}: cannot read paths from 'diff --git {rest}'")
+        raise PatchError(f"line {lineno}: cannot read paths from 'diff --git {rest}'", rest)
     return path, path
 
 
@@ -231,6 +260,10 @@ def parse_patch(patch: str) -> list[FilePatch]:
                 extra = lines[i]
                 if extra.startswith("index "):
                     pass
+                elif extra == _GIT_BINARY:
+                    extras.append(extra)
+                    while i + 1 < len(lines) and _GIT_BINARY_DATA.fullmatch(lines[i + 1]):
+                        i += 1  # the binary data: no applicable content
                 elif extra.startswith(_GIT_UNSUPPORTED):
                     extras.append(extra)
                 else:
@@ -244,13 +277,15 @@ def parse_patch(patch: str) -> list[FilePatch]:
                 continue
             line = lines[i]
         if not line.startswith("--- "):
-            raise PatchError(f"line {i + 1}: expected '--- a/<path>', got {line[:80]!r}")
+            raise PatchError(f"line {i + 1}: unexpected line {line[:80]!r} "
+                             f"(expected '--- a/<path>')")
         if i + 1 >= len(lines) or not lines[i + 1].startswith("+++ "):
-            raise PatchError(f"line {i + 2}: expected '+++ b/<path>' after '---'")
+            raise PatchError(f"line {i + 2}: '---' header without a '+++' header after it "
+                             f"(expected '+++ b/<path>')")
         old_path = _strip_prefix(line[4:], "a/", i + 1)
         new_path = _strip_prefix(lines[i + 1][4:], "b/", i + 2)
         if old_path is None and new_path is None:
-            raise PatchError(f"line {i + 1}: both paths are /dev/null")
+            raise PatchError(f"line {i + 1}: both paths are /dev/null", "/dev/null")
         if git_paths is not None and (old_path or git_paths[0]) != git_paths[0]:
             raise PatchError(f"line {i + 1}: path differs from the 'diff --git' line")
         fp = FilePatch(old_path, new_path, [], extras)
@@ -281,8 +316,8 @@ def _parse_hunk(lines: list[str], i: int) -> tuple[Hunk, int]:
     seen_old = seen_new = 0
     while seen_old < old_len or seen_new < new_len:
         if i >= len(lines):
-            raise PatchError(f"hunk at line {header_line}: truncated "
-                             f"({seen_old}/{old_len} old, {seen_new}/{new_len} new lines)")
+            raise PatchError(f"hunk at line {header_line}: truncated, shorter than its header "
+                             f"says ({seen_old}/{old_len} old, {seen_new}/{new_len} new lines)")
         text = lines[i]
         tag, body = text[:1], text[1:] + "\n"
         if tag == " ":
@@ -296,7 +331,7 @@ def _parse_hunk(lines: list[str], i: int) -> tuple[Hunk, int]:
             raise PatchError(f"line {i + 1}: expected a hunk line (' ', '-', '+'), "
                              f"got {text[:80]!r}")
         if seen_old > old_len or seen_new > new_len:
-            raise PatchError(f"hunk at line {header_line}: more lines than its header says")
+            raise PatchError(f"hunk at line {header_line}: longer than its header says")
         i += 1
         if i < len(lines) and lines[i] == NO_NEWLINE:
             body = body[:-1]

@@ -34,16 +34,17 @@ from typing import Any, Callable
 
 import msgpack
 
+from swarm.conventions import GENOME_RE, TOPIC_RE
 from swarm.identity import NodeIdentity, peer_id_from_public_key, verify_signature
-from swarm.patch import PatchError, parse_patch
+from swarm.patch import MAX_PATCH_BYTES, PatchError, parse_patch
 
 VERSION = 1
 SIGNING_DOMAIN = b"loopy/record/v1\x00"
 MAX_ENVELOPE_BYTES = 192 * 1024
-MAX_PATCH_BYTES = 128 * 1024
 MAX_STRING_BYTES = 4 * 1024
 MAX_LIST_LEN = 64
 MAX_DESC_CHARS = 500
+MAX_REASON = 500                 # characters of a result's reason or isolation note we write
 MAX_FUTURE_MS = 10 * 60 * 1000   # a record's time may run ahead of ours by this much
 MAX_INT = 2 ** 53 - 1            # exactly representable everywhere (JavaScript too)
 ID_LEN = 32
@@ -52,8 +53,6 @@ KINDS = ("experiment", "attestation", "announce")
 STATUSES = ("ok", "crash", "timeout", "rejected")
 VERDICTS = ("reproduced", "refuted")
 
-TOPIC_RE = re.compile(r"[a-z0-9-]{1,32}")
-GENOME_RE = re.compile(r"[0-9a-f]{16}")
 # <dataset>/<budget>/<hardware class>, e.g. climbmix/time:300/nvidia-h100-80gb
 ARENA_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}/(?:time|tokens):[1-9][0-9]{0,11}"
                       r"/[a-z0-9][a-z0-9._+-]{0,63}")
@@ -519,6 +518,33 @@ def now_ms() -> int:
 
 
 _FLOAT_FIELDS = ("val_bpb", "train_s", "total_s", "peak_mem_mb", "test_bpb", "test_parent_bpb")
+
+
+def result_map(status: str, *, val_bpb: float | None = None, train_s: float = 0.0,
+               total_s: float = 0.0, tokens: int | None = None, steps: int | None = None,
+               params: int | None = None, peak_mem_mb: float | None = None,
+               reason: str | None = None, isolation: str | None = None) -> dict:
+    """PROTOCOL.md's `result` map of a run, as every trainer reports one.
+
+    val_bpb only when ok; a run that is not ok always says why (its status when the
+    reason is empty), an ok one only when given a reason; fields left None are left out;
+    counts are ints, measurements floats, and text is cut to MAX_REASON characters.
+    """
+    out: dict = {"status": status, "train_s": float(train_s), "total_s": float(total_s)}
+    if status == "ok" and val_bpb is not None:
+        out["val_bpb"] = float(val_bpb)
+    for key, count in (("tokens", tokens), ("steps", steps), ("params", params)):
+        if count is not None:
+            out[key] = int(count)
+    if peak_mem_mb is not None:
+        out["peak_mem_mb"] = float(peak_mem_mb)
+    if isolation:
+        out["isolation"] = isolation[:MAX_REASON]
+    if status != "ok":
+        out["reason"] = (reason or "")[:MAX_REASON] or status
+    elif reason is not None:
+        out["reason"] = reason[:MAX_REASON]
+    return out
 
 
 def normalize_result(result: dict) -> dict:

@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from swarm.announces import parse_working_on, verify_target
+from swarm.descriptions import parse_working_on, verify_target
 
 log = logging.getLogger("loopy.swarm.retention")
 

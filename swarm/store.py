@@ -26,11 +26,18 @@ server's heads index, swarm.heads).
 Threads: a Store owns one SQLite connection and must be used from the thread that
 opened it (sqlite3 enforces this). The node calls it from the trio thread; other threads
 open their own Store on the same file (WAL lets readers run beside the writer).
+
+Read-only: `Store.open(path, readonly=True)` opens an existing, fully migrated store with a
+read-only connection (`mode=ro`, `PRAGMA query_only`) for a reader beside the node (the
+dashboard): it creates and migrates nothing, every write raises StoreError, and the same
+query methods answer. Such a store may be handed between threads, one call at a time (the
+caller serialises them).
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sqlite3
 import time
 from contextlib import contextmanager
@@ -56,8 +63,8 @@ WANTED_MAX_TRIES = 6
 WANTED_BACKOFF_S = 30          # after a miss; doubling, at most WANTED_BACKOFF_MAX_S
 WANTED_BACKOFF_MAX_S = 900
 # What a stored record costs on disk beyond its body and envelope bytes (both are kept):
-# the row, its index entries, parent and attestation rows, and page slack. Measured
-# (bench of 2,000 inserts each of records from 0.4 to 22 KiB): 0.7-2.3 KiB; charged 3 KiB.
+# the row, its index entries, parent and attestation rows, and page slack; charged above
+# the most it was seen to take (docs/LOG.md, 2026-12-03).
 STORED_ROW_OVERHEAD = 3072
 
 # (name, statements). Append only: never edit a migration that has shipped.
@@ -149,8 +156,14 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
 ]
 
 
+# The tables the migrations create: what a read-only open expects to find.
+TABLES = frozenset(name for _, statements in MIGRATIONS for statement in statements
+                   for name in re.findall(r"CREATE TABLE (?:IF NOT EXISTS )?(\w+)", statement))
+
+
 class StoreError(Exception):
-    """The store file cannot be used (newer schema, not a Loopy store)."""
+    """The store file cannot be used (newer schema, not a Loopy store), or a write was
+    asked of a read-only store."""
 
 
 @dataclass(frozen=True)
@@ -165,14 +178,25 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _newest_verdicts(rows: Iterable[tuple[bytes, bytes, str]]) -> dict[bytes, dict[bytes, str]]:
+    """target -> verifier -> verdict from (target, verifier, verdict) rows in time order:
+    each verifier's newest verdict counts (a later run may correct an earlier one)."""
+    latest: dict[bytes, dict[bytes, str]] = {}
+    for target, verifier, verdict in rows:
+        latest.setdefault(target, {})[verifier] = verdict
+    return latest
+
+
 class Store:
     """Records, their parent links, attestations, wanted ids, broken ids, peers, meta."""
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, root_id: bytes | None):
+    def __init__(self, conn: sqlite3.Connection, path: Path, root_id: bytes | None,
+                 readonly: bool = False):
         self._conn = conn
         self._depth = 0  # nesting of atomic()
         self.path = path
         self.root_id = root_id
+        self.readonly = readonly
         # Authors whose records' missing parents and targets are `needed` wanted ids (ours
         # always): the node sets it from its trust (swarm.network).
         self.trusted_authors: frozenset[bytes] = frozenset()
@@ -184,15 +208,19 @@ class Store:
     # -- opening, migrations, transactions ------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path, *, root_id: bytes | None = None) -> "Store":
+    def open(cls, path: str | Path, *, root_id: bytes | None = None,
+             readonly: bool = False) -> "Store":
         """Open (creating and migrating) the store at `path`, a file or a node home.
 
         `root_id` is the genome root id: a parent that is never wanted, because every
-        node rebuilds it from its own genome/train.py.
+        node rebuilds it from its own genome/train.py. `readonly`: open an existing store
+        read-only (see the module docstring); StoreError says why one cannot be.
         """
         path = Path(path).expanduser()
         if path.is_dir():
             path = path / STORE_FILE
+        if readonly:
+            return cls._open_readonly(path.resolve(), root_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, isolation_level=None, timeout=30)
         try:
@@ -216,6 +244,53 @@ class Store:
             raise
         return store
 
+    @classmethod
+    def _open_readonly(cls, path: Path, root_id: bytes | None) -> "Store":
+        if not path.is_file():
+            raise StoreError(f"{path}: no store here; start the node first "
+                             f"(`loopy start`) or give the right --home")
+        conn = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True, timeout=30,
+                               check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA query_only = 1")
+            conn.execute("PRAGMA busy_timeout = 30000")
+            store = cls(conn, path, root_id, readonly=True)
+            store._check_schema()
+        except sqlite3.DatabaseError as e:
+            conn.close()
+            raise StoreError(f"{path}: not a usable store ({e})") from None
+        except BaseException:
+            conn.close()
+            raise
+        return store
+
+    def _check_schema(self) -> None:
+        """A read-only store must be complete: it can migrate nothing."""
+        tables = {row[0] for row in self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "schema_version" not in tables:
+            raise StoreError(f"{self.path}: not a Loopy store (it has no schema_version "
+                             f"table)" if tables else
+                             f"{self.path}: the store is empty (never migrated); start the "
+                             f"node once to create its tables")
+        version = self.schema_version()
+        self._refuse_newer(version)
+        if version < len(MIGRATIONS):
+            raise StoreError(
+                f"{self.path}: the store is partly migrated (schema version {version} of "
+                f"{len(MIGRATIONS)}); a read-only reader never writes, so run `loopy status` "
+                f"or start the node once to finish the migration")
+        missing = TABLES - tables
+        if missing:
+            raise StoreError(f"{self.path}: the store is damaged: tables "
+                             f"{', '.join(sorted(missing))} are missing")
+        self._conn.execute("SELECT count(*) FROM records").fetchone()
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > len(MIGRATIONS):
+            raise StoreError(f"{self.path}: schema version {version} is newer than this "
+                             f"Loopy knows ({len(MIGRATIONS)}); upgrade Loopy")
+
     def close(self) -> None:
         self._conn.close()
 
@@ -228,6 +303,8 @@ class Store:
     @contextmanager
     def atomic(self) -> Iterator[None]:
         """One write transaction; nested uses join the outer one."""
+        if self.readonly:
+            raise StoreError(f"{self.path}: the store is open read-only: it never writes")
         if self._depth:
             self._depth += 1
             try:
@@ -291,9 +368,7 @@ class Store:
             self._conn.execute("""CREATE TABLE IF NOT EXISTS schema_version (
                 version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)""")
         current = self.schema_version()
-        if current > len(MIGRATIONS):
-            raise StoreError(f"{self.path}: schema version {current} is newer than this "
-                             f"Loopy knows ({len(MIGRATIONS)}); upgrade Loopy")
+        self._refuse_newer(current)
         for version, (name, statements) in enumerate(MIGRATIONS, 1):
             if version <= current:
                 continue
@@ -807,11 +882,39 @@ class Store:
         records.reverse()
         return records
 
-    def experiment_ids(self, arena: str) -> list[bytes]:
-        """Ids of the arena's experiments, oldest first: cheap (no record is decoded)."""
+    def experiment_ids(self, arena: str | None = None, topic: str | None = None) -> list[bytes]:
+        """Ids of the experiments in `arena` (and `topic`), oldest first: cheap (no record
+        is decoded)."""
+        sql, args = "SELECT id FROM records WHERE kind = 'experiment'", []
+        for column, value in (("arena", arena), ("topic", topic)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                args.append(value)
+        return [row[0] for row in self._conn.execute(sql + " ORDER BY t, id", args)]
+
+    def get_many(self, ids: Iterable[bytes]) -> dict[bytes, Record]:
+        """The stored records among `ids`, by id (a few queries, however many ids)."""
+        ids = list(ids)
+        out: dict[bytes, Record] = {}
+        for start in range(0, len(ids), 500):
+            batch = ids[start:start + 500]
+            for record_id, envelope in self._conn.execute(
+                    f"SELECT id, envelope FROM records WHERE id IN ({','.join('?' * len(batch))})",
+                    batch):
+                out[bytes(record_id)] = load_stored(envelope, bytes(record_id))
+        return out
+
+    def arenas(self) -> list[tuple[str, int]]:
+        """(arena, experiments) of every arena with experiments, most experiments first."""
+        return self._conn.execute(
+            "SELECT arena, count(*) FROM records WHERE kind = 'experiment' "
+            "GROUP BY arena ORDER BY count(*) DESC, arena").fetchall()
+
+    def topics(self, arena: str) -> list[str]:
+        """The topics of the arena's experiments, in name order."""
         return [row[0] for row in self._conn.execute(
-            "SELECT id FROM records WHERE kind = 'experiment' AND arena = ? ORDER BY t, id",
-            (arena,))]
+            "SELECT DISTINCT topic FROM records WHERE kind = 'experiment' AND arena = ? "
+            "ORDER BY topic", (arena,))]
 
     def announces(self) -> list[Record]:
         """Each author's newest announce, newest first (at most MAX_STORED_ANNOUNCES
@@ -881,12 +984,17 @@ class Store:
             "WHERE a.target = ? ORDER BY a.t, a.id", (record_id,))
 
     def _verifiers(self, record_id: bytes, verdict: str) -> list[bytes]:
-        # each verifier's newest verdict counts (a later run may correct an earlier one)
-        rows = self._conn.execute(
-            "SELECT verifier, verdict FROM attestations WHERE target = ? ORDER BY t, id",
-            (record_id,)).fetchall()
-        latest = {verifier: v for verifier, v in rows}
+        latest = _newest_verdicts(self._conn.execute(
+            "SELECT target, verifier, verdict FROM attestations WHERE target = ? "
+            "ORDER BY t, id", (record_id,))).get(record_id, {})
         return [verifier for verifier, v in latest.items() if v == verdict]
+
+    def newest_verdicts(self) -> dict[bytes, tuple[list[bytes], list[bytes]]]:
+        """Every attested record -> (who_reproduced, who_refuted) of it, in one query."""
+        return {target: ([k for k, v in by.items() if v == "reproduced"],
+                         [k for k, v in by.items() if v == "refuted"])
+                for target, by in _newest_verdicts(self._conn.execute(
+                    "SELECT target, verifier, verdict FROM attestations ORDER BY t, id")).items()}
 
     def who_reproduced(self, record_id: bytes) -> list[bytes]:
         """Public keys whose newest attestation of `record_id` says reproduced."""

@@ -99,7 +99,7 @@ class TrustPolicy:
         return self.trusted_among(record, self.store.who_refuted(record.id), reps)
 
     def trusted_among(self, record: Record, verifiers: list[bytes],
-                 reps: dict[bytes, float] | None) -> list[bytes]:
+                      reps: dict[bytes, float] | None) -> list[bytes]:
         """The verifiers that count: trusted, and neither the author nor us."""
         reps = self.reputations() if reps is None else reps
         return [v for v in verifiers if v not in (record.author, self.me)

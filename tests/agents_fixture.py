@@ -5,6 +5,8 @@ move when the real genome evolves; tests that need the real genome read it separ
 """
 import hashlib
 
+from experiments.agents.base import Brief
+
 FIXTURE = '''\
 """Fixture genome: the shape of genome/train.py, small."""
 import torch
@@ -92,3 +94,8 @@ def changed_lines(old: str, new: str) -> list[tuple[str, str]]:
     a, b = old.splitlines(), new.splitlines()
     assert len(a) == len(b)
     return [(x, y) for x, y in zip(a, b) if x != y]
+
+
+def brief(topic="general") -> Brief:
+    """A stand-in brief for topic."""
+    return Brief(topic, f"brief for {topic}")

@@ -1,4 +1,5 @@
-"""Shared pytest set-up: the `slow` marker and reaping of stray child processes."""
+"""Shared pytest set-up: the `slow` marker, reaping of stray child processes, and shared
+fixtures."""
 import os
 import signal
 import sys
@@ -44,3 +45,11 @@ def reap_children():
             os.waitpid(pid, 0)
         except (ProcessLookupError, ChildProcessError):
             pass
+
+
+@pytest.fixture
+def shard_files(tmp_path):
+    """The parquet shards tests/shard_server.py serves, written under tmp_path: {name: bytes}."""
+    from shard_server import write_shard_files
+
+    return write_shard_files(tmp_path)

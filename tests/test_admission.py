@@ -401,7 +401,9 @@ def _prune_under_flood(store):
         assert lineage.source_of(record.id).encode() == sources[record.id].encode()
         assert export_source(lineage, record.id) == sources[record.id]
     assert apply_patch(BASE, export_patch(lineage, best.id)) == sources[m5.id]
-    series = export_series(lineage, best.id)
+    trust = TrustPolicy(store, ME.public_key)
+    series = export_series(lineage, best.id,
+                           verified_by=lambda rid: trust.verified_by(store.get(rid)))
     assert series.count("\nSubject: [PATCH ") == 5
     rebuilt = BASE
     for record in chain:  # each step's own patch, replayed from the genome

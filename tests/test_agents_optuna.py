@@ -2,23 +2,19 @@
 trials rebuilt from the history, proposals as normal lineage steps, pending trials."""
 import math
 import random
-import time
 
 import pytest
 
-from agents_fixture import FIXTURE, source_id
-from experiments.agents.base import Brief, Tried, make_agent, validate_proposal
-from experiments.agents.catalogue import locate_settings
-from experiments.agents.mutate import parse_key
+from agents_fixture import FIXTURE, brief, source_id
+from experiments.agents.base import Tried, validate_proposal
+from experiments.agents.edit_keys import parse_key
+from experiments.agents.literals import locate_settings
 from experiments.agents.optuna_agent import MAX_MOVES, OptunaAgent, search_space
-from experiments.research.loop import edit_key_of
+from experiments.agents.registry import make_agent
+from swarm.descriptions import edit_key_of
 
 PID = source_id(FIXTURE)
 SAMPLERS = ("tpe", "cmaes")
-
-
-def brief(topic="general"):
-    return Brief(topic, f"brief for {topic}")
 
 
 def values_of(source):
@@ -195,17 +191,16 @@ def test_a_hostile_history_is_survived(sampler):
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_study_rebuild_with_a_long_history(sampler):
-    """2,000 records (the trials' cap): a proposal in a few seconds even on a loaded CI
-    machine (measured in docs/BENCHMARKS.md, not asserted tightly here)."""
+    """2,000 records (the trials' cap) rebuild into a study that proposes (its time is
+    measured by bench/bench_agents.py, not asserted here)."""
     rng = random.Random(0)
     keys = ["MATRIX_LR=0.03", "DEPTH+1", "EMBED_LR=0.02", "QK_NORM=False", "WARMUP_FRAC=0.05"]
     history = [Tried(rng.choice(keys), "", f"p{i % 50}", rng.choice(["kept", "discarded"]),
                      rng.gauss(0, 0.01), record_id=f"p{i}", val_bpb=1.9 + rng.gauss(0, 0.01))
                for i in range(2000)]
     agent = OptunaAgent(sampler, base_source=FIXTURE)
-    t0 = time.perf_counter()
     p = agent.propose(FIXTURE, brief(), history, parent_id=PID, rng=random.Random(0))
-    assert p.ok and time.perf_counter() - t0 < 30
+    assert p.ok
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)

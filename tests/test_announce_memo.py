@@ -3,7 +3,8 @@ store, the reputations, the policy's settings, or the clock passing the moment a
 expires or a promise breaks. Each check compares with a policy whose store cannot be
 memoised (the computation from scratch)."""
 from swarm import announces as ann
-from swarm.announces import AnnounceLimits, AnnouncePolicy, working_on
+from swarm.announces import AnnounceLimits, AnnouncePolicy
+from swarm.descriptions import working_on
 from swarm.records import make_experiment
 
 from test_announces import ARENA, CRASH, G, ROOT, Clock, announce, key, store  # noqa: F401

@@ -12,14 +12,15 @@ import pytest
 import trio
 
 from experiments.agents import load_brief, make_agent
-from experiments.research.loop import (YIELDED, LoopConfig, ResearchLoop, announce_policy,
-                              connect_to_swarm)
+from experiments.research.loop import YIELDED, LoopConfig, ResearchLoop
 from experiments.research.scoreboard import ScoreRules, is_baseline
+from experiments.research.swarm_link import announce_policy, connect_to_swarm
 from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
 from swarm import announces as ann
 from swarm import records as rec
-from swarm.announces import AnnounceLimits, AnnouncePolicy, working_on
+from swarm.announces import AnnounceLimits, AnnouncePolicy
+from swarm.descriptions import working_on
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage
 from swarm.records import make_announce, make_attestation, make_experiment
@@ -323,11 +324,7 @@ def test_the_store_keeps_a_bounded_promise_history(store, monkeypatch):
     assert count == ann.PROMISES_PER_AUTHOR
 
 
-def test_working_on_conventions_have_one_home():
-    import experiments.research.loop as loop
-    assert loop.working_on is ann.working_on
-    assert loop.parse_working_on is ann.parse_working_on
-    assert loop.announced_program is ann.announced_program
+def test_promises_and_holds_read_the_working_on_convention():
     p = ann.promise_of(working_on(ROOT, "verify 0123456789abcdef: x"))
     assert p == ann.Promise(ROOT, "verify 0123456789abcdef: x", "0123456789abcdef")
     assert ann.promise_of("presence only") is None

@@ -1,7 +1,7 @@
 """The arena a run is scored in: the data digest of downloaded datasets, and the hardware
 class (per card for time budgets, shared by precision for token budgets on CUDA).
 
-Shards are served by a local HTTP server (test_prepare.ShardServer); nothing leaves the machine.
+Shards are served by a local HTTP server (tests/shard_server.py); nothing leaves the machine.
 """
 from types import SimpleNamespace
 
@@ -10,7 +10,7 @@ import torch
 
 from experiments.run import harness
 from genome import prepare as P
-from test_prepare import SPEC, ShardServer, shard_files, write_shard  # noqa: F401 (fixture)
+from shard_server import SPEC, ShardServer, write_shard
 
 
 @pytest.fixture

@@ -15,11 +15,12 @@ import pytest
 import experiments.research.crossover as crossover_module
 from experiments.agents import load_brief, make_agent
 from experiments.research.crossover import Crossover, merge_desc, port_desc, ported_ids
-from experiments.research.loop import (LoopConfig, ResearchLoop, verifiers_from_announces,
-                              verify_desc, working_on)
+from experiments.research.loop import LoopConfig, ResearchLoop
 from experiments.research.scoreboard import Candidate, ScoreRules
+from experiments.research.swarm_link import verifiers_from_announces
 from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
+from swarm.descriptions import verify_desc, working_on
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage
 from swarm.patch import make_patch
@@ -565,7 +566,7 @@ def test_verifiers_are_read_from_fresh_verify_announces_of_others(claim_world, m
     world, claim = claim_world
     store, me = world.store, world.me
     other = sibling(world, world.key("dave"), val=1.95, change=WARMDOWN_DOWN, desc="wd")
-    on_claim = working_on(claim.parents[0], verify_desc(claim))
+    on_claim = working_on(claim.parents[0], verify_desc(claim.id, claim.desc))
     now_ms = int(time.time() * 1000)
     store.insert(announce(me, on_claim), local=True)                       # ourselves
     store.insert(announce(world.key("alice"), on_claim))
@@ -573,7 +574,8 @@ def test_verifiers_are_read_from_fresh_verify_announces_of_others(claim_world, m
     monkeypatch.setattr("swarm.store._now_ms", lambda: now_ms - 1_000_000)
     store.insert(announce(world.key("bob"), on_claim, t=now_ms))
     monkeypatch.undo()
-    store.insert(announce(world.key("erin"), working_on(ROOT, verify_desc(other))))
+    store.insert(announce(world.key("erin"),
+                          working_on(ROOT, verify_desc(other.id, other.desc))))
     store.insert(announce(world.key("hal"), f"verify {claim.id_hex[:16]}: no parent"))
     expected = {claim.id_hex[:16]: {world.key("alice").public_key},
                 other.id_hex[:16]: {world.key("erin").public_key}}

@@ -27,8 +27,11 @@ from pathlib import Path
 import pytest
 import trio
 
-from experiments.views.dashboard import DashboardError, serve_dashboard, start_dashboard
+from experiments.research.compose import build_loop, make_node_trainer, run_node
+from experiments.research.home import NodeHome, snapshot, write_status_file
 from experiments.research.scoreboard import Scoreboard, ScoreRules
+from experiments.research.settings import load_settings
+from experiments.views.dashboard import DashboardError, serve_dashboard, start_dashboard
 from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
 from swarm.export import export_patch
@@ -223,15 +226,11 @@ def test_peers_carry_the_reputation_this_node_derives(dashboard, node):
 
 
 def test_status_is_the_nodes_snapshot(swarm_home, tmp_path):
-    import node as cli
     home = tmp_path / "home"
     shutil.copytree(swarm_home, home)
-    settings = cli.load_settings({"home": str(home), "trainer": "synthetic"}, environ={})
-    local = cli.Local.open(settings)
-    try:
-        cli.write_status_file(home, cli.snapshot(local, ARENA, settings))
-    finally:
-        local.store.close()
+    settings = load_settings({"home": str(home), "trainer": "synthetic"}, environ={})
+    with NodeHome.open(settings) as local:
+        write_status_file(home, snapshot(local, ARENA))
     with start_dashboard(home, port=0) as d:
         status = api(d, "/api/status")
         assert status["running"] is True and status["peer_id"] == local.identity.peer_id
@@ -310,6 +309,28 @@ async def test_serve_dashboard_as_a_trio_service(swarm_home):
         nursery.cancel_scope.cancel()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", d.port), timeout=5).close()
+
+
+async def test_a_node_serves_its_dashboard_in_its_nursery_and_closes_it(tmp_path):
+    """`loopy start --dashboard`: the dashboard is a task of the node's nursery: it answers
+    while the node runs and stops listening when the node's loop ends."""
+    settings = load_settings({"home": str(tmp_path), "trainer": "synthetic", "offline": True,
+                              "max_experiments": 3}, environ={})
+    started, answers = {}, []
+
+    def on_status(snap):
+        if not answers:  # while the node runs (a blocking call here is fine in a test)
+            answers.append(get(started["dashboard"].url + "api/status")[0])
+
+    with NodeHome.open(settings) as home:
+        loop = build_loop(home, make_node_trainer(home))
+        stopped_by = await run_node(home, loop, on_started=started.__setitem__,
+                                    on_status=on_status,
+                                    dashboard=partial(serve_dashboard, home.path, port=0))
+    assert stopped_by is None and loop.state.experiments_run == 3
+    assert answers == [200]
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", started["dashboard"].port), timeout=5).close()
 
 
 # ---------------------------------------------------------------------------

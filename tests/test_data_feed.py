@@ -170,7 +170,7 @@ def test_time_budget_starts_at_the_first_batch(tmp_path, train_bin):
     assert phase["ended"] and phase["again"] and phase["got"] >= 2
     first, end = feed.first_batch_time, feed.end_time
     assert first - before >= 0.7
-    assert budget <= end - first < budget + 2.0
+    assert end - first >= budget and phase["ended"]  # the whole budget, then the end
     assert feed.train_s == pytest.approx(end - first)
     assert feed.batches == phase["got"] and feed.tokens == phase["got"] * 2 * 8
     assert feed.deadline(2.0) == pytest.approx(first + budget + 2.0)
@@ -180,8 +180,10 @@ def test_time_budget_starts_at_the_first_batch(tmp_path, train_bin):
 def test_startup_deadline_until_the_first_batch(train_bin):
     feed = make_feed(train_bin)
     with feed:
-        feed.close_child_ends()
-        assert feed.startup_deadline(30.0) == pytest.approx(time.monotonic() + 30.0, abs=1.0)
+        before = time.monotonic()
+        feed.close_child_ends()  # the child has started: its start-up time runs from here
+        after = time.monotonic()
+        assert before + 30.0 <= feed.startup_deadline(30.0) <= after + 30.0
         assert feed.first_batch_time is None and feed.train_s == 0.0
 
 
@@ -319,27 +321,29 @@ def test_closing_the_pipes_ends_serving(served):
 def test_stop_ends_serving_while_the_child_does_not_read(served):
     feed, child, thread = served()
     child.ask(64, 1024)  # 128 KiB: more than a pipe holds, never read
-    time.sleep(0.2)
-    t0 = time.monotonic()
+    ready, _, _ = select.select([child.data], [], [], 5.0)
+    assert ready  # the reply has begun: the feed now waits on a full pipe
     feed.stop()
-    ends_soon(thread, 1.0)
-    assert time.monotonic() - t0 < 1.0
+    ends_soon(thread)
     feed, child, thread = served()  # idle, waiting for a request
     feed.stop()
-    ends_soon(thread, 1.0)
+    ends_soon(thread)
 
 
 def test_a_dying_child_ends_serving(train_bin):
     feed = make_feed(train_bin)
     req, _ = feed.child_fds()
+    feed.PARTIAL_REQUEST_S = 3600  # the child's death, not this limit, must end serving
     child = subprocess.Popen(
         [sys.executable, "-c", "import os, sys, time\n"
                                f"os.write({req}, b'LFq1\\x01')\n"  # half a request
-                               "time.sleep(60)"], pass_fds=feed.child_fds())
+                               "print('sent', flush=True)\n"
+                               "time.sleep(60)"], pass_fds=feed.child_fds(),
+        stdout=subprocess.PIPE, text=True)
     feed.close_child_ends()
     thread = feed.start()
     try:
-        time.sleep(0.5)
+        assert child.stdout.readline() == "sent\n"
         assert thread.is_alive()  # waiting for the rest of the request
         child.send_signal(signal.SIGKILL)
         child.wait(5)
@@ -348,8 +352,9 @@ def test_a_dying_child_ends_serving(train_bin):
         if child.poll() is None:
             child.kill()
             child.wait()
+        child.stdout.close()
         feed.stop()
-    assert feed.batches == 0 and feed.tokens == 0
+    assert feed.batches == 0 and feed.tokens == 0 and "incomplete" in feed.error
 
 
 # --- the client and the run config ------------------------------------------------

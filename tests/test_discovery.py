@@ -1,9 +1,6 @@
 """swarm.discovery under attack: poisoned announces, stale and unreachable addresses,
 strangers steering dials to private networks. Real libp2p only on 127.0.0.1; every other
 address a test "dials" is intercepted before any socket is opened."""
-import hashlib
-from contextlib import asynccontextmanager
-
 import multiaddr
 import pytest
 import trio
@@ -13,17 +10,15 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 import node as node_cli
+from experiments.research.settings import Settings, load_settings
 from swarm import discovery as disc
 from swarm import records as rec
 from swarm.discovery import DialPolicy, Discovery, address_scope
 from swarm.host import open_host
 from swarm.identity import NodeIdentity
-from swarm.network import open_swarm_node
-from swarm.store import Store
 
-G = "0123456789abcdef"
-ROOT = hashlib.sha256(b"base train.py").digest()
-LOOP = "/ip4/127.0.0.1/tcp/0"
+from live_swarm import LOOP, connected, swarm_node, wait_for
+
 ARENA = "embedded/tokens:300000/cpu"
 
 
@@ -214,13 +209,13 @@ def test_dial_policy_follows_own_listen_networks_and_the_lan_flag():
 
 
 def test_lan_is_a_setting_and_a_start_flag():
-    assert node_cli.Settings().lan is False
-    assert node_cli.load_settings({"lan": True}, environ={}).lan is True
-    assert node_cli.load_settings({}, environ={"LOOPY_LAN": "1"}).lan is True
+    assert Settings().lan is False
+    assert load_settings({"lan": True}, environ={}).lan is True
+    assert load_settings({}, environ={"LOOPY_LAN": "1"}).lan is True
     args = node_cli.build_parser().parse_args(["start", "--lan"])
-    assert node_cli.load_settings(vars(args), environ={}).lan is True
+    assert load_settings(vars(args), environ={}).lan is True
     args = node_cli.build_parser().parse_args(["start"])
-    assert node_cli.load_settings(vars(args), environ={}).lan is False
+    assert load_settings(vars(args), environ={}).lan is False
 
 
 # --------------------------------------------------------------------------- poisoning
@@ -442,39 +437,17 @@ async def test_libp2p_dials_skip_private_addresses_strangers_gave(monkeypatch):
             nursery.cancel_scope.cancel()
 
 
-@asynccontextmanager
-async def swarm_node(home, bootstrap=(), **options):
-    store = Store.open(home, root_id=ROOT)
-    try:
-        async with open_swarm_node(NodeIdentity.generate(), store, genome=G,
-                                   topics=["optimizer"], listen=LOOP, bootstrap=bootstrap,
-                                   sync_interval=3600, **options) as node:
-            yield node
-    finally:
-        store.close()
-
-
-def connected(a, b) -> bool:
-    return b.peer_id in {p.peer_id for p in a.connected_peers()}
-
-
-async def wait_for(predicate, timeout=20.0):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.05)
-
-
 async def test_a_node_on_loopback_finds_peers_on_loopback_through_announces(tmp_path):
-    async with swarm_node(tmp_path / "a", lan=True) as a, \
-            swarm_node(tmp_path / "b", bootstrap=a.listen_addrs()) as b, \
-            swarm_node(tmp_path / "c", bootstrap=a.listen_addrs()) as c:
+    async with swarm_node(tmp_path / "a", lan=True, sync_interval=3600) as a, \
+            swarm_node(tmp_path / "b", bootstrap=a.listen_addrs(), sync_interval=3600) as b, \
+            swarm_node(tmp_path / "c", bootstrap=a.listen_addrs(), sync_interval=3600) as c:
         assert a.discovery.policy.lan and not b.discovery.policy.lan
-        await wait_for(lambda: connected(b, a) and connected(c, a))
+        await wait_for(lambda: connected(b, a) and connected(c, a), timeout=20)
         assert not connected(b, c)
         await c.announce(arena=ARENA, working_on="")
         # b learns c's 127.0.0.1 address from the announce (relayed by a) and dials it:
         # b listens on 127.0.0.1 itself, so loopback addresses are fair game
-        await wait_for(lambda: connected(b, c))
+        await wait_for(lambda: connected(b, c), timeout=20)
         assert c.peer_id in b.discovery.candidates
         assert all(address_scope(a)[0] == "loopback"
                    for a in b.discovery.candidates[c.peer_id].addrs)

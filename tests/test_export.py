@@ -1,5 +1,6 @@
 """swarm.export: the squashed patch (git apply, patch -p1), the git am series, results.tsv
 and the terminal listing, checked with the real tools in temporary repositories."""
+import functools
 import hashlib
 import shutil
 import subprocess
@@ -7,23 +8,30 @@ from pathlib import Path
 
 import pytest
 
-from swarm.export import (TSV_HEADER, export_patch, export_series, export_source, export_tsv,
-                          log_lines)
+from swarm.export import (TSV_HEADER, baseline_bpb, export_patch, export_series,
+                          export_source, export_tsv, log_lines)
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage, MissingAncestor
 from swarm.patch import make_patch
 from swarm.records import make_attestation, make_experiment
 from swarm.store import Store
+from swarm.trust import TrustPolicy, TrustRules
 
 GENOME = "0123456789abcdef"
 ARENA = "embedded/tokens:300000/cpu"
 BASE = "".join(f"setting_{i} = {i}\n" for i in range(40))
 ROOT = hashlib.sha256(BASE.encode()).digest()
-ALICE, BOB, CAROL = (NodeIdentity(bytes([n]) * 32) for n in (11, 12, 13))
+ALICE, BOB, CAROL, OBSERVER = (NodeIdentity(bytes([n]) * 32) for n in (11, 12, 13, 14))
 _t = iter(range(1_760_000_000_000, 1_800_000_000_000, 60_000))
 
 needs_git = pytest.mark.skipif(not (shutil.which("git") and shutil.which("patch")),
                                reason="needs git and patch")
+
+
+def vouching(store):
+    """Who verified a record, as a node that trusts every peer not known to lie sees it."""
+    trust = TrustPolicy(store, OBSERVER.public_key, TrustRules(trust_threshold=0.0))
+    return lambda record_id: trust.verified_by(store.get(record_id))
 
 
 def exp(parent, old, new, desc, bpb=None, who=ALICE, status="ok", mem=2048.0, topic="optimizer"):
@@ -42,7 +50,7 @@ def world(tmp_path):
     s1 = BASE.replace("setting_3 = 3\n", "setting_3 = 30\n")
     s2 = s1.replace("setting_20 = 20\n", "setting_20 = 21\nnew_line = 'été'\n")
     s4 = s2[:-1]  # drop the final newline
-    baseline = exp(ROOT, BASE, BASE, "baseline", bpb=1.50)
+    baseline = exp(ROOT, BASE, BASE, "baseline seed=0", bpb=1.50)
     r1 = exp(ROOT, BASE, s1, "raise setting 3", bpb=1.40)
     r2 = exp(r1.id, s1, s2, "Réglage: change setting 20 [v2]", bpb=1.35, who=BOB)
     r3 = exp(r2.id, s2, s2, "rerun unchanged", bpb=1.34)
@@ -112,7 +120,7 @@ def test_export_patch_of_unchanged_source_is_empty(world):
 @needs_git
 def test_series_applies_with_git_am(world, tmp_path):
     chain = world["chain"]
-    mbox = export_series(world["lineage"], chain[-1].id)
+    mbox = export_series(world["lineage"], chain[-1].id, verified_by=vouching(world["store"]))
     assert mbox.count("\nFrom: ") == 3  # the unchanged rerun has nothing to apply
     repo = _repo(tmp_path / "repo")
     (repo / "series.mbox").write_text(mbox)
@@ -180,12 +188,14 @@ def test_test_deltas_come_from_attestations(world):
     row = [line.split("\t") for line in export_tsv(world["lineage"], world["chain"][-1].id)
            .splitlines() if line.startswith(r1.id_hex[:7])][0]
     assert row[6] == "-0.050000"
-    assert "-0.050000" in "\n".join(log_lines(world["lineage"], world["chain"][-1].id))
+    lines = log_lines(world["lineage"], world["chain"][-1].id, verified_by=vouching(store))
+    assert "-0.050000" in "\n".join(lines)
 
 
 def test_log_lines(world):
     chain = world["chain"]
-    lines = log_lines(world["lineage"], chain[-1].id, recent=3)
+    lines = log_lines(world["lineage"], chain[-1].id, recent=3,
+                      verified_by=vouching(world["store"]))
     text = "\n".join(lines)
     assert lines[0].startswith(f"lineage of {chain[-1].id_hex[:12]} in {ARENA}: 4 steps")
     assert "baseline" in text and "1.500000" in text
@@ -201,6 +211,33 @@ def test_incomplete_lineage_is_reported(world, tmp_path):
     with Store.open(tmp_path / "partial", root_id=ROOT) as partial:
         partial.insert(r2)
         lineage = Lineage(partial, BASE, ROOT)
-        for export in (export_series, export_tsv, log_lines, export_patch):
+
+        def nobody(_record_id):
+            return []
+        for export in (functools.partial(export_series, verified_by=nobody), export_tsv,
+                       functools.partial(log_lines, verified_by=nobody), export_patch):
             with pytest.raises(MissingAncestor):
                 export(lineage, r2.id)
+
+
+def test_root_score_is_the_median_of_the_baselines_at_the_arena_seed(world):
+    """The genome's score, as the scoreboard counts it: the median of the ok `baseline
+    seed=N` runs at the arena's seed; other unchanged runs and other seeds do not count."""
+    from experiments.research.scoreboard import Scoreboard, ScoreRules
+
+    store, lineage = world["store"], world["lineage"]
+    store.insert_many([exp(ROOT, BASE, BASE, desc, bpb=bpb) for desc, bpb in (
+        ("baseline seed=0", 1.56), ("baseline seed=0", 1.70), ("baseline seed=1", 1.10),
+        ("rerun unchanged", 1.00))])
+    assert baseline_bpb(lineage, ARENA) == pytest.approx(1.56)
+    assert baseline_bpb(lineage, ARENA, seed=1) == pytest.approx(1.10)
+    assert baseline_bpb(lineage, "other/tokens:1/cpu") is None
+    for seed in (0, 1):
+        board = Scoreboard(store, lineage, ROOT, ARENA, ScoreRules(seed=seed))
+        assert board.root_score() == baseline_bpb(lineage, ARENA, seed=seed)
+    r1 = world["chain"][0]
+    tsv = export_tsv(lineage, world["chain"][-1].id)
+    row = [line.split("\t") for line in tsv.splitlines() if line.startswith(r1.id_hex[:7])][0]
+    assert row[5] == f"{1.40 - 1.56:+.6f}"
+    mbox = export_series(lineage, r1.id, verified_by=vouching(store), seed=1)
+    assert "val_bpb: 1.100000 -> 1.400000 (+0.300000)" in mbox

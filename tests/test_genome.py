@@ -9,24 +9,28 @@ import pytest
 import genome
 
 
-def fake_repo(root, prepare=b"prepare", evaluate=b"evaluate", graph=b"graph", feed=b"feed"):
+def fake_repo(root, prepare=b"prepare", evaluate=b"evaluate", graph=b"graph", feed=b"feed",
+              train=b"train", download=b"download"):
     (root / "genome").mkdir(parents=True, exist_ok=True)
     (root / "experiments" / "run").mkdir(parents=True, exist_ok=True)
+    (root / "genome" / "train.py").write_bytes(train)
     (root / "genome" / "prepare.py").write_bytes(prepare)
+    (root / "genome" / "download.py").write_bytes(download)
     (root / "experiments" / "run" / "evaluate_child.py").write_bytes(evaluate)
     (root / "experiments" / "run" / "model_graph.py").write_bytes(graph)
     (root / "experiments" / "run" / "data_feed.py").write_bytes(feed)
     return root
 
 
-PINNED = "566874af5af29364"
+PINNED = "d1d2aa2f3d5490c2"
 TAIL = (b"experiments/run/model_graph.py\0graph\0" b"experiments/run/data_feed.py\0feed\0")
 
 
 def test_genome_id_follows_the_documented_formula(tmp_path):
-    repo = fake_repo(tmp_path, b"P\x00bytes", b"E")
+    repo = fake_repo(tmp_path, b"P\x00bytes", b"E", train=b"T")
     expected = hashlib.sha256(
         b"loopy-genome/1\0"
+        + b"genome/train.py\0" + b"T" + b"\0"
         + b"genome/prepare.py\0" + b"P\x00bytes" + b"\0"
         + b"experiments/run/evaluate_child.py\0" + b"E" + b"\0" + TAIL).hexdigest()[:16]
     assert genome.genome_id(repo) == expected
@@ -37,7 +41,7 @@ def test_genome_id_test_vector(tmp_path):
     # implementations must compute the same id from the same files.
     repo = fake_repo(tmp_path, b"prepare", b"evaluate")
     assert genome.genome_id(repo) == hashlib.sha256(
-        b"loopy-genome/1\x00genome/prepare.py\x00prepare\x00"
+        b"loopy-genome/1\x00genome/train.py\x00train\x00genome/prepare.py\x00prepare\x00"
         b"experiments/run/evaluate_child.py\x00evaluate\x00" + TAIL).hexdigest()[:16]
     assert genome.genome_id(repo) == PINNED
 
@@ -48,9 +52,17 @@ def test_genome_id_changes_with_any_trusted_byte(tmp_path):
     assert genome.genome_id(fake_repo(tmp_path / "c", evaluate=b"Evaluate")) != base
     assert genome.genome_id(fake_repo(tmp_path / "f", graph=b"Graph")) != base
     assert genome.genome_id(fake_repo(tmp_path / "g", feed=b"Feed")) != base
+    assert genome.genome_id(fake_repo(tmp_path / "h", train=b"Train")) != base
     # moving bytes between the files changes the id too (paths and separators are hashed)
     assert (genome.genome_id(fake_repo(tmp_path / "d", b"ab", b"c"))
             != genome.genome_id(fake_repo(tmp_path / "e", b"a", b"bc")))
+
+
+def test_the_downloader_is_not_part_of_the_genome_id(tmp_path):
+    # the data digest in the arena names what it fetched: a fix to it must not split the swarm
+    base = genome.genome_id(fake_repo(tmp_path / "a"))
+    assert genome.genome_id(fake_repo(tmp_path / "b", download=b"fixed download")) == base
+    assert "genome/download.py" not in genome.GENOME_ID_FILES
 
 
 def test_genome_id_without_evaluation_code_is_a_clear_error(tmp_path):
@@ -120,7 +132,7 @@ def test_available_topics(briefs):
 
 
 def test_real_briefs_exist_for_listed_topics():
-    if not (genome.GENOME_DIR / "program.md").is_file():
-        pytest.skip("genome/program.md not written yet")
+    assert (genome.GENOME_DIR / "program.md").is_file()
+    assert genome.available_topics()
     for topic in genome.available_topics():
         assert genome.program_brief(topic).strip()

@@ -229,6 +229,18 @@ def test_models_that_are_not_pure_functions_are_rejected(home, genome, no_screen
     assert "graph" in result.reason or "export" in result.reason
 
 
+def test_evaluator_started_beside_a_failed_export_ends_without_a_verdict(home, genome,
+                                                                         no_screen):
+    # the evaluation child starts while the export runs; an export that fails must end it
+    source = fg.TRAIN.replace("        return self.table(idx)\n",
+                              "        return self.table(idx) + torch.rand(1)\n")
+    result = run(source, home, genome)
+    assert result.status == "rejected" and "export" in result.reason
+    assert runs_left(home) == ["eval.log", "export.log", "train.log"]  # nothing else stays
+    eval_log = (next((home / "runs").iterdir()) / "eval.log").read_text()
+    assert "nothing to evaluate" in eval_log and "evaluation: ok" not in eval_log
+
+
 def test_held_out_test_score_is_measured_on_request(home, genome):
     first = run(fg.TRAIN, home, genome, test_seed=1)
     again = run(fg.TRAIN, home, genome, test_seed=1)

@@ -10,11 +10,12 @@ import time
 import trio
 
 from experiments.agents import load_brief, make_agent
-from experiments.research.loop import (YIELDED, LoopConfig, ResearchLoop, working_on,
-                              yield_to_peer)
+from experiments.research.loop import YIELDED, LoopConfig, ResearchLoop
 from experiments.research.scoreboard import ScoreRules, is_baseline
+from experiments.research.swarm_link import yield_to_peer
 from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
+from swarm.descriptions import working_on
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage
 from swarm.records import make_announce, make_experiment

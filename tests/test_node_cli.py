@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 import node
+from experiments.research.home import lock_home
+from experiments.research.settings import ConfigError, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,14 +60,29 @@ def test_restart_resumes_from_the_store(researched_home, tmp_path):
     assert status["experiments_local"] == 28
 
 
+def newest_edit(home) -> str:
+    """The id of the newest experiment with a patch in home: whether the synthetic run
+    kept anything is up to its landscape, but every run records edits."""
+    from genome import genome_root_id
+    from swarm.store import Store
+
+    store = Store.open(home, root_id=genome_root_id())
+    try:
+        edits = [r for r in store.experiments() if r.patch]
+    finally:
+        store.close()
+    assert edits, "the synthetic run recorded no edit"
+    return max(edits, key=lambda r: (r.t, r.id)).id_hex
+
+
 def test_export_patch_applies_to_a_fresh_checkout(researched_home, tmp_path):
     out = loopy("log", home=researched_home)
     assert out.returncode == 0, out.stderr
-    patch = loopy("export", home=researched_home)
-    if patch.returncode != 0:
-        assert "nothing to export" in patch.stderr
-        pytest.skip("this synthetic run kept nothing")
-    source = loopy("export", "--format", "source", home=researched_home).stdout
+    record = newest_edit(researched_home)
+    patch = loopy("export", "--record", record, home=researched_home)
+    assert patch.returncode == 0, patch.stderr
+    source = loopy("export", "--format", "source", "--record", record,
+                   home=researched_home).stdout
     checkout = tmp_path / "checkout"
     (checkout / "genome").mkdir(parents=True)
     shutil.copy(REPO / "genome" / "train.py", checkout / "genome" / "train.py")
@@ -73,13 +90,13 @@ def test_export_patch_applies_to_a_fresh_checkout(researched_home, tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=checkout, check=True)
     subprocess.run(["git", "apply", str(tmp_path / "best.patch")], cwd=checkout, check=True)
     assert (checkout / "genome" / "train.py").read_text() == source
-    tsv = loopy("export", "--format", "tsv", home=researched_home).stdout
+    tsv = loopy("export", "--format", "tsv", "--record", record, home=researched_home).stdout
     assert tsv.splitlines()[0].split("\t") == ["commit", "val_bpb", "memory_gb", "status",
                                                "description", "val_delta", "test_delta"]
 
 
 def test_second_node_on_the_same_home_is_refused(tmp_path):
-    lock = node.lock_home(tmp_path)
+    lock = lock_home(tmp_path)
     try:
         out = loopy("start", "--offline", "--trainer", "synthetic", "--max-experiments", "1",
                     home=tmp_path)
@@ -91,11 +108,11 @@ def test_second_node_on_the_same_home_is_refused(tmp_path):
 
 def test_config_precedence_flag_env_file_default(tmp_path):
     (tmp_path / "config.toml").write_text('budget = "100ktok"\nseed = 3\ntopic = ["init"]\n')
-    s = node.load_settings({"home": str(tmp_path)}, environ={})
+    s = load_settings({"home": str(tmp_path)}, environ={})
     assert (s.budget, s.seed, s.topic, s.agent) == ("100ktok", 3, ["init"], "mutate")
-    s = node.load_settings({"home": str(tmp_path)}, environ={"LOOPY_SEED": "5"})
+    s = load_settings({"home": str(tmp_path)}, environ={"LOOPY_SEED": "5"})
     assert s.seed == 5
-    s = node.load_settings({"home": str(tmp_path), "seed": 7}, environ={"LOOPY_SEED": "5"})
+    s = load_settings({"home": str(tmp_path), "seed": 7}, environ={"LOOPY_SEED": "5"})
     assert s.seed == 7
 
 
@@ -110,15 +127,15 @@ def test_config_precedence_flag_env_file_default(tmp_path):
 ])
 def test_bad_config_file_names_the_problem(tmp_path, content, message):
     (tmp_path / "config.toml").write_text(content)
-    with pytest.raises(node.ConfigError, match=message):
-        node.load_settings({"home": str(tmp_path)}, environ={})
+    with pytest.raises(ConfigError, match=message):
+        load_settings({"home": str(tmp_path)}, environ={})
     out = loopy("config", home=tmp_path)
     assert out.returncode == 2 and message.split("'")[0] in out.stderr
 
 
 def test_unknown_environment_variable_is_an_error(tmp_path):
-    with pytest.raises(node.ConfigError, match="LOOPY_BOGUS"):
-        node.load_settings({"home": str(tmp_path)}, environ={"LOOPY_BOGUS": "1"})
+    with pytest.raises(ConfigError, match="LOOPY_BOGUS"):
+        load_settings({"home": str(tmp_path)}, environ={"LOOPY_BOGUS": "1"})
 
 
 def test_every_command_is_documented_in_the_readme():

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from experiments.research.home import NodeHome
+from experiments.research.settings import load_settings
 from experiments.views.arena_view import read_arena
 from experiments.views.plot import BAD, BEST, plot_progress, render_plot, short_desc
 from experiments.research.scoreboard import Scoreboard, ScoreRules
@@ -153,13 +155,9 @@ def test_plot_other_size_and_empty_arena(home, tmp_path):
 
 
 def test_render_plot_from_a_node_home(home, tmp_path):
-    import node as cli
-    settings = cli.load_settings({"home": str(home), "trainer": "synthetic"}, environ={})
-    local = cli.Local.open(settings)
-    try:
-        summary = render_plot(local, ARENA, None, tmp_path / "p.png", settings)
-    finally:
-        local.store.close()
+    settings = load_settings({"home": str(home), "trainer": "synthetic"}, environ={})
+    with NodeHome.open(settings) as node:
+        summary = render_plot(node.scoreboard(ARENA), node.trust(), None, tmp_path / "p.png")
     assert png_size(tmp_path / "p.png") == (1600, 900)
     assert summary["experiments"] == 8 and summary["kept"] == 3 and summary["best"] == 1.87
 

@@ -1,8 +1,8 @@
 """Tests for genome/prepare.py: corpus, tokenizer, caches, dataloader, budget,
-evaluate_bpb and the parquet downloader (against a local HTTP server)."""
+evaluate_bpb and downloaded datasets (shards from a local HTTP server; the HTTP client
+itself, genome/download.py, is tested in test_download.py)."""
 
 import hashlib
-import http.server
 import json
 import lzma
 import math
@@ -10,7 +10,6 @@ import os
 import pickle
 import re
 import socket
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from genome import prepare as P
+from shard_server import SHARD_TEXTS, SPEC, ShardServer, write_shard
 
 SMALL_VOCAB = 400
 
@@ -547,109 +547,7 @@ def test_evaluate_bpb_rejects_bad_inputs(tmp_path):
         P.evaluate_bpb(model, tmp_path / "val.bin", np.zeros(10), 2, 8, "cpu", 3)
 
 
-# --- downloads against a local server -------------------------------------------
-
-def write_shard(path: Path, texts: list[str]) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    pq.write_table(pa.table({"text": texts, "id": list(range(len(texts)))}), path)
-    return path.read_bytes()
-
-
-class ShardServer:
-    """A local stand-in for a Hugging Face dataset repo.
-
-    GET /resolve/main/<name> redirects (302, X-Linked-Etag: sha256) to
-    /cdn/<name>, which serves the bytes, like the Hub does for LFS files, and
-    honours `Range: bytes=N-` (206) unless `ranges` is False.
-    `corrupt` names get wrong bytes; `fail_first` names answer 500 once;
-    `truncate_first[name] = n` sends n bytes of the body once, then hangs up
-    (the full Content-Length announced). `ranges_asked` lists (name, Range).
-    """
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files, self.corrupt, self.fail_first, self.requests = files, set(), set(), []
-        self.advertise_sha = True
-        self.ranges, self.ranges_asked, self.truncate_first = True, [], {}
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_GET(self):
-                server.requests.append(self.path)
-                name = self.path.rsplit("/", 1)[-1]
-                if name not in server.files:
-                    self.send_error(404)
-                elif self.path.startswith("/resolve/main/"):
-                    if name in server.fail_first:
-                        server.fail_first.discard(name)
-                        self.send_error(500)
-                        return
-                    self.send_response(302)
-                    self.send_header("Location", f"/cdn/{name}")
-                    if server.advertise_sha:
-                        sha = hashlib.sha256(server.files[name]).hexdigest()
-                        self.send_header("X-Linked-Etag", f'"{sha}"')
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                else:
-                    body = server.files[name]
-                    if name in server.corrupt:
-                        body = body[:-10] + b"x" * 10
-                    asked = self.headers.get("Range")
-                    server.ranges_asked.append((name, asked))
-                    start = 0
-                    if asked and server.ranges:
-                        start = int(re.fullmatch(r"bytes=(\d+)-", asked).group(1))
-                        if start >= len(body):
-                            self.send_error(416)
-                            return
-                        self.send_response(206)
-                        self.send_header("Content-Range",
-                                         f"bytes {start}-{len(body) - 1}/{len(body)}")
-                    else:
-                        self.send_response(200)
-                    self.send_header("ETag", '"not-a-sha"')
-                    self.send_header("Content-Length", str(len(body) - start))
-                    self.end_headers()
-                    cut = server.truncate_first.pop(name, None)
-                    self.wfile.write(body[start:] if cut is None else body[start:start + cut])
-                    self.close_connection = True
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/resolve/main"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(5)
-
-
-SPEC = P.DATASETS["climbmix"]
-SHARD_TEXTS = {
-    0: [f"Document {i} of the first shard talks about {w}." for i, w in
-        enumerate(["cats", "dogs", "ships", "stars", "rivers"] * 20)],
-    1: [f"Second shard, entry {i}: {'la ' * (i % 7)}end." for i in range(80)],
-    SPEC.val_shard: [f"Validation text number {i}, about kettles." for i in range(30)],
-    SPEC.test_shard: [f"Held-out text {i}, about teapots." for i in range(20)],
-}
-
-
-@pytest.fixture
-def shard_files(tmp_path):
-    files = {}
-    for index, texts in SHARD_TEXTS.items():
-        name = SPEC.shard_name(index)
-        files[name] = write_shard(tmp_path / name, texts)
-    return files
-
+# --- downloaded datasets, served by a local server (tests/shard_server.py) ------------
 
 def prepare_climbmix(home, url, **kw):
     return P._prepare(home, "climbmix", None, vocab_size=300, num_shards=2, data_url=url,
@@ -698,21 +596,6 @@ def test_pinned_sha_wins_over_the_server(tmp_path, shard_files, monkeypatch):
         with pytest.raises(P.DatasetUnavailable, match="sha256 mismatch"):
             prepare_climbmix(tmp_path / "home", server.url, attempts=2)
     assert server.requests.count(f"/cdn/{name}") == 2
-
-
-def test_download_without_a_sha_header_is_accepted(tmp_path, shard_files):
-    with ShardServer(shard_files) as server:
-        server.advertise_sha = False
-        digest = P.download_file(f"{server.url}/{SPEC.shard_name(1)}", tmp_path / "s.parquet")
-    assert digest == hashlib.sha256(shard_files[SPEC.shard_name(1)]).hexdigest()
-
-
-def test_oversized_download_is_refused(tmp_path, shard_files):
-    with ShardServer(shard_files) as server:
-        with pytest.raises(P.DatasetUnavailable, match="over 100"):
-            P.download_file(f"{server.url}/{SPEC.shard_name(0)}", tmp_path / "dl" / "s",
-                            max_bytes=100)
-    assert list((tmp_path / "dl").iterdir()) == []
 
 
 def test_corrupted_local_shard_is_downloaded_again(tmp_path, shard_files):
@@ -781,9 +664,6 @@ def test_fresh_download_reports_progress_to_the_full_size(tmp_path, shard_files)
     assert stages.index(f"download {SPEC.shard_name(0)}") < stages.index("train tokenizer")
 
 
-BIG = bytes(np.random.default_rng(0).integers(0, 256, 3 * 2**20 + 12345, dtype=np.uint8))
-
-
 def test_a_truncated_shard_resumes_where_it_stopped(tmp_path, shard_files):
     name = SPEC.shard_name(0)
     cut = len(shard_files[name]) // 2
@@ -805,123 +685,6 @@ def test_a_truncated_shard_without_range_support_starts_over(tmp_path, shard_fil
     shard = tmp_path / "home" / "data" / "climbmix" / "shards" / name
     assert shard.read_bytes() == shard_files[name]
     assert [r for n, r in server.ranges_asked if n == name] == [None, "bytes=100-"]
-
-
-def test_truncated_every_time_fails_clearly(tmp_path):
-    with ShardServer({"big.bin": BIG}) as server:
-        server.ranges = False
-        server.truncate_first = _Always(1000)
-        with pytest.raises(P.DatasetUnavailable, match="truncated download"):
-            P.download_file(f"{server.url}/big.bin", tmp_path / "big.bin", attempts=2,
-                            backoff_s=0.01)
-
-
-class _Always(dict):
-    """truncate_first that never runs out."""
-
-    def __init__(self, cut):
-        super().__init__()
-        self.cut = cut
-
-    def pop(self, key, default=None):
-        return self.cut
-
-
-class _Interrupt(Exception):
-    pass
-
-
-def interrupt_after(limit):
-    """A progress callback that stops the download (as Ctrl-C or a kill would) past limit bytes."""
-    def progress(stage, done, total):
-        if done >= limit:
-            raise _Interrupt(done)
-    return progress
-
-
-def test_an_interrupted_download_resumes_in_the_next_run(tmp_path):
-    dest = tmp_path / "dl" / "big.bin"
-    with ShardServer({"big.bin": BIG}) as server:
-        url = f"{server.url}/big.bin"
-        with pytest.raises(_Interrupt):
-            P.download_file(url, dest, progress=interrupt_after(1))
-        part = dest.with_name(".big.bin.part")
-        assert part.stat().st_size == 2**20 and not dest.exists()  # one block was written
-        assert json.loads(dest.with_name(".big.bin.part.json").read_text()) == {
-            "url": url, "sha256": hashlib.sha256(BIG).hexdigest()}
-        seen = []
-        digest = P.download_file(url, dest, progress=lambda *a: seen.append(a[1:]))
-    assert digest == hashlib.sha256(BIG).hexdigest() and dest.read_bytes() == BIG
-    assert server.ranges_asked == [("big.bin", None), ("big.bin", f"bytes={2**20}-")]
-    assert seen[0] == (2 * 2**20, len(BIG)) and seen[-1] == (len(BIG), len(BIG))
-    assert sorted(p.name for p in dest.parent.iterdir()) == ["big.bin"]
-
-
-def test_a_resumed_download_of_a_changed_file_starts_over(tmp_path):
-    dest = tmp_path / "big.bin"
-    with ShardServer({"big.bin": BIG}) as server:
-        url = f"{server.url}/big.bin"
-        with pytest.raises(_Interrupt):
-            P.download_file(url, dest, progress=interrupt_after(1))
-        server.files["big.bin"] = changed = BIG[::-1]  # upstream published a new version
-        digest = P.download_file(url, dest, backoff_s=0.01)
-    assert digest == hashlib.sha256(changed).hexdigest() and dest.read_bytes() == changed
-    # the Range request got a 206 for another sha256: dropped, and the next request is whole
-    assert [r for _, r in server.ranges_asked] == [None, f"bytes={2**20}-", None]
-
-
-def test_a_pinned_sha_resumes_and_a_wrong_part_is_caught(tmp_path):
-    dest = tmp_path / "big.bin"
-    sha = hashlib.sha256(BIG).hexdigest()
-    with ShardServer({"big.bin": BIG}) as server:
-        server.advertise_sha = False
-        url = f"{server.url}/big.bin"
-        with pytest.raises(_Interrupt):
-            P.download_file(url, dest, expected_sha256=sha, progress=interrupt_after(1))
-        part = dest.with_name(".big.bin.part")
-        part.write_bytes(b"\0" * 2**20)  # the part on disk went bad
-        with pytest.raises(P.DatasetUnavailable, match="sha256 mismatch"):
-            P.download_file(url, dest, expected_sha256=sha, attempts=1)
-        assert not part.exists()  # wrong bytes are never resumed from
-        assert P.download_file(url, dest, expected_sha256=sha, attempts=1) == sha
-    assert dest.read_bytes() == BIG
-
-
-def test_without_a_known_sha_nothing_is_kept_to_resume(tmp_path):
-    dest = tmp_path / "dl" / "big.bin"
-    with ShardServer({"big.bin": BIG}) as server:
-        server.advertise_sha = False
-        url = f"{server.url}/big.bin"
-        with pytest.raises(_Interrupt):
-            P.download_file(url, dest, progress=interrupt_after(1))
-        assert list(dest.parent.iterdir()) == []  # bytes nobody can check are not resumed
-        P.download_file(url, dest)
-    assert [r for _, r in server.ranges_asked] == [None, None]
-    assert dest.read_bytes() == BIG
-
-
-def test_a_download_another_process_holds_still_works(tmp_path):
-    dest = tmp_path / "big.bin"
-    other = P._Partial(dest)
-    assert other.lock()  # as if a second node on this home were fetching the same file
-    try:
-        with ShardServer({"big.bin": BIG}) as server:
-            assert P.download_file(f"{server.url}/big.bin", dest) == hashlib.sha256(BIG).hexdigest()
-    finally:
-        other.release()
-    assert dest.read_bytes() == BIG and not other.path.exists()
-
-
-def test_a_range_the_server_cannot_satisfy_starts_over(tmp_path):
-    dest = tmp_path / "big.bin"
-    with ShardServer({"big.bin": BIG}) as server:
-        url = f"{server.url}/big.bin"
-        with pytest.raises(_Interrupt):
-            P.download_file(url, dest, progress=interrupt_after(1))
-        part = dest.with_name(".big.bin.part")
-        part.write_bytes(b"\0" * (len(BIG) + 5))  # longer than the file: 416
-        assert P.download_file(url, dest, backoff_s=0.01) == hashlib.sha256(BIG).hexdigest()
-    assert [r for _, r in server.ranges_asked][-2:] == [f"bytes={len(BIG) + 5}-", None]
 
 
 def test_the_data_digest_names_the_prepared_data(tmp_path, shard_files):

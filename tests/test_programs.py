@@ -8,12 +8,13 @@ import pytest
 
 from experiments.agents import load_brief
 from experiments.agents.base import Proposal
-from experiments.research.loop import (LoopConfig, ResearchLoop, announced_program, parse_working_on,
-                              programs_from_announces, working_on, yield_to_peer)
+from experiments.research.loop import LoopConfig, ResearchLoop
 from experiments.research.programs import KnownPrograms, ProgramIndex, program_digest
 from experiments.research.scoreboard import ScoreRules
+from experiments.research.swarm_link import programs_from_announces, yield_to_peer
 from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
+from swarm.descriptions import announced_program, parse_working_on, working_on
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage
 from swarm.patch import make_patch

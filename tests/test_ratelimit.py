@@ -5,35 +5,29 @@ libp2p nodes on 127.0.0.1 to check that py-libp2p treats a rate-limit drop as IG
 (no score penalty, no cached invalid verdict) and that sync's limit holds records back
 without blaming the serving peer.
 """
-import hashlib
 import random
 import time
-from contextlib import asynccontextmanager
 
 import pytest
 import trio
 
 from libp2p.peer.id import ID
-from libp2p.pubsub.pubsub import Pubsub, ValidationCache, ValidationResult
-from libp2p.tools.anyio_service import background_trio_service
+from libp2p.pubsub.pubsub import ValidationCache, ValidationResult
 
 from swarm import gossip as gossip_mod
 from swarm import records as rec
 from swarm.discovery import parse_peer_addr
-from swarm.gossip import PeerGuard, RecordValidator, forgive_ignored, message_id, topic_name
-from swarm.host import open_host
+from swarm.gossip import PeerGuard, RecordValidator, forgive_ignored, message_id
 from swarm.identity import NodeIdentity
-from swarm.network import open_swarm_node, record_validator
+from swarm.network import record_validator
 from swarm.ratelimit import (AUTHOR_OVER, FORWARDER_OVER, MAX_TRACKED, RateLimiter,
                              RecordLimits, RecordRateLimit)
-from swarm.store import Store
 from swarm.sync import FrameReader, SyncServer, encode_frame
 
-G = "0123456789abcdef"
-ROOT = hashlib.sha256(b"base train.py").digest()
-LOOP = "/ip4/127.0.0.1/tcp/0"
+from live_swarm import (G, ROOT, TOPIC, in_mesh, raw_publisher, subscribed, swarm_node,
+                        wait_for)
+
 ARENA = "embedded/tokens:300000/cpu"
-TOPIC = topic_name(G, "optimizer")
 
 
 def experiment(identity, i=0, parent=ROOT):
@@ -357,41 +351,6 @@ async def test_sync_server_limits_costly_heads_requests_harder_than_gets():
 
 # --------------------------------------------------------------------------- live nodes
 
-@asynccontextmanager
-async def swarm_node(home, bootstrap=(), identity=None, **options):
-    store = Store.open(home, root_id=ROOT)
-    try:
-        async with open_swarm_node(identity or NodeIdentity.generate(), store, genome=G,
-                                   topics=["optimizer"], listen=LOOP, bootstrap=bootstrap,
-                                   **options) as node:
-            yield node
-    finally:
-        store.close()
-
-
-@asynccontextmanager
-async def raw_publisher(seed):
-    """A gossipsub peer with no validators and no limits of its own."""
-    async with open_host(seed, LOOP) as host:
-        router = gossip_mod.build_router()
-        pubsub = Pubsub(host, router, strict_signing=True, msg_id_constructor=message_id)
-        async with background_trio_service(pubsub), background_trio_service(router):
-            await pubsub.wait_until_ready()
-            await pubsub.subscribe(TOPIC)
-            yield host, pubsub
-
-
-async def wait_for(predicate, timeout=15.0):
-    with trio.fail_after(timeout):
-        while not predicate():
-            await trio.sleep(0.02)
-
-
-def subscribed(node, peer_id):
-    return any(p.peer_id == peer_id and "optimizer" in p.topics
-               for p in node.connected_peers())
-
-
 async def test_a_live_flood_is_ignored_not_scored_and_counted_per_peer(tmp_path):
     liar, honest = NodeIdentity.generate(), NodeIdentity.generate()
     limit = RecordRateLimit(RecordLimits(author_burst=5, author_per_min=0))
@@ -400,7 +359,7 @@ async def test_a_live_flood_is_ignored_not_scored_and_counted_per_peer(tmp_path)
             raw_publisher(liar.seed) as (host, pubsub):
         await host.connect(parse_peer_addr(b.listen_addrs()[0]))
         await wait_for(lambda: subscribed(b, liar.peer_id) and subscribed(a, b.peer_id))
-        await trio.sleep(1.2)  # a heartbeat: meshes form
+        await wait_for(lambda: in_mesh(pubsub.router, b) and in_mesh(a.gossip.router, b))
         flood = [experiment(liar, i) for i in range(30)]
 
         def seen():  # flood records b's validator has decided on

@@ -102,6 +102,40 @@ def test_builder_normalizes_harness_results():
     assert rec.result == {"status": "crash", "train_s": 3.0, "tokens": 5, "reason": "CUDA error"}
 
 
+def test_result_map_is_what_every_trainer_reports():
+    from swarm.records import MAX_REASON, result_map
+    ok = result_map("ok", val_bpb=1, train_s=2, total_s=3, tokens=4.0, steps=5, params=6,
+                    peak_mem_mb=7)
+    assert ok == {"status": "ok", "val_bpb": 1.0, "train_s": 2.0, "total_s": 3.0,
+                  "tokens": 4, "steps": 5, "params": 6, "peak_mem_mb": 7.0}
+    assert [type(ok[k]) for k in ("val_bpb", "train_s", "tokens")] == [float, float, int]
+    assert experiment(result=ok).result == ok
+    # a failed run always says why, and never carries a score
+    assert result_map("crash", val_bpb=1.5) == {"status": "crash", "train_s": 0.0,
+                                                "total_s": 0.0, "reason": "crash"}
+    long = result_map("timeout", reason="x" * 2000, isolation="missing: " + "y" * 2000)
+    assert len(long["reason"]) == len(long["isolation"]) == MAX_REASON
+    assert experiment(result=long).result == long
+    # an ok run carries a reason only when given one
+    assert "reason" not in ok
+    assert result_map("ok", val_bpb=1.0, reason="synthetic")["reason"] == "synthetic"
+
+
+def test_harness_and_synthetic_results_are_built_alike():
+    from experiments.run.harness import ExperimentResult
+    from experiments.simulation.synthetic import SyntheticResult
+    fields = dict(status="ok", val_bpb=1.25, train_s=10, total_s=12.5, tokens=3000, steps=7,
+                  params=1000, peak_mem_mb=64.0)
+    harness = ExperimentResult(arena=ARENA, reason="ignored when ok", **fields)
+    synthetic = SyntheticResult(reason="synthetic result", **fields)
+    assert {k: v for k, v in synthetic.to_record_result().items() if k != "reason"} == \
+        harness.to_record_result()
+    crashed = ExperimentResult(status="crash", arena=ARENA, reason="",
+                               missing_isolation=["network"])
+    assert crashed.to_record_result() == {"status": "crash", "train_s": 0.0, "total_s": 0.0,
+                                          "isolation": "missing: network", "reason": "crash"}
+
+
 def test_merge_record_with_two_parents_and_baseline_with_empty_patch():
     a, b = experiment().id, experiment(desc="other").id
     assert experiment(parents=[a, b]).parents == (a, b)

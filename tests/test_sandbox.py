@@ -324,10 +324,9 @@ def test_wall_limit_kills_the_whole_family_no_orphans(ws):
             time.sleep(0.2)
             seen_alive.extend(_pids_with(marker))
 
-    start = time.monotonic()
-    result = run_code(code, ws, wall_limit_s=3, on_line=on_line)
+    result = run_code(code, ws, wall_limit_s=3, on_line=on_line)  # the child never exits
     assert result.timed_out and result.returncode == -signal.SIGKILL
-    assert 3 <= result.wall_s < 8 and time.monotonic() - start < 10
+    assert result.wall_s >= 3  # not before the limit
     assert seen_alive, "the orphan was never seen: the test would prove nothing"
     for pid in seen_alive:  # gone (os.kill(pid, 0) fails), or at most a zombie being reaped
         assert not alive(pid)
@@ -455,10 +454,8 @@ def test_exit_status_and_signals_are_reported(ws):
 def test_cancel_stops_the_child(ws):
     cancel = threading.Event()
     threading.Timer(0.5, cancel.set).start()
-    start = time.monotonic()
     result = run_code("import time; time.sleep(60)", ws, cancel=cancel)
-    assert result.cancelled and not result.timed_out
-    assert time.monotonic() - start < 5
+    assert result.cancelled and not result.timed_out  # stopped, not run out
 
 
 def test_bad_arguments(ws, tmp_path):
@@ -773,11 +770,12 @@ def test_pass_fds_are_inherited_under_their_numbers_and_nothing_else(ws):
 
 
 def test_deadline_stops_the_child_before_the_wall_limit(ws):
+    # the child and the wall limit both outlast any test run: only the deadline can stop it
     start = time.monotonic()
-    result = run_code("import time; time.sleep(60)", ws, wall_limit_s=30,
+    result = run_code("import time; time.sleep(3600)", ws, wall_limit_s=3600,
                       deadline=lambda: start + 1.0)
     assert result.timed_out and result.returncode == -signal.SIGKILL
-    assert 0.9 < result.wall_s < 4
+    assert result.wall_s > 0.9  # not before the deadline
 
 
 def test_deadline_moves_and_none_means_only_the_wall_limit(ws):
@@ -789,11 +787,11 @@ def test_deadline_moves_and_none_means_only_the_wall_limit(ws):
             answers["value"] = start + 1.5  # set while the child runs
         return answers["value"]
 
-    result = run_code("import time; time.sleep(60)", ws, wall_limit_s=30, deadline=deadline)
-    assert result.timed_out and 1.4 < result.wall_s < 4
-    result = run_code("import time; time.sleep(60)", ws, wall_limit_s=1.5,
-                      deadline=lambda: time.monotonic() + 100)
-    assert result.timed_out and result.wall_s < 4
+    result = run_code("import time; time.sleep(3600)", ws, wall_limit_s=3600, deadline=deadline)
+    assert result.timed_out and result.wall_s > 1.4  # the moved deadline, not the first poll
+    result = run_code("import time; time.sleep(3600)", ws, wall_limit_s=1.5,
+                      deadline=lambda: time.monotonic() + 3600)
+    assert result.timed_out and result.wall_s >= 1.5  # the wall limit stopped it
     result = run_code("print('done')", ws, deadline=lambda: None)
     assert result.returncode == 0 and not result.timed_out
     with pytest.raises(ValueError, match="callable"):

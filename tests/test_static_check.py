@@ -5,9 +5,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from experiments.run.static_check import (MAX_PATCH_BYTES, MAX_SOURCE_BYTES, check_patch,
-                                      check_source, normalize_patch)
+                                          check_source, normalize_patch)
 from genome import base_train_source
-from swarm.patch import apply_patch, make_patch
+from swarm.patch import apply_patch, make_patch, parse_patch
 
 OK_HEAD = ("import torch\nimport torch.nn as nn\n\n"
            "def build_model(run):\n    return nn.Linear(2, 2)\n")
@@ -215,3 +215,72 @@ def test_bad_patches_are_rejected(patch, reason):
 def test_check_patch_never_raises(text):
     ok, reason = check_patch(text)
     assert isinstance(ok, bool) and (ok or reason)
+
+
+# --- hostile diffs: the screen reads patches with the parser that applies them ----------------
+
+PLAIN = make_patch(BASE, NEW)
+
+
+@pytest.mark.parametrize("patch, reason", [
+    # hunk headers that lie about their line counts
+    (PLAIN.replace("@@ -1,3 +1,3 @@", "@@ -1,4 +1,4 @@"), "shorter than its header says"),
+    (PLAIN.replace("@@ -1,3 +1,3 @@", "@@ -1,2 +1,2 @@"), "unexpected line"),
+    (PLAIN.replace("@@ -1,3 +1,3 @@", "@@ -1,3 +1,999999999 @@"), "shorter than its header"),
+    # paths that leave the genome or name it in another spelling
+    (make_patch(BASE, NEW, path="../genome/train.py"), "only train.py may change"),
+    (make_patch(BASE, NEW, path="genome/../train.py"), "only train.py may change"),
+    (make_patch(BASE, NEW, path="/etc/passwd"), "only train.py may change"),
+    (PLAIN.replace("a/train.py", "/tmp/train.py"), "only train.py may change"),
+    (PLAIN.replace("b/train.py", "b/train.py\t2024-01-01").replace("a/train.py", "train.py"),
+     "only train.py may change"),
+    # CRLF line ends: a '\r' is part of each line, so no header is what it seems
+    (PLAIN.replace("\n", "\r\n"), "malformed hunk header"),
+    (PLAIN.replace("train.py\n", "train.py\r\n"), "only train.py may change"),
+    # a second file in its own git section, and one after a binary section
+    (PLAIN + "diff --git a/prepare.py b/prepare.py\n" + make_patch(BASE, NEW, "prepare.py"),
+     "only train.py may change"),
+    ("diff --git a/train.py b/train.py\nGIT binary patch\nliteral 3\nzcmV?d00001\n\n"
+     "diff --git a/prepare.py b/prepare.py\n" + make_patch(BASE, NEW, "prepare.py"), "binary"),
+    # ... and a file's headers after binary data belong to that file's git section
+    ("diff --git a/train.py b/train.py\nGIT binary patch\nliteral 3\nzcmV?d00001\n\n"
+     + make_patch(BASE, NEW, "prepare.py"), "differs from the 'diff --git' line"),
+    # marker lines the apply step would not accept either
+    (PLAIN + "\\ No newline at end of file\n" * 2, "stray"),
+    (PLAIN[:-1], "does not end with a newline"),
+    ("diff --git a/train.py b/genome/train.py\n" + PLAIN, "only train.py may change"),
+])
+def test_hostile_patches_are_rejected(patch, reason):
+    ok, message = check_patch(patch)
+    assert not ok
+    assert reason in message, message
+
+
+def test_header_lookalikes_inside_a_hunk_are_content():
+    """Lines that look like another file's headers, inside a hunk's counted lines, are
+    train.py's content for the screen exactly as for the apply step."""
+    old = "a = 1\n-- a/prepare.py\n++ b/prepare.py\n"
+    new = "a = 2\n-- a/prepare.py\n++ b/prepare.py\n"
+    patch = make_patch(old, new)
+    assert "\n --- a/prepare.py\n" not in patch and " -- a/prepare.py\n" in patch
+    assert check_patch(patch) == (True, "")
+    assert apply_patch(old, patch) == new
+
+
+def test_normalized_patches_apply_like_the_original():
+    old, new = "x = 1\ny = 2\nz = 3", "x = 1\ny = 20\nz = 3\n"
+    patch = "diff --git a/genome/train.py b/genome/train.py\nindex 1..2 100644\n" + \
+        make_patch(old, new, path="genome/train.py")
+    assert check_patch(patch) == (True, "")
+    assert normalize_patch(patch) == make_patch(old, new)
+    assert apply_patch(old, normalize_patch(patch)) == new
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="-+ @,0123456789abtrain.py/\\\n", max_size=200))
+def test_what_the_screen_accepts_is_one_train_py_edit(text):
+    ok, _ = check_patch(text)
+    if ok:
+        [fp] = parse_patch(text)
+        assert fp.old_path == fp.new_path and fp.old_path in ("train.py", "genome/train.py")
+        assert fp.hunks and not fp.git_extras

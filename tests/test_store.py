@@ -397,6 +397,110 @@ def test_reader_in_another_connection_sees_committed_records(store, tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# read-only mode: a reader beside the node (the dashboard) with the same queries
+
+
+def test_readonly_store_answers_the_same_queries_and_never_writes(store, tmp_path):
+    a = exp(desc="a")
+    b = exp(parents=(a.id,), bpb=0.9, topic="schedule", desc="b")
+    c = exp(arena=GPU, desc="c")
+    store.insert_many([a, b, c, attest(a, "reproduced"), attest(a, "refuted", who=CAROL),
+                       attest(b, "refuted"), attest(b, "reproduced")])
+    store.set_meta("node.arena", ARENA)
+    ro = Store.open(tmp_path, root_id=ROOT, readonly=True)
+    try:
+        assert ro.readonly and not store.readonly
+        assert ro.get(b.id) == b and ro.children(a.id) == [b]
+        assert ro.experiments(arena=ARENA) == store.experiments(arena=ARENA) == [a, b]
+        assert ro.get_meta("node.arena") == ARENA
+        with pytest.raises(StoreError, match="read-only"):
+            ro.set_meta("x", "y")
+        with pytest.raises(StoreError, match="read-only"):
+            ro.insert(exp(desc="d"))
+        with pytest.raises(StoreError, match="read-only"):
+            ro.mark_broken(a.id, "no")
+        with pytest.raises(sqlite3.OperationalError):
+            ro._conn.execute("INSERT INTO meta VALUES ('x', 'y')")
+        assert store.get_meta("x") is None and store.broken_reason(a.id) is None
+        # it reads what the writer commits later (WAL)
+        d = exp(desc="d")
+        store.insert(d)
+        assert ro.get(d.id) == d
+    finally:
+        ro.close()
+
+
+def test_readonly_open_creates_and_migrates_nothing(tmp_path):
+    with pytest.raises(StoreError, match="no store here"):
+        Store.open(tmp_path / "home", readonly=True)
+    assert not (tmp_path / "home").exists()
+    sqlite3.connect(tmp_path / "store.sqlite").close()
+    with pytest.raises(StoreError, match="empty"):
+        Store.open(tmp_path, readonly=True)
+    conn = sqlite3.connect(tmp_path / "store.sqlite")
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT, "
+                 "applied_at INTEGER)")
+    for statement in MIGRATIONS[0][1]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (1, 'initial schema', 0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match=f"partly migrated .schema version 1 of "
+                                         f"{len(MIGRATIONS)}"):
+        Store.open(tmp_path, readonly=True)
+    conn = sqlite3.connect(tmp_path / "store.sqlite")
+    assert conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] == 1
+    conn.execute("INSERT INTO schema_version VALUES (99, 'future', 0)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="newer than this Loopy"):
+        Store.open(tmp_path, readonly=True)
+
+
+def test_readonly_open_refuses_a_damaged_store(tmp_path):
+    Store.open(tmp_path).close()
+    conn = sqlite3.connect(tmp_path / "store.sqlite")
+    conn.execute("DROP TABLE broken")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="tables broken are missing"):
+        Store.open(tmp_path, readonly=True)
+    (tmp_path / "junk.sqlite").write_bytes(b"not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable store"):
+        Store.open(tmp_path / "junk.sqlite", readonly=True)
+
+
+def test_readonly_store_may_change_threads(store, tmp_path):
+    store.insert(exp())
+    ro = Store.open(tmp_path, readonly=True)
+    counts = []
+    thread = threading.Thread(target=lambda: counts.append(ro.count()))
+    thread.start()
+    thread.join()
+    ro.close()
+    assert counts == [1]
+
+
+def test_bulk_queries_match_the_per_record_ones(store):
+    a, b = exp(desc="a"), exp(topic="schedule", desc="b")
+    c = exp(arena=GPU, desc="c")
+    store.insert_many([a, b, c, attest(a, "reproduced"), attest(a, "refuted", who=CAROL),
+                       attest(a, "reproduced", who=CAROL), attest(b, "refuted")])
+    verdicts = store.newest_verdicts()
+    assert set(verdicts) == {a.id, b.id}
+    for record in (a, b):
+        assert verdicts[record.id] == (store.who_reproduced(record.id),
+                                       store.who_refuted(record.id))
+    assert verdicts[a.id] == ([BOB.public_key, CAROL.public_key], [])
+    assert store.experiment_ids(ARENA) == [a.id, b.id]
+    assert store.experiment_ids(ARENA, "schedule") == [b.id]
+    assert store.experiment_ids() == [a.id, b.id, c.id]
+    assert store.get_many([c.id, b"\0" * 32, a.id]) == {c.id: c, a.id: a}
+    assert store.arenas() == [(ARENA, 2), (GPU, 1)]
+    assert store.topics(ARENA) == ["optimizer", "schedule"]
+
+
+# ---------------------------------------------------------------------------
 # durability
 
 CHILD = r"""

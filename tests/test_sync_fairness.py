@@ -312,19 +312,16 @@ async def test_a_late_joiner_syncs_while_slow_streams_hold_the_server(tmp_path):
                             while sum(a.sync_server._open.values()) < 4:
                                 await trio.sleep(0.05)
                         await trio.sleep(1.5)
-                        start = trio.current_time()
                         async with open_swarm_node(NodeIdentity.generate(), store_d, genome=G,
                                                    topics=["optimizer"], listen=LOOP,
                                                    bootstrap=a.listen_addrs()) as d:
                             with trio.fail_after(20):
                                 while not all(store_d.has(r.id) for r in records):
                                     await trio.sleep(0.05)
-                            took = trio.current_time() - start
                             assert d.records_from_sync == len(records)
                         stop.set()
                         nursery.cancel_scope.cancel()
                 assert opened[0] >= 4 and a.sync_server.preempted >= 1
-                assert took < 15
     finally:
         store_a.close()
         store_d.close()

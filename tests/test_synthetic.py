@@ -1,7 +1,6 @@
 """The synthetic trainer: a deterministic hidden landscape with known noise, labelled as such."""
 import statistics
 import threading
-import time
 
 import pytest
 
@@ -162,9 +161,8 @@ def test_delay_progress_cancel_and_seed_alias():
     assert r == trainer().run(FIXTURE, run_seed=2)          # seed= is run_seed=
     cancel = threading.Event()
     cancel.set()
-    t0 = time.monotonic()
     r = trainer(delay_s=30).run(FIXTURE, run_seed=0, cancel=cancel)
-    assert r.status == "crash" and "cancelled" in r.reason and time.monotonic() - t0 < 5
+    assert r.status == "crash" and "cancelled" in r.reason
 
 
 def test_real_genome_is_the_default_base():

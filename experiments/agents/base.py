@@ -9,9 +9,8 @@ proposal, and the research loop goes on.
 from __future__ import annotations
 
 import ast
-import inspect
+import hashlib
 import random
-import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Protocol
 MAX_DESC_CHARS = 500            # PROTOCOL.md: desc at most 500 chars
 MAX_SOURCE_BYTES = 1 << 20      # a first cut; static_check applies the real size limit
 STATUSES = ("kept", "discarded", "crash", "rejected", "timeout")
-TOPIC_RE = re.compile(r"^[a-z0-9-]{1,32}$")
 GENOME_DIR = Path(__file__).resolve().parents[2] / "genome"
 
 
@@ -81,21 +79,11 @@ def exhausted(reason: str) -> Proposal:
 # Briefs.
 
 def load_brief(topic: str, genome_dir: Path | str | None = None) -> Brief:
-    """program.md plus the topic's file (genome.program_brief); a topic without a file gets
-    the standing brief and a line naming it. ValueError for a malformed topic name."""
-    if not isinstance(topic, str) or not TOPIC_RE.match(topic):
-        raise ValueError(f"bad topic name {topic!r}: 1-32 chars of a-z 0-9 -")
-    if genome_dir is None:
-        from genome import program_brief
-        return Brief(topic, program_brief(topic))
-    root = Path(genome_dir)
-    program = (root / "program.md").read_text(encoding="utf-8")
-    topic_file = root / "topics" / f"{topic}.md"
-    if topic_file.is_file():
-        focus = topic_file.read_text(encoding="utf-8")
-    else:
-        focus = f"# Topic: {topic}\n\nFocus your edits on {topic}.\n"
-    return Brief(topic, program.rstrip("\n") + "\n\n" + focus)
+    """The brief genome.program_brief builds: program.md plus the topic's file (a topic
+    without a file gets the standing brief and a line naming it). ValueError for a
+    malformed topic name."""
+    from genome import program_brief
+    return Brief(topic, program_brief(topic, genome_dir))
 
 
 # ---------------------------------------------------------------------------
@@ -191,6 +179,29 @@ def validate_proposal(parent_source: str, proposal: object, *, screen: bool = Tr
     return Proposal(src, desc or "(no description)", key)
 
 
+_screened: dict[str, bool] = {}
+
+
+def validate_catalogue_edit(parent_source: str, proposal: Proposal) -> Proposal:
+    """validate_proposal, screening the parent once instead of every child: catalogue edits
+    only rewrite literal values (or swap one activation call), which the static screen does
+    not look at, so a child passes exactly when its parent does."""
+    digest = hashlib.sha256(parent_source.encode("utf-8", "replace")).hexdigest()
+    if digest not in _screened:
+        if len(_screened) > 1024:
+            _screened.clear()
+        _screened[digest] = static_screen(parent_source)[0]
+    return validate_proposal(parent_source, proposal, screen=not _screened[digest])
+
+
+def usable_history(history: object) -> list[Tried]:
+    """History entries an agent can read: a Tried with a parent id and a key (or none)."""
+    if not isinstance(history, (list, tuple)):
+        return []
+    return [t for t in history if isinstance(t, Tried) and isinstance(t.parent_id, str)
+            and (t.edit_key is None or isinstance(t.edit_key, str))]
+
+
 # ---------------------------------------------------------------------------
 # History digest for LLM agents.
 
@@ -233,46 +244,3 @@ def history_digest(history: list[Tried], limit: int = 40) -> str:
         if len(items) > len(shown):
             lines.append(f"  ... and {len(items) - len(shown)} more")
     return "\n".join(lines) + "\n"
-
-
-# ---------------------------------------------------------------------------
-# Making agents from a spec string.
-
-def make_agent(spec: str, **opts) -> Agent:
-    """`mutate` | `random` | `optuna:tpe` | `optuna:cmaes` | `command:<CMD>` | `openai:<URL>`.
-
-    Options an agent does not take are ignored, so a caller can pass one pool of settings
-    (e.g. base_source, timeout_s) whatever the spec."""
-    from experiments.agents.command import CommandAgent
-    from experiments.agents.mutate import MutateAgent, RandomAgent
-    from experiments.agents.openai_agent import OpenAIAgent
-
-    if not isinstance(spec, str):
-        raise ValueError("agent spec must be a string")
-    kind, _, arg = spec.partition(":")
-    kind = kind.strip().lower()
-    makers = {"mutate": MutateAgent, "random": RandomAgent, "command": CommandAgent,
-              "openai": OpenAIAgent, "optuna": None}
-    if kind not in makers:
-        raise ValueError(f"unknown agent {spec!r}: use mutate, random, optuna:tpe, "
-                         "optuna:cmaes, command:<CMD> or openai:<URL>")
-    if kind == "optuna":
-        from experiments.agents.optuna_agent import SAMPLERS, OptunaAgent
-        sampler = arg.strip().lower()
-        if sampler not in SAMPLERS:
-            raise ValueError(f"agent optuna takes one of {', '.join(SAMPLERS)}: "
-                             f"optuna:{SAMPLERS[0]}")
-        accepted = inspect.signature(OptunaAgent.__init__).parameters
-        kwargs = {k: v for k, v in opts.items() if k in accepted and k not in ("self",
-                                                                              "sampler")}
-        return OptunaAgent(sampler, **kwargs)
-    cls = makers[kind]
-    accepted = inspect.signature(cls.__init__).parameters
-    kwargs = {k: v for k, v in opts.items() if k in accepted and k != "self"}
-    if kind in ("command", "openai"):
-        if not arg.strip():
-            raise ValueError(f"agent {kind} needs an argument: {kind}:<...>")
-        return cls(arg.strip(), **kwargs)
-    if arg:
-        raise ValueError(f"agent {kind} takes no argument")
-    return cls(**kwargs)

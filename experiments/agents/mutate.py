@@ -41,34 +41,33 @@ to gain the most:
   docs/BENCHMARKS.md). Without `then`, the agent says the parent is exhausted
   (`Proposal.exhausted`), and the loop moves on to other parents or waits for news.
 
-Descriptions start with `[key]` (a stack joins its keys with `&`), so the key travels with
-the record and peers' agents learn from it too. `RandomAgent` is the benchmark's control: a
-uniform choice among the same applicable, untried, on-topic edits, with no use of history.
+Descriptions start with `[key]` (a stack joins its keys with `&`: swarm.descriptions), so the
+key travels with the record and peers' agents learn from it too. `RandomAgent` is the
+benchmark's control: a uniform choice among the same applicable, untried, on-topic edits,
+with no use of history.
 """
 from __future__ import annotations
 
-import ast
-import hashlib
 import itertools
 import math
 import random
-import re
 import statistics
 from dataclasses import dataclass
 
 import numpy as np
 
 from experiments.agents.base import GENOME_DIR, Brief, Proposal, Tried, exhausted, \
-    failed, static_screen, validate_proposal
+    failed, usable_history, validate_catalogue_edit
 from experiments.agents.catalogue import Edit, Setting, build_catalogue, edit_in_topic, \
-    for_profile, format_value, locate_settings
+    locate_settings
+from experiments.agents.edit_keys import applied_value, code_values, first_values, is_number, \
+    is_positive, parse_key, same_value, value_label
+from swarm.descriptions import MAX_EDIT_KEY_CHARS, edit_desc, is_stack, stack_key
 
 MAX_STACK = 4              # settings changed at once, at most
 STACK_FROM = 8             # stacks are drawn from this many best-predicted edits
 STACK_FROM_WIDE = 10       # ... and from this many once a parent has nothing else left
 MAX_OPTIONS = 50           # options tried in turn when the best ones do not apply
-MAX_KEY_CHARS = 80         # experiments.research.loop.edit_key_of reads keys up to this long
-CODE_TARGETS = ("activation",)   # catalogue targets that are code patterns, not settings
 FAILED = ("crash", "timeout", "rejected")
 CURVATURE = 3.0            # prior mean of the shared curvature, in typical effects per u^2
 DISCRETE_HARM = 1.5        # prior mean effect of changing a discrete choice, in typical effects
@@ -80,99 +79,6 @@ def _default_base_source() -> str | None:
         return (GENOME_DIR / "train.py").read_text(encoding="utf-8")
     except OSError:
         return None
-
-
-def _num(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _positive(v: object) -> bool:
-    return _num(v) and v > 0
-
-
-def _same(a: object, b: object) -> bool:
-    if _num(a) and _num(b):
-        return math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-15)
-    return type(a) is type(b) and a == b
-
-
-_labels: dict[object, str] = {}
-
-
-def _label(v: object) -> str:
-    """A value as the model names it: 50 and 50.0 are the same value (a key says `=50`
-    where the edit writes 50.0 into a float setting)."""
-    key = (type(v), v)
-    try:
-        return _labels[key]
-    except (KeyError, TypeError):
-        pass
-    try:
-        out = format_value(float(v) if _num(v) else v)
-    except ValueError:
-        out = repr(v)[:64]
-    try:
-        if len(_labels) > 50_000:
-            _labels.clear()
-        _labels[key] = out
-    except TypeError:
-        pass              # an unhashable value: not remembered
-    return out
-
-
-# ---------------------------------------------------------------------------
-# Edit keys: what a key tried on some parent changed.
-
-_PART = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,63})(\*|\+|-|=)(.{1,64})$")
-
-
-def parse_key(key: object) -> list[tuple[str, str, object]] | None:
-    """`MATRIX_LR*0.7&QK_NORM=False` -> [("MATRIX_LR", "*", 0.7), ("QK_NORM", "=", False)];
-    `DEPTH-1` -> [("DEPTH", "+", -1)]. None for a key this agent cannot read (another
-    agent's, garbage), or one that names a setting twice."""
-    if not isinstance(key, str) or not key or len(key) > 400:
-        return None
-    out = []
-    for part in key.split("&"):
-        m = _PART.match(part)
-        if not m:
-            return None
-        target, op, rest = m.groups()
-        if op == "=":
-            try:
-                value = ast.literal_eval(rest)
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                if not re.fullmatch(r"[A-Za-z0-9_.-]+", rest):
-                    return None
-                value = rest               # a code edit: activation=gelu
-            if not isinstance(value, (int, float, str, bool, tuple, type(None))):
-                return None
-            out.append((target, "=", value))
-            continue
-        try:
-            x = float(rest) if op == "*" else int(rest)
-        except ValueError:
-            return None
-        if op == "*" and not (math.isfinite(x) and x > 0):
-            return None
-        out.append((target, "+", -x if op == "-" else x) if op != "*" else (target, "*", x))
-    if len({t for t, _, _ in out}) != len(out):
-        return None
-    return out
-
-
-def _applied(op: str, x: object, old: object) -> object:
-    """The value a key part gives a setting that had `old`; None if it cannot apply."""
-    if op == "=":
-        return x
-    if op == "*":
-        if not _positive(old):
-            return None
-        new = old * x
-        return max(1, int(round(new))) if isinstance(old, int) else new
-    if isinstance(old, int) and not isinstance(old, bool):
-        return old + x
-    return None
 
 
 # ---------------------------------------------------------------------------
@@ -195,7 +101,7 @@ def _noise(history: list[Tried]) -> _Noise:
     deltas = _deltas(history)
     kept = [d for t, d in deltas if t.status == "kept"]
     done = [d for t, d in deltas if t.status == "discarded"]
-    singles = [d for t, d in deltas if isinstance(t.edit_key, str) and "&" not in t.edit_key]
+    singles = [d for t, d in deltas if isinstance(t.edit_key, str) and not is_stack(t.edit_key)]
     spread = statistics.median(abs(d) for d in singles) if singles else None
     low = -min(done) if done else None              # the bar is at least this
     high = -max(kept) if kept else None             # and below this
@@ -220,7 +126,7 @@ def _deltas(history: list[Tried]) -> list[tuple[Tried, float]]:
     """The results with a usable delta, each clipped to 30 typical deltas: one absurd
     number (a broken run, a peer's lie) must not swing the model."""
     found = [(t, float(t.delta)) for t in history
-             if _num(t.delta) and abs(t.delta) < 1e6 and t.status in ("kept", "discarded")]
+             if is_number(t.delta) and abs(t.delta) < 1e6 and t.status in ("kept", "discarded")]
     if not found:
         return []
     limit = 30 * max(statistics.median(abs(d) for _, d in found), 1e-12)
@@ -250,17 +156,17 @@ class _SettingsModel:
 
     def features(self, target: str, value: object) -> dict[tuple, float]:
         base = self.base.get(target, _MISSING)
-        if base is not _MISSING and _same(value, base):
+        if base is not _MISSING and same_value(value, base):
             return {}
-        if _positive(base) and _positive(value):
+        if is_positive(base) and is_positive(value):
             # a setting the catalogue moves in big steps (x100 for an epsilon) counts in
             # those steps, and the curve is not trusted far out: else the farthest moves
             # would always look the most promising (the most uncertain)
             u = math.log(value / base) / max(1.0, self.steps.get(target, 1.0))
             u = min(max(u, -U_MAX), U_MAX)
             return {("b", target): u, ("c", target): u * u, ("C",): u * u,
-                    ("r", target, _label(value)): 1.0}
-        return {("T",): 1.0, ("t", target): 1.0, ("v", target, _label(value)): 1.0}
+                    ("r", target, value_label(value)): 1.0}
+        return {("T",): 1.0, ("t", target): 1.0, ("v", target, value_label(value)): 1.0}
 
     def change(self, parts: list[tuple[str, object, object]]) -> dict[tuple, float]:
         """Features of moving each (target, old, new)."""
@@ -401,10 +307,10 @@ class _Crashes:
         self.oks: dict[tuple[str, str], int] = {}    # runs that went fine, by value
 
     def _far(self, old: object, new: object) -> bool:
-        return _positive(old) and _positive(new) and abs(math.log(new / old)) > self.FAR
+        return is_positive(old) and is_positive(new) and abs(math.log(new / old)) > self.FAR
 
     def _add(self, parts: list[tuple], crashed: bool) -> list[tuple[str, str]]:
-        states = [(target, _label(new)) for target, _, new in parts]
+        states = [(target, value_label(new)) for target, _, new in parts]
         self.far.update(st for st, (_, old, new) in zip(states, parts) if self._far(old, new))
         if len(parts) == 1:
             c = self.counts[self._far(parts[0][1], parts[0][2])]
@@ -447,7 +353,7 @@ class _Crashes:
         self.p, self.oks = p, oks
 
     def chance(self, target: str, old: object, new: object) -> float:
-        state = (target, _label(new))
+        state = (target, value_label(new))
         if state in self.safe:
             return 0.0
         if state in self.p:
@@ -459,25 +365,11 @@ class _Crashes:
 # ---------------------------------------------------------------------------
 # Helpers shared with RandomAgent.
 
-def _first_values(settings: list[Setting], profile: str | None) -> dict[str, object]:
-    """Each setting's value (its first occurrence among those the node may edit)."""
-    out: dict[str, object] = {}
-    for s in for_profile(settings, profile):
-        out.setdefault(s.name, s.value)
-    return out
-
-
-def _code_values(catalogue: dict[str, Edit]) -> dict[str, object]:
-    """The state of the code targets (the MLP activation in use), from their edits."""
-    return {e.target: e.old_value for e in catalogue.values()
-            if e.target in CODE_TARGETS and e.old_value is not None}
-
-
 def _typical_steps(catalogue: dict[str, Edit]) -> dict[str, float]:
     """Per setting, the median |log(new / old)| of its numeric catalogue edits."""
     moves: dict[str, list[float]] = {}
     for e in catalogue.values():
-        if _positive(e.old_value) and _positive(e.new_value) and e.old_value != e.new_value:
+        if is_positive(e.old_value) and is_positive(e.new_value) and e.old_value != e.new_value:
             moves.setdefault(e.target, []).append(abs(math.log(e.new_value / e.old_value)))
     return {t: max(statistics.median(m), 1e-3) for t, m in moves.items()}
 
@@ -499,27 +391,12 @@ def _exhausted(topic: str) -> Proposal:
                      "parent")
 
 
-_screened: dict[str, bool] = {}
-
-
-def _check(parent_source: str, proposal: Proposal) -> Proposal:
-    """validate_proposal, screening the parent once instead of every child: catalogue edits
-    only rewrite literal values (or swap one activation call), which the static screen does
-    not look at, so a child passes exactly when its parent does."""
-    digest = hashlib.sha256(parent_source.encode("utf-8", "replace")).hexdigest()
-    if digest not in _screened:
-        if len(_screened) > 1024:
-            _screened.clear()
-        _screened[digest] = static_screen(parent_source)[0]
-    return validate_proposal(parent_source, proposal, screen=not _screened[digest])
-
-
 def _propose_edit(parent_source: str, edit: Edit, settings: list[Setting]) -> Proposal:
     new = edit.apply(parent_source, settings)
-    desc = describe(edit.key, edit.desc)
+    desc = edit_desc(edit.key, edit.desc)
     if new is None:
         return failed(f"edit {edit.key} does not apply", desc, edit.key)
-    return _check(parent_source, Proposal(new, desc, edit.key))
+    return validate_catalogue_edit(parent_source, Proposal(new, desc, edit.key))
 
 
 def _propose_stack(parent_source: str, edits: list[Edit], key: str,
@@ -527,16 +404,10 @@ def _propose_stack(parent_source: str, edits: list[Edit], key: str,
     source = edits[0].apply(parent_source, settings)
     for edit in edits[1:]:
         source = edit.apply(source) if source is not None else None
-    desc = describe(key, "; ".join(e.desc for e in edits))
+    desc = edit_desc(key, "; ".join(e.desc for e in edits))
     if source is None:
         return failed(f"edits {key} do not apply together", desc, key)
-    return _check(parent_source, Proposal(source, desc, key))
-
-
-def describe(key: str, text: str) -> str:
-    """`[key] text`: the key travels in the record's description, where peers' mutate agents
-    (and experiments.research.loop.edit_key_of) read it back."""
-    return f"[{key}] {text}"
+    return validate_catalogue_edit(parent_source, Proposal(source, desc, key))
 
 
 # ---------------------------------------------------------------------------
@@ -561,11 +432,11 @@ class MutateAgent:
         self.max_stack = max(1, int(max_stack))
         base_settings = (locate_settings(self.base_source)
                          if self.base_source is not None else None)
-        self._base_values = _first_values(base_settings or [], profile)
+        self._base_values = first_values(base_settings or [], profile)
         self._steps: dict[str, float] = {}
         if self.base_source is not None and base_settings is not None:
             base_catalogue = build_catalogue(self.base_source, base_settings, profile)
-            self._base_values.update(_code_values(base_catalogue))
+            self._base_values.update(code_values(base_catalogue))
             self._steps = _typical_steps(base_catalogue)
         self._values_at: dict[str, dict[str, object]] = {}   # parent id -> its settings
         self._parts_memo: dict[tuple, list[tuple] | None] = {}
@@ -575,7 +446,7 @@ class MutateAgent:
                 parent_id: str, rng: random.Random) -> Proposal:
         if not isinstance(parent_source, str):
             return failed("no parent source")
-        history = _usable(history)
+        history = usable_history(history)
         settings = locate_settings(parent_source)
         if settings is None:
             return failed("the parent train.py does not parse")
@@ -626,14 +497,14 @@ class MutateAgent:
         if settings is None:
             return None
         catalogue = build_catalogue(parent_source, settings, self.profile)
-        history = _usable(history)
+        history = usable_history(history)
         return self._assess(settings, catalogue, list(catalogue.values()), history,
                             parent_id).assessment
 
     def _assess(self, settings: list[Setting], catalogue: dict[str, Edit], edits: list[Edit],
                 history: list[Tried], parent_id: str) -> _Fitted:
-        current = _first_values(settings, self.profile)
-        current.update(_code_values(catalogue))
+        current = first_values(settings, self.profile)
+        current.update(code_values(catalogue))
         if len(self._values_at) > 10000:
             self._values_at.clear()
             self._parts_memo.clear()
@@ -650,9 +521,9 @@ class MutateAgent:
         for key, x in changes.items():
             e = edits_by_key[key]
             mean, var = model.predict(x)
-            state = (e.target, _label(e.new_value))
+            state = (e.target, value_label(e.new_value))
             measured = (state in crashes.ok or state in crashes.safe
-                        or (_positive(e.new_value) and var <= 0.5 * model.prior_var(x)))
+                        or (is_positive(e.new_value) and var <= 0.5 * model.prior_var(x)))
             predictions[key] = Prediction(mean, math.sqrt(var), crashes.chance(
                 e.target, current[e.target], e.new_value), measured)
         assessment = Assessment(noise.bar, noise.tau, float(model.mean[i]),
@@ -671,7 +542,7 @@ class MutateAgent:
         values = self._values_at.get(t.parent_id, self._base_values)
         out: list[tuple] | None = []
         for target, op, x in parsed or ():
-            new = _applied(op, x, values[target]) if target in values else None
+            new = applied_value(op, x, values[target]) if target in values else None
             if new is None:
                 out = None
                 break
@@ -700,7 +571,7 @@ class MutateAgent:
         by_state = {}
         for pid, values in self._values_at.items():
             by_state.setdefault(_state_key(values), pid)
-            crashes.safe.update((t, _label(v)) for t, v in values.items())
+            crashes.safe.update((t, value_label(v)) for t, v in values.items())
         failed_runs = [parts for t in history if t.status in FAILED
                        for parts in [self._parts(t)] if parts is not None]
         for t, delta in _deltas(history):
@@ -765,8 +636,8 @@ class MutateAgent:
         out = []
         for size in range(2, min(self.max_stack, len(ranked)) + 1):
             for chosen in itertools.combinations(ranked, size):
-                key = "&".join(sorted(c.key for c in chosen))
-                if len(key) > MAX_KEY_CHARS or key in tried:
+                key = stack_key(sorted(c.key for c in chosen))
+                if len(key) > MAX_EDIT_KEY_CHARS or key in tried:
                     continue
                 x = sum(vectors[c.key] for c in chosen)
                 mean = float(x @ model.mean)
@@ -778,16 +649,8 @@ class MutateAgent:
         return out
 
 
-def _usable(history: object) -> list[Tried]:
-    """History entries the agent can read: a Tried with a parent id and a key (or none)."""
-    if not isinstance(history, (list, tuple)):
-        return []
-    return [t for t in history if isinstance(t, Tried) and isinstance(t.parent_id, str)
-            and (t.edit_key is None or isinstance(t.edit_key, str))]
-
-
 def _state_key(values: dict[str, object]) -> tuple:
-    return tuple(sorted((k, _label(v)) for k, v in values.items()))
+    return tuple(sorted((k, value_label(v)) for k, v in values.items()))
 
 
 class RandomAgent:
@@ -812,4 +675,4 @@ class RandomAgent:
         return _propose_edit(parent_source, rng.choice(candidates), settings)
 
 
-__all__ = ["Assessment", "MutateAgent", "Prediction", "RandomAgent", "parse_key"]
+__all__ = ["Assessment", "MutateAgent", "Prediction", "RandomAgent"]

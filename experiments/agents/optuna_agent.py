@@ -48,11 +48,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from experiments.agents.base import GENOME_DIR, Brief, Proposal, Tried, clean_line, \
-    exhausted, failed
+    exhausted, failed, usable_history, validate_catalogue_edit
 from experiments.agents.catalogue import HEAD_NAMES, WIDTH_NAMES, build_catalogue, \
     edit_in_topic, format_value, locate_settings, set_values
-from experiments.agents.mutate import CODE_TARGETS, MAX_KEY_CHARS, _applied, _check, \
-    _code_values, _first_values, _label, _same, _usable, describe, parse_key
+from experiments.agents.edit_keys import CODE_TARGETS, applied_value, code_values, \
+    first_values, parse_key, same_value, value_label
+from swarm.descriptions import MAX_EDIT_KEY_CHARS, edit_desc, stack_key
 
 SAMPLERS = ("tpe", "cmaes")
 MAX_MOVES = 4              # settings one proposal changes, at most (as mutate's stacks)
@@ -89,7 +90,7 @@ class Dim:
     labels: dict = field(default_factory=dict, repr=False)   # label -> choice
 
     def __post_init__(self):
-        self.labels = {_label(c): c for c in self.choices}
+        self.labels = {value_label(c): c for c in self.choices}
 
     @property
     def continuous(self) -> bool:
@@ -105,7 +106,7 @@ class Dim:
                 return None
             lo, hi = self._x(self.low), self._x(self.high)
             return min(max((self._x(v) - lo) / (hi - lo), 0.0), 1.0)
-        label = _label(v)
+        label = value_label(v)
         if label not in self.labels:
             return None
         return (list(self.labels).index(label) + 0.5) / len(self.labels)
@@ -121,7 +122,7 @@ class Dim:
 
     def with_value(self, v: object) -> "Dim":
         """This dimension, with v among its choices (a value a record used)."""
-        if self.continuous or _label(v) in self.labels:
+        if self.continuous or value_label(v) in self.labels:
             return self
         if not (isinstance(v, (bool, int, float, str, type(None))) and
                 (not _num(self.base) or _num(v))):
@@ -142,7 +143,7 @@ class Dim:
         if self.continuous:
             return min(max(float(v), self.low), self.high) if _num(v) and \
                 (v > 0 or not self.log) else None
-        label = _label(v)
+        label = value_label(v)
         return label if label in self.labels else None
 
     def from_param(self, p: object) -> object:
@@ -156,8 +157,8 @@ def search_space(base_source: str, profile: str | None = None, steps: int = STEP
     if settings is None:
         return {}
     catalogue = build_catalogue(base_source, settings, profile)
-    current = _first_values(settings, profile)
-    current.update(_code_values(catalogue))
+    current = first_values(settings, profile)
+    current.update(code_values(catalogue))
     groups: dict[str, list] = {}
     for e in catalogue.values():
         groups.setdefault(e.target, []).append(e)
@@ -184,8 +185,8 @@ def search_space(base_source: str, profile: str | None = None, steps: int = STEP
             values += _two_steps(base_source, edits, target, profile)
         seen, choices = set(), []
         for v in values:
-            if _label(v) not in seen:
-                seen.add(_label(v))
+            if value_label(v) not in seen:
+                seen.add(value_label(v))
                 choices.append(v)
         if all(_num(c) for c in choices):
             choices.sort()
@@ -266,8 +267,8 @@ class OptunaAgent:
         if settings is None:
             return
         self.space = search_space(source, self.profile, self.steps)
-        self.base_values = _first_values(settings, self.profile)
-        self.base_values.update(_code_values(build_catalogue(source, settings, self.profile)))
+        self.base_values = first_values(settings, self.profile)
+        self.base_values.update(code_values(build_catalogue(source, settings, self.profile)))
 
     # -- the trials ------------------------------------------------------------------------
 
@@ -319,12 +320,12 @@ class OptunaAgent:
         if not self.space:
             self._set_base(parent_source)
         catalogue = build_catalogue(parent_source, settings, self.profile)
-        here = _first_values(settings, self.profile)
-        here.update(_code_values(catalogue))
+        here = first_values(settings, self.profile)
+        here.update(code_values(catalogue))
         if len(self._seen) > 10000:
             self._seen.clear()
         self._seen[parent_id] = here
-        found = self.trials(_usable(history), parent_id)
+        found = self.trials(usable_history(history), parent_id)
         dims = dict(self.space)
         for values in [here] + [v for v, _ in found.done] + found.pending:
             for name, dim in dims.items():
@@ -376,7 +377,7 @@ class OptunaAgent:
             for move in moves[start:]:
                 if len(chosen) >= self.max_moves:
                     break
-                if len(_key_of(chosen + [move])) <= MAX_KEY_CHARS:
+                if len(_key_of(chosen + [move])) <= MAX_EDIT_KEY_CHARS:
                     chosen.append(move)
             after = dict(here)
             after.update({name: new for name, _, new in chosen})
@@ -397,10 +398,10 @@ class OptunaAgent:
         key = _key_of(moves)
         text = "; ".join(f"{name} {_show(old)} -> {_show(new)}"
                          for name, old, new in sorted(moves))
-        desc = clean_line(describe(key, f"{text} ({self.name})"))
+        desc = clean_line(edit_desc(key, f"{text} ({self.name})"))
         if source is None:
             return failed(f"the values {key} cannot be written into this parent", desc, key)
-        return _check(parent_source, Proposal(source, desc, key))
+        return validate_catalogue_edit(parent_source, Proposal(source, desc, key))
 
     # -- the samplers ----------------------------------------------------------------------
 
@@ -471,7 +472,7 @@ def _apply_key(values: dict, key: str | None) -> dict | None:
     out = dict(values)
     for target, op, x in parts:
         old = values.get(target)
-        new = x if op == "=" else (_applied(op, x, old) if old is not None else None)
+        new = x if op == "=" else (applied_value(op, x, old) if old is not None else None)
         if new is None:
             return None
         out[target] = new
@@ -496,7 +497,7 @@ def _moves_from(dims: dict[str, Dim], sample: dict, here: dict, limit: int) -> l
         if name not in here or name not in sample:
             continue
         old, new = here[name], sample[name]
-        if _same(old, new) or _label(old) == _label(new):
+        if same_value(old, new) or value_label(old) == value_label(new):
             continue
         uo, un = d.unit(old), d.unit(new)
         size = abs(un - uo) if uo is not None and un is not None else 1.0
@@ -523,7 +524,7 @@ def _key_of(moves: list[tuple]) -> str:
     parts = []
     for name, _, new in sorted(moves):
         parts.append(f"{name}={new}" if name in CODE_TARGETS else f"{name}={_show(new)}")
-    return "&".join(parts)
+    return stack_key(parts)
 
 
 def _show(v: object) -> str:
@@ -531,7 +532,7 @@ def _show(v: object) -> str:
     try:
         return format_value(_round(v) if _float(v) else v)
     except ValueError:
-        return _label(v)
+        return value_label(v)
 
 
 def _room(dims: dict[str, Dim], values: dict, pending: list[dict]) -> float:

@@ -20,20 +20,19 @@ Nothing here trains or talks to the network: it reads the store and builds sourc
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Container
 from contextlib import ExitStack
 from dataclasses import dataclass
 
 from experiments.agents.base import clean_line
 from experiments.research.scoreboard import Candidate, Scoreboard, ScoreRules
+from swarm import descriptions
 from swarm.lineage import Lineage, LineageError
 from swarm.patch import MergeConflict, PatchError, merge3
 from swarm.records import Record
 from swarm.store import Store
 from swarm.trust import TrustPolicy
 
-PORT_RE = re.compile(r"\bport of ([0-9a-f]{64})\b")
 MAX_DONORS = 8          # donors examined per attempt: each costs a three-way merge
 MAX_WALK = 10_000       # first-parent steps when looking for a common ancestor
 
@@ -49,25 +48,24 @@ class Crossover:
 
 
 def merge_desc(parent_id: bytes, donor: Record, verified: bool) -> str:
-    """A verified donor is the merge's second parent; an unverified one is named here."""
-    if verified:
-        return clean_line(f"merge {donor.id_hex[:8]} into {parent_id.hex()[:8]}: {donor.desc}")
-    return clean_line(f"merge of {donor.id_hex} (a claim) into {parent_id.hex()[:8]}: "
-                      f"{donor.desc}")
+    """swarm.descriptions.merge_desc, cleaned as the loop records it, so that announces
+    compare equal."""
+    return clean_line(descriptions.merge_desc(parent_id, donor.id, donor.desc, verified))
 
 
 def port_desc(donor: Record) -> str:
-    """(Cleaned as the loop records it, so that announces compare equal.)"""
-    return clean_line(f"port of {donor.id_hex} from {donor.arena}: {donor.desc}")
+    """swarm.descriptions.port_desc, cleaned as the loop records it, so that announces
+    compare equal."""
+    return clean_line(descriptions.port_desc(donor.id, donor.arena, donor.desc))
 
 
 def ported_ids(records: list[Record]) -> set[bytes]:
     """Ids of the originals that these experiments port."""
     out = set()
     for r in records:
-        m = PORT_RE.search(r.desc or "")
-        if m:
-            out.add(bytes.fromhex(m.group(1)))
+        original = descriptions.ported_id(r.desc)
+        if original is not None:
+            out.add(original)
     return out
 
 

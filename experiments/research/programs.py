@@ -1,23 +1,22 @@
 """Which train.py programs the arena has already run, or live nodes run now.
 
 Two nodes often reach one program by different paths: a stack of edits on the root, the
-same edits one at a time on a kept child, a merge of two siblings. Measured on the perfect
-bus at 16 nodes (12 landscapes), 11 % of all runs were copies of a program another node
-ran from another parent, 30 % on one landscape, 7 of 16 runs in one round. The
-(parent, edit) checks saw none of them. Re-running a program measures nothing new (a
+same edits one at a time on a kept child, a merge of two siblings, and checks of (parent,
+edit) pairs see none of these copies. Re-running a program measures nothing new (a
 deliberate re-run is a verification, and is recorded as one), so the loop checks a
 proposal's *program*, not only its (parent, edit) pair, against:
 
 - `ProgramIndex`: every experiment in the arena, by a digest of its source, kept up to
   date incrementally from the store;
 - the programs other live nodes announce they are running (`working_on` carries the
-  digest, see `experiments.research.loop.working_on`).
+  digest, see `swarm.descriptions.working_on`).
 """
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
 
+from swarm.descriptions import is_interrupted
 from swarm.lineage import Lineage, LineageError
 from swarm.store import Store
 
@@ -58,8 +57,7 @@ class ProgramIndex:
         for record_id in todo:
             self._seen.add(record_id)
             record = self.store.get(record_id)
-            if record is None or (record.result or {}).get("reason", "").startswith(
-                    "interrupted"):
+            if record is None or is_interrupted((record.result or {}).get("reason")):
                 continue
             try:
                 source = self.lineage.source_of(record_id)

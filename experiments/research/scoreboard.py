@@ -16,17 +16,15 @@ change inside such a block as long as it holds no `await`.
 """
 from __future__ import annotations
 
-import re
 import statistics
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
+from swarm.conventions import baseline_runs, baseline_seed, root_score
 from swarm.lineage import Lineage
 from swarm.records import Record
 from swarm.store import Store
-
-BASELINE_DESC = re.compile(r"^baseline seed=(\d+)$")
 
 
 @dataclass
@@ -47,8 +45,7 @@ class Candidate:
 
 def is_baseline(record: Record) -> int | None:
     """The seed of a baseline run (the genome unchanged), else None."""
-    m = BASELINE_DESC.match(record.desc or "")
-    return int(m.group(1)) if m and not record.patch else None
+    return baseline_seed(record)
 
 
 class Scoreboard:
@@ -83,12 +80,7 @@ class Scoreboard:
         return self._read_baselines()
 
     def _read_baselines(self) -> dict[int, list[float]]:
-        by_seed: dict[int, list[float]] = {}
-        for r in self.store.children(self.root_id):
-            seed = is_baseline(r)
-            if seed is not None and r.arena == self.arena and r.status == "ok":
-                by_seed.setdefault(seed, []).append(r.val_bpb)
-        return by_seed
+        return baseline_runs(self.store.children(self.root_id), self.arena)
 
     def sigma(self) -> float | None:
         """Std of the baseline score over seeds; None until `baseline_repeats` seeds ran."""
@@ -99,9 +91,9 @@ class Scoreboard:
         return max(statistics.stdev(per_seed), self.rules.sigma_floor)
 
     def root_score(self) -> float | None:
-        """The genome's own score in the arena, at the arena's seed."""
-        runs = self.baselines().get(self.rules.seed)
-        return statistics.median(runs) if runs else None
+        """The genome's own score in the arena, at the arena's seed (the one rule:
+        swarm.conventions.root_score, which `loopy export` uses too)."""
+        return root_score(self.baselines(), self.rules.seed)
 
     def score_of(self, record_id: bytes) -> float | None:
         if record_id == self.root_id:

@@ -1,6 +1,6 @@
 """The trainers a node can use: the real genome harness, or the synthetic landscape.
 
-Both follow `experiments.research.loop.Trainer`: an `arena`, a `label`, and a blocking
+Both follow `experiments.research.runs.Trainer`: an `arena`, a `label`, and a blocking
 `run(source, *, seed, progress, cancel)` that returns a result with
 `.status`, `.val_bpb`, `.reason` and `.to_record_result()`.
 """

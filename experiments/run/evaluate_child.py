@@ -15,9 +15,12 @@ in the candidate's sandbox). That directory is only ever read as data by
 nothing the candidate wrote is imported, executed or unpickled here.
 
 Steps:
-1. Read eval.json (written by the harness) and delete it.
-2. Load the trusted prepare.py and the tokenizer; load and validate the graph (a
-   GraphRejected is status `rejected` with its reason).
+1. Read the spec: from the pipe `--fd N` (the harness's way: the nonce and the probe seed
+   never touch a file), or from eval.json, which it then deletes.
+2. Load the trusted prepare.py and the tokenizer; with `go_fd`, wait for the harness's
+   go on that pipe (the child starts while the export still runs; EOF means there is
+   nothing to evaluate); load and validate the graph (a GraphRejected is status
+   `rejected` with its reason).
 3. Score val_bpb with the trusted `prepare.evaluate_bpb` on the fixed validation windows.
    The metric calls the graph through `_ProbedScorer`, which returns the graph's logits
    unchanged (so the score is exactly evaluate_bpb's) and, on every scoring batch (a
@@ -217,6 +220,8 @@ def evaluate(spec: dict) -> dict:
         torch.set_float32_matmul_precision("high")
     tokenizer = trusted.load_tokenizer(spec["tokenizer"])
     rng = np.random.default_rng(int(spec["probe_seed"]))
+    if spec.get("go_fd") is not None:
+        _wait_for_go(int(spec["go_fd"]))
     try:
         graph = model_graph.load_graph(
             spec["graph_dir"], vocab_size=tokenizer.vocab_size, batch_size=B, seq_len=T,
@@ -270,6 +275,33 @@ def evaluate(spec: dict) -> dict:
             "eval_s": round(time.time() - t_eval, 3)}
 
 
+class Aborted(Exception):
+    """The harness closed the go pipe without a go: there is nothing to evaluate."""
+
+
+def _wait_for_go(fd: int) -> None:
+    """Block until the harness says the graph is in place (b"g"), or abort on EOF.
+
+    The harness starts this child while the export still runs, so that the imports and
+    the tokenizer load overlap the export instead of following it."""
+    try:
+        go = os.read(fd, 1)
+    finally:
+        os.close(fd)
+    if go != b"g":
+        raise Aborted
+
+
+def _not_dumpable() -> None:
+    """Neither ptrace nor /proc/<pid>/mem of this process for other processes of its user:
+    it may wait beside an untrusted export child. Linux only; elsewhere a no-op."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
+    except (OSError, AttributeError):
+        pass
+
+
 def _write_json(path: str, obj: dict) -> None:
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -277,17 +309,42 @@ def _write_json(path: str, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _read_spec_from(fd: int) -> dict:
+    """The spec the harness writes first on the go pipe: 8 ASCII digits of length, JSON."""
+    def read_exactly(n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = os.read(fd, n - len(out))
+            if not chunk:
+                raise EOFError("the harness closed the spec pipe early")
+            out += chunk
+        return out
+    spec = json.loads(read_exactly(int(read_exactly(8))))
+    spec["go_fd"] = fd
+    return spec
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: evaluate_child.py <eval.json>", file=sys.stderr)
+    if len(argv) == 2 and argv[0] == "--fd":
+        read_spec = lambda: _read_spec_from(int(argv[1]))  # noqa: E731
+    elif len(argv) == 1:
+        def read_spec():
+            with open(argv[0], encoding="utf-8") as f:
+                spec = json.load(f)
+            os.unlink(argv[0])
+            return spec
+    else:
+        print("usage: evaluate_child.py <eval.json> | --fd <spec and go pipe>", file=sys.stderr)
         return 2
-    with open(argv[0], encoding="utf-8") as f:
-        spec = json.load(f)
-    os.unlink(argv[0])
+    _not_dumpable()
+    spec = read_spec()
     nonce, result_path = spec.pop("nonce"), spec.pop("result_path")
     try:
         result = evaluate(spec)
+    except Aborted:
+        print("evaluation: nothing to evaluate (the export did not succeed)", flush=True)
+        return 0
     except Exception:  # the trusted side failed: say so, with the traceback in the log
         traceback.print_exc()
         result = {"status": "error", "reason": "the evaluator itself failed (see the eval log)"}

@@ -10,7 +10,8 @@ shares a process with the validation data or the verdict.
    Failures are `rejected` with the reason; nothing runs. The screen is a first filter,
    not the defence: everything below holds for a program that passes it.
 2. Data: the trusted genome/prepare.py prepares (or finds cached) tokenizer and the
-   train, val and test token files, in the node's home.
+   train, val and test token files, in the node's home; a downloaded dataset's shards
+   are fetched by genome/download.py, which the children never need.
 3. Training child, `python train.py` in a fresh workspace (experiments/run/workspace.py),
    sandboxed (experiments/run/sandbox.py): it sees its workspace, the interpreter and
    nothing else; no network. Its tokens come over a pipe from the harness's data feed
@@ -42,6 +43,7 @@ import os
 import re
 import secrets
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -56,9 +58,9 @@ from experiments.run.sandbox import missing_isolation, run_sandboxed
 from experiments.run.static_check import check_patch, check_source
 from experiments.run.workspace import (MAX_WEIGHTS_BYTES, LogFile, cleanup, copy_model_files,
                                    create_workspace, prepare_export_dir)
+from swarm.records import MAX_REASON, result_map
 
 STATUSES = ("ok", "crash", "timeout", "rejected")
-MAX_REASON = 500
 # Until the first batch: interpreter, torch import, model build and, on GPUs,
 # torch.compile warmup (the budget's clock starts at the first batch served).
 STARTUP_GRACE_S = {"cpu": 30.0, "cuda": 150.0, "mps": 60.0}
@@ -69,9 +71,8 @@ END_GRACE_FRACTION = 0.02
 EXPORT_WALL_LIMIT_S = {"cpu": 120.0, "cuda": 300.0, "mps": 300.0}
 # Token budgets: the wall limit is a generous cap, TOKEN_CAP_FACTOR x the time the budget
 # takes at a typical speed for the device (tokens per second). Generous because a token
-# budget's score does not depend on speed: an honest run on a busy machine (measured: 10x
-# slower at load average 8 on 2 cores) must not end as a timeout; the cap only stops runs
-# that never end.
+# budget's score does not depend on speed: an honest run on a busy machine (several times
+# slower; docs/LOG.md) must not end as a timeout; the cap only stops runs that never end.
 TYPICAL_TOKENS_PER_S = {"cpu": 7_000, "cuda": 500_000, "mps": 40_000}
 TOKEN_CAP_FACTOR = 25.0
 TOKEN_CAP_MIN_S = 180.0
@@ -117,22 +118,13 @@ class ExperimentResult:
         return max(0.0, self.total_s - self.train_s)
 
     def to_record_result(self) -> dict:
-        """PROTOCOL.md's result map: val_bpb only when ok, reason only when not ok."""
-        out: dict = {"status": self.status, "train_s": float(self.train_s),
-                     "total_s": float(self.total_s)}
-        if self.status == "ok":
-            out["val_bpb"] = float(self.val_bpb)
-        for key in ("tokens", "steps", "params"):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = int(value)
-        if self.peak_mem_mb is not None:
-            out["peak_mem_mb"] = float(self.peak_mem_mb)
-        if self.missing_isolation:
-            out["isolation"] = ("missing: " + "; ".join(self.missing_isolation))[:MAX_REASON]
-        if self.status != "ok":
-            out["reason"] = self.reason[:MAX_REASON] or self.status
-        return out
+        """PROTOCOL.md's result map (swarm.records.result_map): reason only when not ok."""
+        missing = self.missing_isolation
+        return result_map(self.status, val_bpb=self.val_bpb, train_s=self.train_s,
+                          total_s=self.total_s, tokens=self.tokens, steps=self.steps,
+                          params=self.params, peak_mem_mb=self.peak_mem_mb,
+                          reason=None if self.status == "ok" else self.reason,
+                          isolation="missing: " + "; ".join(missing) if missing else None)
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -327,9 +319,8 @@ def _data_digest(home: Path, dataset: str, progress=None,
 
 def _child_env(threads: int, run_config: Path | None = None,
                pythonpath: Path | None = None) -> dict:
-    # PASSIVE: OpenMP threads sleep instead of spinning at barriers. On a machine with
-    # other work (measured: load average 9 on 2 cores) spinning made 2-thread training
-    # 10x slower (160 s vs 15 s for 20 steps); passive waiting even beat 1 thread (22 s).
+    # PASSIVE: OpenMP threads sleep instead of spinning at barriers: on a machine with
+    # other work, spinning threads wait for each other's time slices (docs/LOG.md).
     env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "OMP_WAIT_POLICY": "PASSIVE"}
     if run_config is not None:
@@ -444,25 +435,30 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
             return finish("crash", reason=f"train.py exited with status {train.returncode}: "
                                           f"{_last_error_line(train.log_tail)}", **measured)
 
-        # --- export child: the trained model becomes data (a graph and its weights)
-        t_export = time.monotonic()
-        exported = _export(ws, source, trusted_prepare_py, run_config, settings, threads,
-                           mem_limit, device, cancel)
-        timings["export"] = round(time.monotonic() - t_export, 3)
-        measured["log_tail"] = (train.log_tail + exported.log_tail)[-4096:]
-        if exported.status != "ok":
-            return finish(exported.status, reason=exported.reason, **measured)
+        # --- evaluation child: trusted code only; it starts up while the export runs
+        evaluation = _EvaluationChild(
+            ws.eval_log, ws.eval_dir, data, trusted_prepare_py, device, profile, threads,
+            mem_limit, EXPORT_WALL_LIMIT_S[device]
+            + (eval_wall_limit_s or EVAL_WALL_LIMIT_S[device]), cancel, test_seed)
+        try:
+            # --- export child: the trained model becomes data (a graph and its weights)
+            t_export = time.monotonic()
+            exported = _export(ws, source, trusted_prepare_py, run_config, settings, threads,
+                               mem_limit, device, cancel)
+            timings["export"] = round(time.monotonic() - t_export, 3)
+            measured["log_tail"] = (train.log_tail + exported.log_tail)[-4096:]
+            if exported.status != "ok":
+                return finish(exported.status, reason=exported.reason, **measured)
 
-        # --- evaluation child: trusted code scores the graph; no candidate code runs there
-        stage = getattr(progress, "stage", None)
-        if stage is not None:
-            stage("evaluate", 0, 1)
-        t_eval = time.monotonic()
-        verdict, eval_tail = _evaluate(ws.eval_log, exported.graph_dir, data,
-                                       trusted_prepare_py, device, profile, threads,
-                                       mem_limit, eval_wall_limit_s or EVAL_WALL_LIMIT_S[device],
-                                       cancel, test_seed)
-        timings["eval"] = round(time.monotonic() - t_eval, 3)
+            # --- the evaluation proper: no candidate code runs there
+            stage = getattr(progress, "stage", None)
+            if stage is not None:
+                stage("evaluate", 0, 1)
+            t_eval = time.monotonic()
+            verdict, eval_tail = evaluation.go()
+            timings["eval"] = round(time.monotonic() - t_eval, 3)
+        finally:
+            evaluation.close()
         measured["log_tail"] = (measured["log_tail"] + eval_tail)[-4096:]
         if verdict.get("params") is not None:
             measured["params"] = verdict["params"]
@@ -550,56 +546,128 @@ def _export(ws, source: str, trusted_prepare_py: Path, run_config: dict, setting
     return _Exported("ok", graph_dir=graph_dir, log_tail=child.log_tail)
 
 
+class _EvaluationChild:
+    """The trusted evaluation child, started before its graph exists.
+
+    Making one launches it (from a thread that owns the sandboxed process) while the
+    export still runs, so its start-up (interpreter, torch, tokenizer) overlaps the export; it
+    then waits on a pipe. `go()` tells it the graph is in `graph_dir` and returns the
+    verdict; `close()` (always called) ends a child that never got its go, and waits for
+    it. The spec, with the nonce and the probe seed, travels on that pipe, never in a
+    file."""
+
+    def __init__(self, log_path: Path, graph_dir: Path, data, trusted_prepare_py: Path,
+                 device: str, profile: str, threads: int, mem_limit: int, limit: float,
+                 cancel, test_seed: int | None):
+        self.limit, self.mem_limit = limit, mem_limit
+        self._nonce = secrets.token_hex(16)
+        self._result_path = graph_dir / "result.json"
+        read_end, self._go = os.pipe()
+        spec = {"nonce": self._nonce, "result_path": str(self._result_path),
+                "trusted_prepare": str(trusted_prepare_py), "graph_dir": str(graph_dir),
+                "val_bin": str(data.val_bin), "tokenizer": str(data.tokenizer),
+                "device": device, "profile": profile, "threads": threads,
+                "probe_seed": secrets.randbits(63), "max_weight_bytes": MAX_WEIGHTS_BYTES}
+        # Every evaluation checks a few held-out test windows (val text carried in the
+        # model); a verification asks for a full set, with its own seed, and gets test_bpb.
+        if test_seed is not None:
+            spec["test"] = {"seed": int(test_seed),
+                            "n_windows": eval_settings(profile)["n_windows"]}
+        else:
+            spec["test"] = {"seed": secrets.randbits(63),
+                            "n_windows": evaluate_child.CHECK_WINDOWS}
+        spec["test_bin"] = str(data.test_bin)
+        graph_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        encoded = json.dumps(spec).encode()
+        # the whole spec fits the pipe's buffer (64 KiB), so this write never blocks
+        os.write(self._go, b"%08d" % len(encoded) + encoded)
+        sidecar = data.tokenizer.with_name(data.tokenizer.name + ".sha256")
+        reveal = [EVAL_CHILD, MODEL_GRAPH, trusted_prepare_py, data.val_bin, data.test_bin,
+                  data.tokenizer, sidecar]
+        self._log = LogFile(log_path)
+        self._child = self._error = None
+
+        read_end_open = [True]
+
+        def close_read_end() -> None:  # ours, once the child holds its copy
+            if read_end_open[0]:
+                read_end_open[0] = False
+                os.close(read_end)
+
+        def run() -> None:
+            try:
+                self._child = run_sandboxed(
+                    [sys.executable, "-I", str(EVAL_CHILD), "--fd", str(read_end)],
+                    cwd=graph_dir,
+                    env=_child_env(threads), wall_limit_s=limit, mem_limit_mb=mem_limit,
+                    reveal_paths=[p for p in reveal if Path(p).exists()],
+                    pass_fds=(read_end,), on_start=close_read_end,
+                    rlimit_as_mb=mem_limit + 4096 if device == "cpu" else None,
+                    on_line=self._log.write, cancel=cancel)
+            except BaseException as e:  # re-raised by go() or close() in the owner's thread
+                self._error = e
+            finally:
+                close_read_end()
+                self._log.close()
+
+        self._thread = threading.Thread(target=run, name="evaluation-child", daemon=True)
+        self._thread.start()
+
+    def _join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def go(self) -> tuple[dict, str]:
+        """The verdict on the graph now in place: ({'status', 'reason'|'val_bpb', ...}, tail)."""
+        try:
+            os.write(self._go, b"g")
+        except OSError:
+            pass  # the child is gone already: its result says why
+        self._close_pipe()
+        self._join()
+        child = self._child
+        if child.cancelled:
+            raise ExperimentCancelled("cancelled during evaluation")
+        if child.timed_out:
+            reason = f"evaluation ran past its wall limit of {self.limit:.0f} s"
+            return {"status": "timeout", "reason": reason}, child.log_tail
+        if child.mem_exceeded:
+            reason = f"evaluation exceeded the memory limit of {self.mem_limit} MB"
+            return {"status": "crash", "reason": reason}, child.log_tail
+        verdict = _read_verdict(self._result_path, self._nonce)
+        if verdict is None or child.returncode != 0:
+            return {"status": "crash", "reason": f"evaluation crashed (status "
+                                                 f"{child.returncode}): "
+                                                 f"{_last_error_line(child.log_tail)}"}, \
+                child.log_tail
+        if verdict["status"] == "error":
+            raise EvaluationError(f"the trusted evaluator failed: {verdict['reason']}; "
+                                  f"log tail:\n{child.log_tail[-2000:]}")
+        return verdict, child.log_tail
+
+    def _close_pipe(self) -> None:
+        if self._go is not None:
+            os.close(self._go)
+            self._go = None
+
+    def close(self) -> None:
+        """Without a go, the child exits on EOF; wait for it either way."""
+        self._close_pipe()
+        self._thread.join()
+
+
 def _evaluate(log_path: Path, graph_dir: Path, data, trusted_prepare_py: Path, device: str,
               profile: str, threads: int, mem_limit: int, limit: float, cancel,
               test_seed: int | None) -> tuple[dict, str]:
-    """Run the evaluation child on a graph dir; ({'status', 'reason'|'val_bpb', ...}, log tail)."""
-    nonce = secrets.token_hex(16)
-    result_path = graph_dir / "result.json"
-    spec = {"nonce": nonce, "result_path": str(result_path),
-            "trusted_prepare": str(trusted_prepare_py), "graph_dir": str(graph_dir),
-            "val_bin": str(data.val_bin), "tokenizer": str(data.tokenizer), "device": device,
-            "profile": profile, "threads": threads, "probe_seed": secrets.randbits(63),
-            "max_weight_bytes": MAX_WEIGHTS_BYTES}
-    # Every evaluation checks a few held-out test windows (val text carried in the model);
-    # a verification asks for a full set, with its own seed, and gets test_bpb back.
-    if test_seed is not None:
-        spec["test"] = {"seed": int(test_seed), "n_windows": eval_settings(profile)["n_windows"]}
-    else:
-        spec["test"] = {"seed": secrets.randbits(63), "n_windows": evaluate_child.CHECK_WINDOWS}
-    spec["test_bin"] = str(data.test_bin)
-    spec_path = graph_dir / "eval.json"
-    with open(spec_path, "w", encoding="utf-8") as f:
-        json.dump(spec, f)
-    tokenizer_sidecar = data.tokenizer.with_name(data.tokenizer.name + ".sha256")
-    reveal = [EVAL_CHILD, MODEL_GRAPH, trusted_prepare_py, data.val_bin, data.test_bin,
-              data.tokenizer] + ([tokenizer_sidecar] if tokenizer_sidecar.exists() else [])
-    log = LogFile(log_path)
+    """Evaluate a graph already in `graph_dir`: (verdict dict, log tail)."""
+    child = _EvaluationChild(log_path, graph_dir, data, trusted_prepare_py, device, profile,
+                             threads, mem_limit, limit, cancel, test_seed)
     try:
-        child = run_sandboxed(
-            [sys.executable, "-I", str(EVAL_CHILD), str(spec_path)], cwd=graph_dir,
-            env=_child_env(threads), wall_limit_s=limit, mem_limit_mb=mem_limit,
-            reveal_paths=[p for p in reveal if Path(p).exists()],
-            rlimit_as_mb=mem_limit + 4096 if device == "cpu" else None, on_line=log.write,
-            cancel=cancel)
+        return child.go()
     finally:
-        log.close()
-    if child.cancelled:
-        raise ExperimentCancelled("cancelled during evaluation")
-    if child.timed_out:
-        reason = f"evaluation ran past its wall limit of {limit:.0f} s"
-        return {"status": "timeout", "reason": reason}, child.log_tail
-    if child.mem_exceeded:
-        reason = f"evaluation exceeded the memory limit of {mem_limit} MB"
-        return {"status": "crash", "reason": reason}, child.log_tail
-    verdict = _read_verdict(result_path, nonce)
-    if verdict is None or child.returncode != 0:
-        return {"status": "crash", "reason": f"evaluation crashed (status {child.returncode}): "
-                                             f"{_last_error_line(child.log_tail)}"}, child.log_tail
-    if verdict["status"] == "error":
-        raise EvaluationError(f"the trusted evaluator failed: {verdict['reason']}; "
-                              f"log tail:\n{child.log_tail[-2000:]}")
-    return verdict, child.log_tail
+        child.close()
 
 
 def _read_verdict(path: Path, nonce: str) -> dict | None:

@@ -1059,8 +1059,8 @@ def _build_root(libc: _Libc, ops: list, scratch_mb: int) -> list[str]:
     except OSError as e:
         features.append(f"no-readonly-fs ({e.strerror or e})")
     # CUDA fails to initialise (error 304, "OS call failed") when /proc and /sys are
-    # read-only mounts (measured on an H100, 2026-11-26). Their files keep their own
-    # permissions, which the unprivileged child cannot get past.
+    # read-only mounts. Their files keep their own permissions, which the unprivileged
+    # child cannot get past.
     for target, kind in applied:
         if kind == "kernel":
             try:

@@ -3,8 +3,10 @@
 `check_patch(text)` accepts a unified diff of train.py only: headers `a/train.py` /
 `b/train.py` (or `a/genome/train.py` / `b/genome/train.py`), optional `diff --git` and
 `index` lines, at least one hunk; no other file, no rename, new, deleted or binary file,
-no mode change, nothing over the size limit. `normalize_patch` rewrites the headers to
-the record form (`a/train.py`).
+no mode change, nothing over the size limit. It reads the diff with swarm.patch's parser
+(the one that applies it), so the screen and the apply step never disagree about which
+lines are headers and which are content. `normalize_patch` rewrites the headers to the
+record form (`a/train.py`).
 
 `check_source(src)` screens the whole candidate train.py: at most 128 KiB, parses, and an
 AST screen that fails closed:
@@ -38,9 +40,10 @@ from __future__ import annotations
 import ast
 import re
 
+from swarm.patch import (MAX_PATCH_BYTES, TRAIN_PATHS, FilePatch, PatchError, format_patch,
+                         parse_patch)
+
 MAX_SOURCE_BYTES = 128 * 1024
-MAX_PATCH_BYTES = 128 * 1024
-TRAIN_HEADER_PATHS = ("train.py", "genome/train.py")
 
 # Module roots train.py may import. Anything else (socket, subprocess, ctypes, shutil,
 # importlib, pickle, threading, multiprocessing, signal, ...) is rejected.
@@ -400,7 +403,7 @@ def check_source(src: str) -> tuple[bool, str]:
 # --- patches ---------------------------------------------------------------------------------
 
 _ONLY_TRAIN = "only train.py may change"
-_HUNK = re.compile(r"@@ -(\d{1,9})(?:,(\d{1,9}))? \+(\d{1,9})(?:,(\d{1,9}))? @@.*")
+# What each git header line the parser keeps aside (FilePatch.git_extras) would do.
 _GIT_FORBIDDEN = (
     ("new file mode", "creates a new file"), ("deleted file mode", "deletes a file"),
     ("rename from", "renames a file"), ("rename to", "renames a file"),
@@ -411,19 +414,28 @@ _GIT_FORBIDDEN = (
 )
 
 
-def _header_path(value: str, prefix: str) -> str | None:
-    """'a/genome/train.py\\t2024-..' -> 'train.py' if it names train.py with that prefix."""
-    path = value.split("\t", 1)[0].rstrip()
-    if path.startswith('"'):
-        return None  # quoted (escaped) names never name plain train.py
-    if not path.startswith(prefix):
-        return None
-    path = path[len(prefix):]
-    return "train.py" if path in TRAIN_HEADER_PATHS else None
+def _touches(path: str) -> str:
+    return f"the patch touches {path[:120]!r}; {_ONLY_TRAIN}"
+
+
+def _file_problem(fp: FilePatch) -> str | None:
+    """Why one file section of a patch is not a plain edit of train.py, else None."""
+    for path in (fp.old_path, fp.new_path):
+        if path is None:
+            return _touches("/dev/null")
+        if path not in TRAIN_PATHS:
+            return _touches(path)
+    if fp.git_extras:
+        what = next((w for prefix, w in _GIT_FORBIDDEN if fp.git_extras[0].startswith(prefix)),
+                    "is not a plain edit")
+        return f"the patch {what}; only edits of train.py are allowed"
+    return None
 
 
 def check_patch(patch_text: str) -> tuple[bool, str]:
-    """(True, "") if the patch is a plain unified diff of train.py only, else (False, reason)."""
+    """(True, "") if the patch is a plain unified diff of train.py only, else (False, reason).
+
+    The text is read by swarm.patch.parse_patch, the parser that applies it later."""
     if not isinstance(patch_text, str):
         return False, "patch must be text"
     try:
@@ -434,97 +446,24 @@ def check_patch(patch_text: str) -> tuple[bool, str]:
         return False, f"patch is {size} bytes, over the {MAX_PATCH_BYTES}-byte limit"
     if "\x00" in patch_text:
         return False, "patch contains a NUL character (binary?)"
-    lines = patch_text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    files = hunks = 0
-    old_left = new_left = 0  # lines still expected in the current hunk
-    for number, line in enumerate(lines, 1):
-        where = f"patch line {number}"
-        if old_left or new_left:
-            tag = line[:1]
-            if tag == " ":
-                old_left, new_left = old_left - 1, new_left - 1
-            elif tag == "-":
-                old_left -= 1
-            elif tag == "+":
-                new_left -= 1
-            elif line.startswith("\\"):
-                continue
-            else:
-                return False, f"{where}: hunk ends early (expected more lines)"
-            if old_left < 0 or new_left < 0:
-                return False, f"{where}: hunk is longer than its header says"
-            continue
-        if line.startswith("\\"):
-            continue
-        for prefix, what in _GIT_FORBIDDEN:
-            if line.startswith(prefix):
-                return False, f"{where}: the patch {what}; only edits of train.py are allowed"
-        if line.startswith("diff --git "):
-            rest = line[len("diff --git "):].split(" ")
-            if (len(rest) != 2 or _header_path(rest[0], "a/") is None
-                    or _header_path(rest[1], "b/") is None):
-                return False, f"{where}: the patch touches {line[11:][:120]!r}; {_ONLY_TRAIN}"
-        elif line.startswith("--- "):
-            if _header_path(line[4:], "a/") is None:
-                return False, f"{where}: the patch touches {line[4:][:120]!r}; {_ONLY_TRAIN}"
-            if number >= len(lines) or not lines[number].startswith("+++ "):
-                return False, f"{where}: '---' header without a '+++' header after it"
-            files += 1
-        elif line.startswith("+++ "):
-            if _header_path(line[4:], "b/") is None:
-                return False, f"{where}: the patch touches {line[4:][:120]!r}; {_ONLY_TRAIN}"
-        elif line.startswith("@@"):
-            match = _HUNK.fullmatch(line)
-            if not match or not files:
-                return False, f"{where}: malformed hunk header {line[:80]!r}"
-            old_left = int(match.group(2) if match.group(2) is not None else 1)
-            new_left = int(match.group(4) if match.group(4) is not None else 1)
-            hunks += 1
-        elif line.startswith("index "):
-            continue
-        else:
-            return False, f"{where}: unexpected line {line[:80]!r} outside a hunk"
-    if old_left > 0 or new_left > 0:
-        return False, "the last hunk is shorter than its header says"
-    if files == 0:
+    try:
+        files = parse_patch(patch_text)
+    except PatchError as e:
+        return False, _touches(e.path) if e.path is not None else str(e)
+    for fp in files:
+        problem = _file_problem(fp)
+        if problem:
+            return False, problem
+    if not files:
         return False, "no file header ('--- a/train.py' / '+++ b/train.py') found"
-    if files > 1:
-        return False, f"the patch changes {files} files; only train.py may change"
-    if hunks == 0:
-        return False, "the patch has no hunks"
+    if len(files) > 1:
+        return False, f"the patch changes {len(files)} files; {_ONLY_TRAIN}"
     return True, ""
 
 
 def normalize_patch(text: str) -> str:
-    """The same patch with record-form headers: `a/genome/train.py` -> `a/train.py`.
+    """The same edit with record-form headers (`a/train.py`), as make_patch writes it.
 
-    Only header lines outside hunks are touched. Call after check_patch accepted the text.
-    """
-    out = []
-    old_left = new_left = 0
-    for line in text.split("\n"):
-        if old_left > 0 or new_left > 0:
-            tag = line[:1]
-            if tag in (" ", ""):
-                old_left, new_left = old_left - 1, new_left - 1
-            elif tag == "-":
-                old_left -= 1
-            elif tag == "+":
-                new_left -= 1
-            out.append(line)
-            continue
-        if line.startswith("diff --git "):
-            line = "diff --git a/train.py b/train.py"
-        elif line.startswith("--- "):
-            line = "--- a/train.py"
-        elif line.startswith("+++ "):
-            line = "+++ b/train.py"
-        else:
-            match = _HUNK.fullmatch(line)
-            if match:
-                old_left = int(match.group(2) if match.group(2) is not None else 1)
-                new_left = int(match.group(4) if match.group(4) is not None else 1)
-        out.append(line)
-    return "\n".join(out)
+    Call after check_patch accepted the text."""
+    return format_patch([FilePatch("train.py", "train.py", fp.hunks)
+                         for fp in parse_patch(text)])

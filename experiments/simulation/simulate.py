@@ -17,10 +17,13 @@ import trio
 
 from experiments.agents import load_brief, make_agent
 from experiments.agents.catalogue import build_catalogue
+from experiments.research.home import NodeHome
 from experiments.research.loop import LoopConfig, ResearchLoop
 from experiments.research.scoreboard import ScoreRules
+from experiments.research.settings import Settings
 from experiments.simulation.synthetic import SyntheticTrainer
-from genome import base_train_source, genome_id, genome_root_id
+from genome import genome_id
+from swarm.descriptions import edit_desc
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage, LineageError
 from swarm.patch import make_patch
@@ -73,7 +76,7 @@ class Liar:
         result.update(status="ok", val_bpb=round(max(parent.val_bpb - 0.05, 0.5), 6), reason="")
         claim = make_experiment(author, genome=genome_id(), parents=[parent.id], topic=topic,
                                 arena=arena, patch=make_patch(parent_source, new),
-                                desc=f"[{edit.key}] definitely better", agent="liar",
+                                desc=edit_desc(edit.key, "definitely better"), agent="liar",
                                 result=result)
         self.claims.append(claim)
         out = [claim]
@@ -95,20 +98,17 @@ async def run_swarm(base: Path, *, honest: int, liars: int = 0, sybils_per_liar:
                     experiments: int = 30, landscape: int = 0, sigma: float = 0.001,
                     seed: int = 0, verify_share: float = 0.25) -> SimResult:
     """Run `honest` loops in lock step for `experiments` steps each, liars interleaved."""
-    root = genome_root_id()
     bus = Bus()
     rng = random.Random(seed)
     loops = []
     for i in range(honest):
-        home = base / f"honest{i}"
-        home.mkdir(parents=True, exist_ok=True)
-        store = Store.open(home, root_id=root)
-        bus.stores.append(store)
+        home = NodeHome.open(Settings(home=str(base / f"honest{i}")))
+        bus.stores.append(home.store)
         loop = ResearchLoop(
-            store=store, lineage=Lineage(store, base_train_source(), root),
-            identity=NodeIdentity.load_or_create(home), genome=genome_id(), root_id=root,
-            trainer=SyntheticTrainer(landscape, sigma=sigma), agent=make_agent("mutate"),
-            brief=load_brief("general"), home=home, rng=random.Random(rng.random()),
+            store=home.store, lineage=home.lineage, identity=home.identity, genome=home.genome,
+            root_id=home.root_id, trainer=SyntheticTrainer(landscape, sigma=sigma),
+            agent=make_agent("mutate"), brief=load_brief("general"), home=home.path,
+            rng=random.Random(rng.random()),
             config=LoopConfig(topic="general", rules=ScoreRules(), verify_share=verify_share))
         loop.publish = bus.publish
         loops.append(loop)

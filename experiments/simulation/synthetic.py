@@ -4,12 +4,13 @@ result's reason starts with "synthetic".
 
 The landscape scores a source by how it differs from the base genome:
 
-- *Settings* (the `NAME = literal` constants and the node's own profile entries, found as the
-  mutate catalogue finds them) that differ from the base are features `NAME = value`. Each
-  setting is a knob drawn from a hash of (landscape seed, NAME): about 45% are live, the rest
-  barely matter. A positive number has a smooth effect, a bowl in log(value / base value)
-  with its hidden optimum (so x0.7 that helped may help again, until it overshoots); any
-  other value (a bool, a string, a zero) gets its own draw around the knob's bias.
+- *Settings* (the `NAME = literal` constants and the node's own profile entries, found by
+  experiments/agents/literals.py, as the catalogue finds them) that differ from the base are
+  features `NAME = value`. Each setting is a knob drawn from a hash of (landscape seed,
+  NAME): about 45% are live, the rest barely matter. A positive number has a smooth effect,
+  a bowl in log(value / base value) with its hidden optimum (so x0.7 that helped may help
+  again, until it overshoots); any other value (a bool, a string, a zero) gets its own draw
+  around the knob's bias.
 - *Code lines* added or removed (comments, docstrings and layout ignored) each have an effect
   drawn from a hash of (landscape seed, line): mostly neutral or harmful, some helpful.
 - A few features crash (drawn from the same hashes), and a large total harm counts as a
@@ -38,7 +39,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from experiments.agents.catalogue import format_value, locate_settings
+from experiments.agents.literals import format_value, locate_settings
+from swarm.records import result_map
 
 LABEL = "synthetic"
 _BUDGET_RE = re.compile(r"^(time|tokens):[1-9][0-9]{0,12}$")
@@ -66,14 +68,11 @@ class SyntheticResult:
     arena: str = ""
 
     def to_record_result(self) -> dict:
-        """PROTOCOL.md's `result` map; `reason` is kept for ok results too: it says synthetic."""
-        out = {"status": self.status, "train_s": float(self.train_s),
-               "total_s": float(self.total_s), "tokens": int(self.tokens),
-               "steps": int(self.steps), "params": int(self.params),
-               "peak_mem_mb": float(self.peak_mem_mb), "reason": self.reason}
-        if self.status == "ok" and self.val_bpb is not None:
-            out["val_bpb"] = float(self.val_bpb)
-        return out
+        """PROTOCOL.md's `result` map (swarm.records.result_map); `reason` is kept for ok
+        results too: it says synthetic."""
+        return result_map(self.status, val_bpb=self.val_bpb, train_s=self.train_s,
+                          total_s=self.total_s, tokens=self.tokens, steps=self.steps,
+                          params=self.params, peak_mem_mb=self.peak_mem_mb, reason=self.reason)
 
 
 def _unit(*parts: object) -> random.Random:

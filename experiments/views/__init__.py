@@ -4,5 +4,6 @@
 - `progress.py`    one experiment's progress bar
 - `arena_view.py`  one arena's experiments as rows (what the dashboard and plot draw)
 - `plot.py`        `loopy plot`: the progress chart as a PNG
-- `dashboard/`     `loopy dashboard`: the web view
+- `dashboard/`     the web dashboard (`loopy start --dashboard`, or standalone with
+                   `python -m experiments.views.dashboard`)
 """

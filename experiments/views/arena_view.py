@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from experiments.research.scoreboard import Candidate, Scoreboard, is_baseline
+from swarm.descriptions import baseline_desc
 from swarm.records import Record
 from swarm.trust import TrustPolicy
 
@@ -72,7 +73,7 @@ class ArenaView:
             if row.id in self.candidates:
                 score = row.val_bpb
             elif row.baseline and row.status == "ok" and self.root_score is not None \
-                    and row.desc == f"baseline seed={self.seed}":
+                    and row.desc == baseline_desc(self.seed):
                 score = row.val_bpb
             if score is not None and (best is None or score < best):
                 best = score

@@ -15,22 +15,24 @@ backend state), so it works on a headless node and from any thread.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
+from experiments.research.scoreboard import Scoreboard
 from experiments.views.arena_view import ArenaView, Row, read_arena
+from swarm.trust import TrustPolicy
+from swarm.descriptions import edit_key_of
 
 WIDTH_PX, HEIGHT_PX, DPI = 1600, 900, 100
 MAX_LABELS = 30
 KEPT, DISCARDED, BASELINE, BAD, BEST = "#1a7f37", "#b0b7bf", "#0969da", "#cf222e", "#116329"
-_KEY = re.compile(r"^\[([^\]]{1,40})\]")
+MAX_KEY_LABEL = 40       # a longer edit key is labelled by its description, cut short
 
 
 def short_desc(desc: str, limit: int = 32) -> str:
     """'[MATRIX_LR*2] MATRIX_LR x2: ...' -> 'MATRIX_LR*2'; other text cut to `limit`."""
-    m = _KEY.match(desc or "")
-    if m:
-        return m.group(1)
+    key = edit_key_of(desc)
+    if key is not None and len(key) <= MAX_KEY_LABEL:
+        return key
     text = " ".join((desc or "").split())
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
@@ -167,16 +169,12 @@ def _save(fig, out_path: Path, dpi: int) -> None:
     os.replace(tmp, out_path)
 
 
-def render_plot(local, arena: str, topic: str | None, out: str | Path, settings,
+def render_plot(board: Scoreboard, trust: TrustPolicy, topic: str | None, out: str | Path,
                 title: str | None = None) -> dict:
-    """`loopy plot`: the chart of `arena` (and `topic`) of a node's store, to `out`.
-
-    `local` is node.Local (its `scoreboard(arena, settings)` and `trust(settings)` give
-    the node's scoring and trust rules). Returns the counts drawn, for the command's
+    """`loopy plot`: the chart of the board's arena (and `topic`), scored by the node's own
+    rules (`board`, `trust`), to `out`. Returns the counts drawn, for the command's
     summary line."""
-    trust = local.trust(settings)
-    board = local.scoreboard(arena, settings)
     view = read_arena(board, trust, topic)
     path = plot_progress(view, out, title=title)
-    return dict(view.counts(), path=str(path), arena=arena, topic=topic,
+    return dict(view.counts(), path=str(path), arena=board.arena, topic=topic,
                 best=view.best.val_bpb if view.best is not None else None)

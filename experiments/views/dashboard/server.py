@@ -21,8 +21,11 @@ format's rules). What it does not do, on purpose:
 It binds 127.0.0.1 unless told otherwise (`--dashboard-host`); anyone who can reach a
 non-local address can read what the node knows, but change nothing.
 
-The server runs in its own threads (`ThreadingHTTPServer`); `start_dashboard` returns
-a handle whose `close()` stops it, `serve_dashboard` is the same as a trio service.
+`serve_dashboard` is the dashboard as a trio service, a task of its owner's nursery (the
+node's, under `loopy start --dashboard`): its accept loop runs in a worker thread of that
+task, each request in a thread of its own (reading the store blocks), and cancelling the
+task closes the server and the store. `start_dashboard` serves from a background thread
+instead and returns a handle whose `close()` stops it (for scripts, tests and benches).
 """
 from __future__ import annotations
 
@@ -35,6 +38,7 @@ import socket
 import socketserver
 import sys
 import threading
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
@@ -229,7 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class Dashboard:
-    """A running dashboard: `.url`, `.host`, `.port`, and `.close()` to stop it."""
+    """A bound dashboard: `.url`, `.host`, `.port`; `serve()` answers requests until
+    `close()`."""
 
     def __init__(self, server: _Server, source: DashboardSource, host: str):
         self._server, self.source = server, source
@@ -237,21 +242,38 @@ class Dashboard:
         self.port = server.server_address[1]
         shown = f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{self.port}/"
-        self._thread = threading.Thread(target=server.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
-                                        name="loopy-dashboard", daemon=True)
+        self._lock = threading.Lock()
+        self._serving = False
         self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def serve(self) -> None:
+        """Answer requests until `close()` (blocks; returns at once if already closed)."""
+        with self._lock:
+            if self._closed or self._serving:
+                return
+            self._serving = True
+        self._server.serve_forever(poll_interval=0.1)
+
+    def serve_in_thread(self) -> "Dashboard":
+        """`serve()` in a daemon thread; `close()` stops it."""
+        self._thread = threading.Thread(target=self.serve, name="loopy-dashboard", daemon=True)
         self._thread.start()
+        return self
 
     def close(self) -> None:
         """Stop serving (waits for the accept loop, not for slow clients) and close the
-        store connection. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        self._server.shutdown()
+        store connection. Safe to call twice, and before `serve()` runs."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            serving = self._serving
+        if serving:  # shutdown() waits for serve_forever, so only once it was entered
+            self._server.shutdown()
         self._server.server_close()
-        self._thread.join(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
         self.source.close()
 
     def __enter__(self) -> "Dashboard":
@@ -261,11 +283,11 @@ class Dashboard:
         self.close()
 
 
-def start_dashboard(home: str | Path, *, port: int, host: str = "127.0.0.1",
-                    arena: str | None = None, me: bytes | None = None,
-                    rules: ScoreRules | None = None, trust_rules: TrustRules | None = None,
-                    snapshot: Callable[[], dict] | None = None) -> Dashboard:
-    """Serve the dashboard of the node whose home is `home`, in background threads.
+def open_dashboard(home: str | Path, *, port: int, host: str = "127.0.0.1",
+                   arena: str | None = None, me: bytes | None = None,
+                   rules: ScoreRules | None = None, trust_rules: TrustRules | None = None,
+                   snapshot: Callable[[], dict] | None = None) -> Dashboard:
+    """The dashboard of the node whose home is `home`, bound to its port, not serving yet.
 
     `port` 0 picks a free port (see `.url`). `arena` is the node's arena (default: the
     one the store says the node last ran in), `me` its public key (default: read from
@@ -289,6 +311,11 @@ def start_dashboard(home: str | Path, *, port: int, host: str = "127.0.0.1",
     return Dashboard(server, source, host)
 
 
+def start_dashboard(home: str | Path, **options) -> Dashboard:
+    """`open_dashboard`, served from a background thread until `.close()`."""
+    return open_dashboard(home, **options).serve_in_thread()
+
+
 def _bind(host: str, port: int) -> _Server:
     server_class = _Server6 if ":" in host else _Server
     try:
@@ -309,16 +336,26 @@ def _bind(host: str, port: int) -> _Server:
 
 async def serve_dashboard(home: str | Path, *, task_status=trio.TASK_STATUS_IGNORED,
                           **options) -> None:
-    """`start_dashboard` as a trio service: started(handle) once listening, closed on
-    cancellation. `options` are start_dashboard's."""
-    dashboard = start_dashboard(home, **options)
+    """The dashboard as a trio service: `task_status.started(dashboard)` once it listens,
+    then it serves until cancelled, and closes. `options` are open_dashboard's."""
+    dashboard = open_dashboard(home, **options)
     try:
         task_status.started(dashboard)
-        await trio.sleep_forever()
+        # Cancelling abandons the worker thread; close() below stops its accept loop.
+        await trio.to_thread.run_sync(dashboard.serve, abandon_on_cancel=True)
     finally:
         with trio.move_on_after(10) as cleanup:
             cleanup.shield = True
             await trio.to_thread.run_sync(dashboard.close)
+
+
+def node_dashboard(home, loop) -> Callable:
+    """The dashboard service of a node (experiments.research.home.NodeHome) running `loop`,
+    with the port and host of its settings and the loop's scoring and trust rules."""
+    return partial(serve_dashboard, home.path, port=home.settings.dashboard,
+                   host=home.settings.dashboard_host, arena=loop.arena,
+                   me=home.identity.public_key, rules=loop.config.rules,
+                   trust_rules=loop.config.trust)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """What the dashboard serves, read from a node's home through a read-only connection.
 
-The dashboard runs in threads beside the node, so it opens its OWN SQLite connection to
-the node's store, read-only (`mode=ro` and `PRAGMA query_only`): WAL lets it read while
-the node writes, and nothing it does can change the store. The one write the lineage
+The dashboard runs in threads beside the node, so it opens its OWN Store on the node's
+file, read-only (Store.open(readonly=True): `mode=ro` and `PRAGMA query_only`): WAL lets
+it read while the node writes, and nothing it does can change the store. Every query is
+the Store's own: the dashboard holds no SQL and no schema of its own. The one write the lineage
 code makes as a side effect (marking a record broken when its patch does not apply) is
 kept in memory here instead; the node marks it itself when it meets the record.
 
@@ -25,23 +26,21 @@ from typing import Callable
 
 import msgpack
 
-from experiments.views.arena_view import ArenaView, lineage_tree, read_arena
+from experiments.research.home import STATUS_FILE, read_status_file
 from experiments.research.scoreboard import Scoreboard, ScoreRules
+from experiments.views.arena_view import ArenaView, lineage_tree, read_arena
 from genome import base_train_source, genome_root_id
 from swarm.export import export_patch
 from swarm.identity import KEY_FILE, IdentityError, NodeIdentity, peer_id_from_public_key
 from swarm.lineage import Lineage, LineageError
-from swarm.records import ARENA_RE, TOPIC_RE, Record, RecordError, load_stored
-from swarm.store import MIGRATIONS, STORE_FILE, Store
+from swarm.records import ARENA_RE, TOPIC_RE, Record, RecordError
+from swarm.store import Store, StoreError
 from swarm.trust import TrustPolicy, TrustRules
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "status.json"
-MAX_STATUS_BYTES = 4 * 1024 * 1024
 MAX_DECODED = 50_000            # decoded records kept between store changes
 STALE_STATUS_S = 15.0           # status.json older than this: the node is not running
-TABLES = {"records", "parents", "attestations", "wanted", "broken", "peers", "meta"}
 # what reading a damaged store can raise (load_stored trusts bytes the store holds)
 STORE_READ_ERRORS = (sqlite3.DatabaseError, LineageError, RecordError,
                      msgpack.exceptions.UnpackException, ValueError, KeyError, TypeError)
@@ -63,16 +62,18 @@ _NOBODY: tuple[list[bytes], list[bytes]] = ([], [])  # no verdicts (shared: read
 
 
 class ReadOnlyStore(Store):
-    """A Store on a read-only connection: reads as usual, never writes.
+    """The node's Store opened read-only (Store.open(readonly=True)), with answers kept.
 
     Scoring a whole arena asks every record's verifiers and reads the arena's
     experiments more than once; this store answers those from one query each until
     `forget()` (called when the store changed). Records are content-addressed, so
     decoded ones are kept across changes: a new record costs one decode, not a rescan.
+    The one write the lineage code makes as a side effect (marking a record broken) is
+    kept in memory.
     """
 
-    def __init__(self, conn: sqlite3.Connection, path: Path, root_id: bytes):
-        super().__init__(conn, path, root_id)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.broken_seen: dict[bytes, str] = {}
         self._decoded: dict[bytes, Record] = {}
         self._lists: dict[tuple, list[bytes]] = {}
@@ -91,19 +92,8 @@ class ReadOnlyStore(Store):
             return super().experiments(arena, topic, author, local, limit)
         key = (arena, topic)
         if key not in self._lists:
-            sql, args = "SELECT id FROM records WHERE kind = 'experiment'", []
-            for column, value in (("arena", arena), ("topic", topic)):
-                if value is not None:
-                    sql += f" AND {column} = ?"
-                    args.append(value)
-            ids = [row[0] for row in self._conn.execute(sql + " ORDER BY t, id", args)]
-            missing = [i for i in ids if i not in self._decoded]
-            for start in range(0, len(missing), 500):
-                batch = missing[start:start + 500]
-                for record_id, envelope in self._conn.execute(
-                        "SELECT id, envelope FROM records WHERE id IN "
-                        f"({','.join('?' * len(batch))})", batch):
-                    self._decoded[record_id] = load_stored(envelope)
+            ids = self.experiment_ids(arena, topic)
+            self._decoded.update(self.get_many(i for i in ids if i not in self._decoded))
             self._lists[key] = ids
         return [self._decoded[i] for i in self._lists[key]]
 
@@ -114,18 +104,8 @@ class ReadOnlyStore(Store):
         return self._newest_verdicts().get(record_id, _NOBODY)[1]
 
     def _newest_verdicts(self) -> dict[bytes, tuple[list[bytes], list[bytes]]]:
-        """target -> (verifiers whose newest verdict is reproduced, ... refuted), read
-        with one query (shared lists: read only); each verifier's newest verdict counts, as
-        in Store.who_reproduced."""
         if self._verdicts is None:
-            latest: dict[bytes, dict[bytes, str]] = {}
-            for target, verifier, v in self._conn.execute(
-                    "SELECT target, verifier, verdict FROM attestations ORDER BY t, id"):
-                latest.setdefault(target, {})[verifier] = v
-            self._verdicts = {
-                target: ([k for k, v in by.items() if v == "reproduced"],
-                         [k for k, v in by.items() if v == "refuted"])
-                for target, by in latest.items()}
+            self._verdicts = self.newest_verdicts()
         return self._verdicts
 
     def atomic(self):
@@ -134,62 +114,13 @@ class ReadOnlyStore(Store):
     def mark_broken(self, record_id: bytes, reason: str) -> None:
         self.broken_seen[record_id] = reason
 
-    def data_version(self) -> int:
-        """Changes whenever another connection (the node) committed a write."""
-        return self._conn.execute("PRAGMA data_version").fetchone()[0]
-
-    def arenas(self) -> list[tuple[str, int]]:
-        """Arenas with experiments, most experiments first."""
-        return self._conn.execute(
-            "SELECT arena, count(*) FROM records WHERE kind = 'experiment' "
-            "GROUP BY arena ORDER BY count(*) DESC, arena").fetchall()
-
-    def topics(self, arena: str) -> list[str]:
-        return [row[0] for row in self._conn.execute(
-            "SELECT DISTINCT topic FROM records WHERE kind = 'experiment' AND arena = ? "
-            "ORDER BY topic", (arena,))]
-
 
 def open_readonly(home: str | Path, root_id: bytes) -> ReadOnlyStore:
     """The node's store, opened read-only; DashboardError with the reason if unusable."""
-    home = Path(home).expanduser()
-    path = (home / STORE_FILE if home.is_dir() else home).resolve()
-    if not path.is_file():
-        raise DashboardError(f"{path}: no store here; start the node first "
-                             f"(`loopy start`) or give the right --home")
-    conn = sqlite3.connect(path.as_uri() + "?mode=ro", uri=True, timeout=30,
-                           check_same_thread=False, isolation_level=None)
     try:
-        conn.execute("PRAGMA query_only = 1")
-        conn.execute("PRAGMA busy_timeout = 30000")
-        tables = {row[0] for row in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "schema_version" not in tables:
-            raise DashboardError(f"{path}: not a Loopy store (it has no schema_version "
-                                 f"table)" if tables else
-                                 f"{path}: the store is empty (never migrated); start the "
-                                 f"node once to create its tables")
-        version = conn.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
-        if version > len(MIGRATIONS):
-            raise DashboardError(f"{path}: schema version {version} is newer than this "
-                                 f"Loopy knows ({len(MIGRATIONS)}); upgrade Loopy")
-        if version < len(MIGRATIONS):
-            raise DashboardError(
-                f"{path}: the store is partly migrated (schema version {version} of "
-                f"{len(MIGRATIONS)}); the dashboard never writes, so run `loopy status` or "
-                f"start the node once to finish the migration")
-        missing = TABLES - tables
-        if missing:
-            raise DashboardError(f"{path}: the store is damaged: tables "
-                                 f"{', '.join(sorted(missing))} are missing")
-        conn.execute("SELECT count(*) FROM records").fetchone()
-    except sqlite3.DatabaseError as e:
-        conn.close()
-        raise DashboardError(f"{path}: not a usable store ({e})") from None
-    except BaseException:
-        conn.close()
-        raise
-    return ReadOnlyStore(conn, path, root_id)
+        return ReadOnlyStore.open(home, root_id=root_id, readonly=True)
+    except StoreError as e:
+        raise DashboardError(str(e)) from None
 
 
 def read_public_key(home: Path) -> bytes:
@@ -297,14 +228,8 @@ class DashboardSource:
                 return {"running": True, "note": "the node's snapshot is not a map"}
             snap.setdefault("running", True)
             return snap
-        path = self.home / STATUS_FILE
-        try:
-            with open(path, "rb") as f:
-                data = f.read(MAX_STATUS_BYTES + 1)
-            snap = json.loads(data) if len(data) <= MAX_STATUS_BYTES else None
-        except (OSError, ValueError):
-            snap = None
-        if not isinstance(snap, dict):
+        snap = read_status_file(self.home)
+        if snap is None:
             return {"running": False, "note": f"no readable {STATUS_FILE} in the node's home"}
         updated = snap.get("updated")
         fresh = isinstance(updated, (int, float)) and time.time() - updated < STALE_STATUS_S
@@ -441,4 +366,3 @@ def describe_error(error: BaseException) -> str:
     log.debug("dashboard: reading the store failed", exc_info=error)
     return (f"cannot read the store ({type(error).__name__}: {error}); it may be damaged: "
             f"`loopy status` says more")
-

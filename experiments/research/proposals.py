@@ -1,0 +1,164 @@
+"""Proposals: asking the agent for the next edit, or finding a merge or a port instead.
+
+The agent sees the arena's history (with what live peers run on the parent now), and
+its proposal is checked before anything runs: no program is run twice (programs.py), so
+a proposal whose train.py the arena already ran, or another live node announces it runs
+now, is refused like a duplicate edit; one that rebuilds a peer's open claim becomes a
+re-run of that claim (reruns.py). Failed proposals go to a local log, not the swarm.
+When the agent says it has nothing left on a parent, it is not asked about that parent
+again until new records arrive.
+
+A mixin of `ResearchLoop` (loop.py): it reads the loop's `store`, `scores`, `trust`,
+`agent`, `brief`, `config`, `rng`, `home`, `programs`, `crossovers`, its `busy` and
+`running_programs` hints and `claim_behind` (reruns.py), reports to `on_event`, and
+keeps its memos in `_liars` and `_exhausted` (set up by the loop).
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Callable
+
+import trio
+
+from experiments.agents.base import Proposal, Tried, usable_source, validate_proposal
+from experiments.research.crossover import Crossover
+from experiments.research.programs import KnownPrograms
+from experiments.research.scoreboard import Candidate
+from swarm.descriptions import edit_key_of, is_interrupted
+from swarm.records import Record
+
+PROGRAMS_PER_SLICE = 200     # records the program index reads between checkpoints
+
+
+class Proposals:
+    def history(self, limit: int = 500) -> list[Tried]:
+        with self.scores.consistent():
+            return self._history(limit)
+
+    def _history(self, limit: int) -> list[Tried]:
+        sigma = self.scores.sigma()
+        tried = []
+        for r in self.store.experiments(arena=self.arena, limit=limit):
+            if not r.patch or is_interrupted((r.result or {}).get("reason")):
+                continue  # baselines, and runs the node cut short, are not tried edits
+            delta = self.scores.delta(r)
+            status = self.scores.label(r, sigma)
+            tried.append(Tried(edit_key=edit_key_of(r.desc or ""), desc=r.desc or "",
+                               parent_id=r.parents[0].hex(), status=status, delta=delta,
+                               record_id=r.id.hex(), val_bpb=r.val_bpb))
+        return tried
+
+    def known_programs(self) -> KnownPrograms:
+        """Programs already run in the arena (by anyone but known liars) or announced by
+        a live node now: `in` tells whether a source is one of them (refreshed from the
+        store on each call)."""
+        self.programs.refresh()
+        return KnownPrograms(self.programs, self.running_programs(), self._run_counts())
+
+    def _run_counts(self) -> Callable[[bytes, bytes], bool]:
+        """Whether a record's run of a program counts as done: not when its author is a
+        known liar (unless we re-ran that record ourselves, and so measured it).
+        Reputations change only with new records, so one read serves a whole step."""
+        count = self.store.count()
+        if self._liars is None or self._liars[0] != count:
+            reps = self.trust.reputations()
+            self._liars = (count, {a for a in reps if self.trust.is_liar(a, reps)})
+        liars = self._liars[1]
+
+        def counts(record_id: bytes, author: bytes) -> bool:
+            return author not in liars or \
+                self.trust.my_verdict_on(record_id, author) is not None
+        return counts
+
+    async def _index_programs(self) -> None:
+        """Bring the program index up to date in slices: the first read of a big store
+        takes seconds, and must not hold up the network meanwhile."""
+        while not self.programs.refresh(limit=PROGRAMS_PER_SLICE):
+            await trio.sleep(0)
+
+    def find_crossover(self, parent: Candidate) -> Crossover | None:
+        """A merge (`merge_share` of the steps) or a port (`port_share`) worth running on
+        `parent` now, if there is one; otherwise the agent proposes as usual."""
+        c = self.config
+        roll = self.rng.random()
+        if roll >= c.merge_share + c.port_share:
+            return None
+        tried = self.known_programs()
+        busy = {desc for pid, desc in self.busy() if pid == parent.id}
+        with self.scores.consistent():
+            if roll < c.merge_share:
+                return self.crossovers.merge(parent, tried, busy)
+            return self.crossovers.port(parent, self.arena, tried, busy)
+
+    async def _propose(self, parent: Candidate, parent_source: str
+                       ) -> Proposal | Record | None:
+        """The agent's next edit on `parent`, checked; or, when the edit rebuilds the
+        program of a peer's claim that would beat our best, that claim (to re-run: see
+        claim_behind); None when every attempt failed, or at once when the agent says it
+        has nothing left on this parent (see `_is_exhausted`: until new records arrive, it
+        is not asked again about this parent)."""
+        if self._is_exhausted(parent.id):
+            return None
+        known = self.known_programs()
+        busy = {desc for pid, desc in self.busy() if pid == parent.id}
+        # What others run on this parent now, so the agent picks something else: many
+        # nodes on one parent would otherwise all reach for the same favourite edits.
+        history = self.history() + [
+            Tried(edit_key=edit_key_of(desc), desc=desc, parent_id=parent.id.hex(),
+                  status="running", delta=None) for desc in sorted(busy)]
+        for _ in range(self.config.proposal_attempts):
+            rng = random.Random(self.rng.random())
+            proposal = await trio.to_thread.run_sync(
+                lambda: self.agent.propose(parent_source, self.brief, history,
+                                           parent_id=parent.id.hex(), rng=rng))
+            # A program run before is refused before the (costly) static screen.
+            source = usable_source(parent_source, proposal)[0] if \
+                isinstance(proposal, Proposal) and proposal.failure is None else None
+            if source is not None:
+                reason = known.why_duplicate(source)
+                claim = self.claim_behind(source) if reason else None
+                if claim is not None:
+                    return claim
+                if reason:
+                    proposal = Proposal(proposal.source, proposal.desc, proposal.edit_key,
+                                        reason)
+            proposal = validate_proposal(parent_source, proposal)
+            if proposal.failure is None and proposal.desc in busy:
+                proposal.failure = "another live node announced this edit on this parent"
+            if proposal.failure is None:
+                return proposal
+            self._log_failed(parent, proposal)
+            if proposal.exhausted:
+                self._exhausted[parent.id] = self._news()
+                return None  # asking again changes nothing until the history does
+            # Let the agent's next attempt know what went wrong.
+            history = history + [Tried(edit_key=proposal.edit_key, desc=proposal.desc,
+                                       parent_id=parent.id.hex(), status="rejected",
+                                       delta=None)]
+        return None
+
+    def _is_exhausted(self, parent_id: bytes) -> bool:
+        """Whether the agent said it had nothing left on this parent, and no record has
+        arrived since (a new result, ours or a peer's, can change its mind)."""
+        seen = self._exhausted.get(parent_id)
+        if seen is None:
+            return False
+        if seen != self._news():
+            self._exhausted.clear()
+            return False
+        return True
+
+    def _news(self) -> tuple[int, int]:
+        """What the agent and the parent choice read, counted: experiments and attestations
+        (announces come and go without being news)."""
+        return self.store.count("experiment"), self.store.count("attestation")
+
+    def _log_failed(self, parent: Candidate, proposal: Proposal) -> None:
+        """Failed proposals are not experiments: they go to a local log, not the swarm."""
+        entry = {"t": time.time(), "parent": parent.id.hex(), "agent": self.agent.name,
+                 "desc": proposal.desc, "reason": proposal.failure}
+        with open(self.home / "proposals.jsonl", "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        self.on_event("proposal-failed", entry)
