@@ -11,4 +11,5 @@
 - `evaluate_child.py` the trusted evaluation child (part of the genome id)
 - `model_store.py`    exported models of the node's own runs, for scoring them again
 - `harness.py`        run_experiment() / run_patch(): check -> train -> export -> evaluate
+- `model_stages.py`   the export and evaluation children: launched, limited, read back
 """

@@ -22,7 +22,9 @@ shares a process with the validation data or the verdict.
 4. Export child (experiments/run/export_child.py, sandboxed the same way, no GPU): imports
    the candidate to rebuild its model from the saved weights and writes it as data,
    a graph of standard operators and safetensors weights (experiments/run/model_graph.py).
-5. Evaluation child (experiments/run/evaluate_child.py, trusted code only): reads the graph
+5. Evaluation child (experiments/run/evaluate_child.py, trusted code only; started
+   while the export runs, so that its start-up overlaps it; both stages are driven by
+   experiments/run/model_stages.py): reads the graph
    as data, checks it (allowed operators, no state or randomness, shapes), checks
    causality on its own scoring windows, computes val_bpb (and, given `test_seed`,
    test_bpb on held-out windows) with the trusted metric. Its answer counts only if it
@@ -37,28 +39,27 @@ never publishes a candidate's score that its own problem decided.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
-import secrets
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from experiments.run import evaluate_child, export_child, model_graph
 from experiments.run.budget import Budget, default_budget, make_arena, parse_budget
 from experiments.run.data_feed import DataFeed
 from experiments.run.hardware import (arena_class, cpu_threads, detect_device, eval_settings,
                                   profile as device_profile, total_memory_mb)
+from experiments.run.model_stages import (EVAL_WALL_LIMIT_S, EXPORT_WALL_LIMIT_S,  # noqa: F401
+                                          EvaluationChild, EvaluationError, ExperimentCancelled,
+                                          _child_env, _last_error_line, evaluate_graph,
+                                          export_model)
 from experiments.run.model_store import ModelStore, model_key
 from experiments.run.sandbox import missing_isolation, run_sandboxed
 from experiments.run.static_check import check_patch, check_source
-from experiments.run.workspace import (MAX_WEIGHTS_BYTES, LogFile, cleanup, copy_model_files,
-                                   create_workspace, prepare_export_dir)
-from swarm.records import MAX_REASON, result_map
+from experiments.run.workspace import LogFile, cleanup, copy_model_files, create_workspace
+from swarm.records import result_map
 
 STATUSES = ("ok", "crash", "timeout", "rejected")
 # Until the first batch: interpreter, torch import, model build and, on GPUs,
@@ -68,7 +69,6 @@ STARTUP_GRACE_S = {"cpu": 30.0, "cuda": 150.0, "mps": 60.0}
 # could keep training on batches it held back.
 END_GRACE_S = {"cpu": 10.0, "cuda": 10.0, "mps": 10.0}
 END_GRACE_FRACTION = 0.02
-EXPORT_WALL_LIMIT_S = {"cpu": 120.0, "cuda": 300.0, "mps": 300.0}
 # Token budgets: the wall limit is a generous cap, TOKEN_CAP_FACTOR x the time the budget
 # takes at a typical speed for the device (tokens per second). Generous because a token
 # budget's score does not depend on speed: an honest run on a busy machine (several times
@@ -76,20 +76,7 @@ EXPORT_WALL_LIMIT_S = {"cpu": 120.0, "cuda": 300.0, "mps": 300.0}
 TYPICAL_TOKENS_PER_S = {"cpu": 7_000, "cuda": 500_000, "mps": 40_000}
 TOKEN_CAP_FACTOR = 25.0
 TOKEN_CAP_MIN_S = 180.0
-EVAL_WALL_LIMIT_S = {"cpu": 300.0, "cuda": 600.0, "mps": 600.0}
 DEFAULT_DATASETS = {"cpu": "embedded", "mps": "embedded", "cuda": "climbmix"}
-EVAL_CHILD = Path(evaluate_child.__file__).resolve()
-EXPORT_CHILD = Path(export_child.__file__).resolve()
-MODEL_GRAPH = Path(model_graph.__file__).resolve()
-MAX_RESULT_BYTES = 64 * 1024
-
-
-class EvaluationError(RuntimeError):
-    """The trusted evaluator failed on its own: a node problem, never the candidate's result."""
-
-
-class ExperimentCancelled(RuntimeError):
-    """The caller's cancel event stopped the experiment: there is no result to record."""
 
 
 @dataclass
@@ -153,7 +140,6 @@ class ExperimentResult:
 
 _SUMMARY_LINE = re.compile(r"([A-Za-z_]+):\s+(\S+)")
 _PROGRESS_LINE = re.compile(r"progress:\s*(\S+)\s+loss:\s*(\S+).*")
-_ERROR_LINE = re.compile(r"[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Exhausted)\b.*|FAIL:.*")
 
 
 def _finite(text: str, low: float = 0.0, high: float = 1e18) -> float | None:
@@ -191,14 +177,6 @@ class _TrainingOutput:
     def integer(self, key: str, scale: float = 1.0) -> int | None:
         value = self.number(key, 1e15 / scale)
         return int(round(value * scale)) if value is not None else None
-
-
-def _last_error_line(log_tail: str) -> str:
-    lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
-    for line in reversed(lines):
-        if _ERROR_LINE.fullmatch(line):
-            return line[:300]
-    return lines[-1][:300] if lines else "(no output)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,21 +295,6 @@ def _data_digest(home: Path, dataset: str, progress=None,
     return prepare.data_digest(data)
 
 
-def _child_env(threads: int, run_config: Path | None = None,
-               pythonpath: Path | None = None) -> dict:
-    # PASSIVE: OpenMP threads sleep instead of spinning at barriers: on a machine with
-    # other work, spinning threads wait for each other's time slices (docs/LOG.md).
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "OMP_WAIT_POLICY": "PASSIVE"}
-    if run_config is not None:
-        env["LOOPY_RUN_CONFIG"] = str(run_config)
-    if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
-    if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
-        env["CUDA_VISIBLE_DEVICES"] = os.environ["CUDA_VISIBLE_DEVICES"]
-    return env
-
-
 def run_experiment(source: str, *, home, dataset: str | None = "embedded", budget=None,
                    device: str = "auto", seed: int = 0, progress=None,
                    keep_workspace: bool = False, wall_limit_s: float | None = None,
@@ -436,14 +399,14 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
                                           f"{_last_error_line(train.log_tail)}", **measured)
 
         # --- evaluation child: trusted code only; it starts up while the export runs
-        evaluation = _EvaluationChild(
+        evaluation = EvaluationChild(
             ws.eval_log, ws.eval_dir, data, trusted_prepare_py, device, profile, threads,
             mem_limit, EXPORT_WALL_LIMIT_S[device]
             + (eval_wall_limit_s or EVAL_WALL_LIMIT_S[device]), cancel, test_seed)
         try:
             # --- export child: the trained model becomes data (a graph and its weights)
             t_export = time.monotonic()
-            exported = _export(ws, source, trusted_prepare_py, run_config, settings, threads,
+            exported = export_model(ws, source, trusted_prepare_py, run_config, settings, threads,
                                mem_limit, device, cancel)
             timings["export"] = round(time.monotonic() - t_export, 3)
             measured["log_tail"] = (train.log_tail + exported.log_tail)[-4096:]
@@ -485,227 +448,6 @@ def _timeout_reason(fed: dict, wall_s: float, limit: float, startup: float, grac
             f"process group killed")
 
 
-@dataclass
-class _Exported:
-    status: str
-    reason: str = ""
-    graph_dir: Path | None = None
-    log_tail: str = ""
-
-
-def _export(ws, source: str, trusted_prepare_py: Path, run_config: dict, settings: dict,
-            threads: int, mem_limit: int, device: str, cancel) -> _Exported:
-    """Run the export child in a fresh directory; the graph lands in eval/ (copied safely).
-
-    The export child runs the candidate's build_model, so it is sandboxed like training:
-    it sees its own directory, model_graph.py and export_child.py, and no GPU (a trained
-    model exports on the CPU, and a program gets no extra GPU time after its budget)."""
-    export_dir = ws.root / "export"
-    try:
-        prepare_export_dir(ws, export_dir, source, trusted_prepare_py,
-                           dict(run_config, device="cpu", feed_fds=None,
-                                out_dir=str(export_dir / "out")))
-    except FileNotFoundError:
-        return _Exported("crash", "train.py exited normally but saved no out/model.pt")
-    except ValueError as e:
-        return _Exported("rejected", str(e))
-    spec = {"train_py": str(export_dir / "train.py"), "prepare_py": str(export_dir / "prepare.py"),
-            "run_config": str(export_dir / "run.json"), "model_pt": str(export_dir / "model.pt"),
-            "out_dir": str(export_dir / "out"), "batch_size": settings["batch_size"],
-            "seq_len": settings["seq_len"]}
-    with open(export_dir / "export.json", "x", encoding="utf-8") as f:
-        json.dump(spec, f)
-    env = _child_env(threads, export_dir / "run.json", export_dir)
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    log = LogFile(ws.export_log)
-    try:
-        child = run_sandboxed(
-            [sys.executable, "-I", str(EXPORT_CHILD), str(export_dir / "export.json")],
-            cwd=export_dir, env=env, wall_limit_s=EXPORT_WALL_LIMIT_S[device],
-            mem_limit_mb=mem_limit, reveal_paths=[EXPORT_CHILD, MODEL_GRAPH],
-            rlimit_as_mb=mem_limit + 4096 if device == "cpu" else None, on_line=log.write,
-            cancel=cancel)
-    finally:
-        log.close()
-    if child.cancelled:
-        raise ExperimentCancelled("cancelled during export")
-    if child.timed_out:
-        return _Exported("timeout", f"exporting the model ran past "
-                                    f"{EXPORT_WALL_LIMIT_S[device]:.0f} s", log_tail=child.log_tail)
-    if child.mem_exceeded or child.returncode != 0:
-        why = "exceeded the memory limit" if child.mem_exceeded else \
-            _last_error_line(child.log_tail)
-        return _Exported("rejected", f"the trained model cannot be exported as a graph of "
-                                     f"standard operators: {why}", log_tail=child.log_tail)
-    try:
-        graph_dir = copy_model_files(export_dir / "out", ws.eval_dir)
-    except FileNotFoundError as e:
-        return _Exported("crash", f"the export wrote no model: {e}", log_tail=child.log_tail)
-    except ValueError as e:
-        return _Exported("rejected", str(e), log_tail=child.log_tail)
-    return _Exported("ok", graph_dir=graph_dir, log_tail=child.log_tail)
-
-
-class _EvaluationChild:
-    """The trusted evaluation child, started before its graph exists.
-
-    Making one launches it (from a thread that owns the sandboxed process) while the
-    export still runs, so its start-up (interpreter, torch, tokenizer) overlaps the export; it
-    then waits on a pipe. `go()` tells it the graph is in `graph_dir` and returns the
-    verdict; `close()` (always called) ends a child that never got its go, and waits for
-    it. The spec, with the nonce and the probe seed, travels on that pipe, never in a
-    file."""
-
-    def __init__(self, log_path: Path, graph_dir: Path, data, trusted_prepare_py: Path,
-                 device: str, profile: str, threads: int, mem_limit: int, limit: float,
-                 cancel, test_seed: int | None):
-        self.limit, self.mem_limit = limit, mem_limit
-        self._nonce = secrets.token_hex(16)
-        self._result_path = graph_dir / "result.json"
-        read_end, self._go = os.pipe()
-        spec = {"nonce": self._nonce, "result_path": str(self._result_path),
-                "trusted_prepare": str(trusted_prepare_py), "graph_dir": str(graph_dir),
-                "val_bin": str(data.val_bin), "tokenizer": str(data.tokenizer),
-                "device": device, "profile": profile, "threads": threads,
-                "probe_seed": secrets.randbits(63), "max_weight_bytes": MAX_WEIGHTS_BYTES}
-        # Every evaluation checks a few held-out test windows (val text carried in the
-        # model); a verification asks for a full set, with its own seed, and gets test_bpb.
-        if test_seed is not None:
-            spec["test"] = {"seed": int(test_seed),
-                            "n_windows": eval_settings(profile)["n_windows"]}
-        else:
-            spec["test"] = {"seed": secrets.randbits(63),
-                            "n_windows": evaluate_child.CHECK_WINDOWS}
-        spec["test_bin"] = str(data.test_bin)
-        graph_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        encoded = json.dumps(spec).encode()
-        # the whole spec fits the pipe's buffer (64 KiB), so this write never blocks
-        os.write(self._go, b"%08d" % len(encoded) + encoded)
-        sidecar = data.tokenizer.with_name(data.tokenizer.name + ".sha256")
-        reveal = [EVAL_CHILD, MODEL_GRAPH, trusted_prepare_py, data.val_bin, data.test_bin,
-                  data.tokenizer, sidecar]
-        self._log = LogFile(log_path)
-        self._child = self._error = None
-
-        read_end_open = [True]
-
-        def close_read_end() -> None:  # ours, once the child holds its copy
-            if read_end_open[0]:
-                read_end_open[0] = False
-                os.close(read_end)
-
-        def run() -> None:
-            try:
-                self._child = run_sandboxed(
-                    [sys.executable, "-I", str(EVAL_CHILD), "--fd", str(read_end)],
-                    cwd=graph_dir,
-                    env=_child_env(threads), wall_limit_s=limit, mem_limit_mb=mem_limit,
-                    reveal_paths=[p for p in reveal if Path(p).exists()],
-                    pass_fds=(read_end,), on_start=close_read_end,
-                    rlimit_as_mb=mem_limit + 4096 if device == "cpu" else None,
-                    on_line=self._log.write, cancel=cancel)
-            except BaseException as e:  # re-raised by go() or close() in the owner's thread
-                self._error = e
-            finally:
-                close_read_end()
-                self._log.close()
-
-        self._thread = threading.Thread(target=run, name="evaluation-child", daemon=True)
-        self._thread.start()
-
-    def _join(self) -> None:
-        self._thread.join()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-
-    def go(self) -> tuple[dict, str]:
-        """The verdict on the graph now in place: ({'status', 'reason'|'val_bpb', ...}, tail)."""
-        try:
-            os.write(self._go, b"g")
-        except OSError:
-            pass  # the child is gone already: its result says why
-        self._close_pipe()
-        self._join()
-        child = self._child
-        if child.cancelled:
-            raise ExperimentCancelled("cancelled during evaluation")
-        if child.timed_out:
-            reason = f"evaluation ran past its wall limit of {self.limit:.0f} s"
-            return {"status": "timeout", "reason": reason}, child.log_tail
-        if child.mem_exceeded:
-            reason = f"evaluation exceeded the memory limit of {self.mem_limit} MB"
-            return {"status": "crash", "reason": reason}, child.log_tail
-        verdict = _read_verdict(self._result_path, self._nonce)
-        if verdict is None or child.returncode != 0:
-            return {"status": "crash", "reason": f"evaluation crashed (status "
-                                                 f"{child.returncode}): "
-                                                 f"{_last_error_line(child.log_tail)}"}, \
-                child.log_tail
-        if verdict["status"] == "error":
-            raise EvaluationError(f"the trusted evaluator failed: {verdict['reason']}; "
-                                  f"log tail:\n{child.log_tail[-2000:]}")
-        return verdict, child.log_tail
-
-    def _close_pipe(self) -> None:
-        if self._go is not None:
-            os.close(self._go)
-            self._go = None
-
-    def close(self) -> None:
-        """Without a go, the child exits on EOF; wait for it either way."""
-        self._close_pipe()
-        self._thread.join()
-
-
-def _evaluate(log_path: Path, graph_dir: Path, data, trusted_prepare_py: Path, device: str,
-              profile: str, threads: int, mem_limit: int, limit: float, cancel,
-              test_seed: int | None) -> tuple[dict, str]:
-    """Evaluate a graph already in `graph_dir`: (verdict dict, log tail)."""
-    child = _EvaluationChild(log_path, graph_dir, data, trusted_prepare_py, device, profile,
-                             threads, mem_limit, limit, cancel, test_seed)
-    try:
-        return child.go()
-    finally:
-        child.close()
-
-
-def _read_verdict(path: Path, nonce: str) -> dict | None:
-    """The evaluation child's result, if it is well formed and carries this run's nonce."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        raw = os.read(fd, MAX_RESULT_BYTES + 1)
-    finally:
-        os.close(fd)
-    try:
-        result = json.loads(raw) if len(raw) <= MAX_RESULT_BYTES else None
-    except ValueError:
-        return None
-    if not isinstance(result, dict) or not isinstance(result.get("nonce"), str):
-        return None
-    if not secrets.compare_digest(result["nonce"], nonce):
-        return None
-    status = result.get("status")
-    params = result.get("params")
-    if not (isinstance(params, int) and not isinstance(params, bool) and params >= 0):
-        params = None
-    if status == "ok":
-        bpb, test = result.get("val_bpb"), result.get("test_bpb")
-        if not (isinstance(bpb, float) and math.isfinite(bpb) and bpb > 0):
-            return None
-        if test is not None and not (isinstance(test, float) and math.isfinite(test) and test > 0):
-            return None
-        return {"status": "ok", "val_bpb": bpb, "test_bpb": test, "params": params}
-    if status in ("rejected", "crash", "error"):
-        reason = result.get("reason")
-        reason = reason[:MAX_REASON] if isinstance(reason, str) and reason else status
-        return {"status": status, "reason": reason, "params": params}
-    return None
-
-
 def score_stored_model(key: str, models: ModelStore, *, home, dataset: str | None = "embedded",
                        budget=None, device: str = "auto", test_seed: int | None = None,
                        cancel=None) -> dict | None:
@@ -728,7 +470,7 @@ def score_stored_model(key: str, models: ModelStore, *, home, dataset: str | Non
     scratch = Path(tempfile.mkdtemp(prefix="score-", dir=runs))
     try:
         graph_dir = copy_model_files(stored, scratch / "eval")
-        verdict, _ = _evaluate(scratch / "eval.log", graph_dir, data,
+        verdict, _ = evaluate_graph(scratch / "eval.log", graph_dir, data,
                                Path(prepare.__file__).resolve(), device, profile, threads,
                                default_mem_limit_mb(device), EVAL_WALL_LIMIT_S[device], cancel,
                                test_seed)
