@@ -192,7 +192,7 @@ def test_a_hostile_history_is_survived(sampler):
 @pytest.mark.parametrize("sampler", SAMPLERS)
 def test_study_rebuild_with_a_long_history(sampler):
     """2,000 records (the trials' cap) rebuild into a study that proposes (its time is
-    measured by bench/bench_agents.py, not asserted here)."""
+    measured by bench/bench_optuna_rebuild.py, not asserted here)."""
     rng = random.Random(0)
     keys = ["MATRIX_LR=0.03", "DEPTH+1", "EMBED_LR=0.02", "QK_NORM=False", "WARMUP_FRAC=0.05"]
     history = [Tried(rng.choice(keys), "", f"p{i % 50}", rng.choice(["kept", "discarded"]),
