@@ -1,7 +1,6 @@
-"""Loopy's command line: argument parsing and printing over a Python API a notebook could
-call too (experiments/research/: home.py, a node's home and status; compose.py, putting a
-node together and running it; settings.py, the settings, from flags > `LOOPY_*`
-environment > `<home>/config.toml` > defaults).
+"""Loopy's command line: argument parsing and printing over experiments/research/ (home.py:
+a node's home and status; compose.py: putting a node together and running it;
+settings.py: flags > `LOOPY_*` environment > `<home>/config.toml` > defaults).
 
     loopy run                         train the baseline genome once, print val_bpb
     loopy run --patch edit.diff       train an edit of genome/train.py
@@ -293,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag = dict(action="store_const", const=True, default=None)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", default=None, help="node home (default $LOOPY_HOME or ~/.loopy)")
-    common.add_argument("--config", default=None, help="TOML config file (default <home>/config.toml)")
+    common.add_argument("--config", default=None,
+                        help="TOML config file (default <home>/config.toml)")
     common.add_argument("--json", **flag, help="machine-readable output")
     common.add_argument("--plain", **flag, help="plain log lines instead of a live view")
     trainer = argparse.ArgumentParser(add_help=False)

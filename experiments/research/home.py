@@ -287,8 +287,9 @@ def snapshot(home: NodeHome, arena: str, loop: ResearchLoop | None = None, net=N
                      "arena": arena, "genome_root": True}
     recent = []
     for r in home.store.experiments(arena=arena, limit=10)[::-1]:
-        kept = board.is_kept(r)
-        status = "discarded" if r.status == "ok" and r.patch and not kept else r.status
+        label = board.label(r)
+        kept = label == "kept"
+        status = "ok" if kept else label  # the view marks kept runs by their flag
         recent.append({"id": r.id_hex, "author": r.author_peer_id, "desc": r.desc,
                        "status": status, "val_bpb": r.val_bpb, "delta": board.delta(r),
                        "kept": kept, "verified": bool(board.trusted(r))})

@@ -97,7 +97,8 @@ def load_settings(flags: dict, environ=os.environ) -> Settings:
     merged = {}
     home = flags.get("home") or environ.get("LOOPY_HOME") or Settings.home
     config_path = flags.get("config") or environ.get("LOOPY_CONFIG")
-    path = Path(config_path).expanduser() if config_path else Path(home).expanduser() / "config.toml"
+    path = (Path(config_path).expanduser() if config_path
+            else Path(home).expanduser() / "config.toml")
     if config_path and not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     if path.is_file():

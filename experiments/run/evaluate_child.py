@@ -24,8 +24,9 @@ Steps:
 3. Score val_bpb with the trusted `prepare.evaluate_bpb` on the fixed validation windows.
    The metric calls the graph through `_ProbedScorer`, which returns the graph's logits
    unchanged (so the score is exactly evaluate_bpb's) and, on every scoring batch (a
-   PROBE_FRACTION of them, drawn with the secret seed), runs the causality probe on it: each row keeps its tokens
-   up to a random cut, gets other real validation text after it, and the rows are shuffled;
+   PROBE_FRACTION of them, drawn with the secret seed), runs the causality probe on it:
+   each row keeps its tokens up to a random cut, gets other real validation text after it,
+   and the rows are shuffled;
    each row's logits up to its cut must equal those of the scoring pass. Rows whose windows
    overlap are cut at one common position of the token file (`probe_cuts`), so no row can
    find its own replaced future in another row's kept text.

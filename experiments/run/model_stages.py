@@ -76,8 +76,9 @@ class _Exported:
     log_tail: str = ""
 
 
-def export_model(ws, source: str, trusted_prepare_py: Path, run_config: dict, settings: dict,
-            threads: int, mem_limit: int, device: str, cancel) -> _Exported:
+def export_model(ws, source: str, trusted_prepare_py: Path, run_config: dict,
+                 settings: dict, threads: int, mem_limit: int, device: str,
+                 cancel) -> _Exported:
     """Run the export child in a fresh directory; the graph lands in eval/ (copied safely).
 
     The export child runs the candidate's build_model, so it is sandboxed like training:
@@ -241,9 +242,9 @@ class EvaluationChild:
         self._thread.join()
 
 
-def evaluate_graph(log_path: Path, graph_dir: Path, data, trusted_prepare_py: Path, device: str,
-              profile: str, threads: int, mem_limit: int, limit: float, cancel,
-              test_seed: int | None) -> tuple[dict, str]:
+def evaluate_graph(log_path: Path, graph_dir: Path, data, trusted_prepare_py: Path,
+                   device: str, profile: str, threads: int, mem_limit: int, limit: float,
+                   cancel, test_seed: int | None) -> tuple[dict, str]:
     """Evaluate a graph already in `graph_dir`: (verdict dict, log tail)."""
     child = EvaluationChild(log_path, graph_dir, data, trusted_prepare_py, device, profile,
                              threads, mem_limit, limit, cancel, test_seed)
