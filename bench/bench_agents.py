@@ -41,9 +41,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from experiments.agents import Tried, load_brief, make_agent  # noqa: E402
+from experiments.research.scoreboard import ScoreRules  # noqa: E402
 from experiments.simulation.synthetic import SyntheticTrainer  # noqa: E402
 from genome import base_train_source  # noqa: E402
 from swarm.descriptions import is_stack  # noqa: E402
+
+KEEP = ScoreRules()  # the research loop's keep rule (2 sigma)
 
 BENCHMARKS = REPO / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- bench_agents -->", "<!-- /bench_agents -->"
@@ -118,11 +121,11 @@ def run_one(job: tuple) -> dict:
             curve.append(trainer.true_bpb(parent))
             continue
         score = result.val_bpb
-        keep = score - parent_score < -2 * sigma
+        keep = KEEP.beats(score - parent_score, sigma)
         if keep and rule == "confirm" and len(curve) + 1 < n:
             curve.append(trainer.true_bpb(parent))          # the confirming run
             score = (score + trainer.run(proposal.source, run_seed=fresh_seed()).val_bpb) / 2
-            keep = score - parent_score < -2 * sigma
+            keep = KEEP.beats(score - parent_score, sigma)
         history.append(Tried(proposal.edit_key, proposal.desc, pid,
                              "kept" if keep else "discarded", score - parent_score,
                              record_id=child_id, val_bpb=score))

@@ -93,6 +93,7 @@ from benchdoc import cpu_name, write_section  # noqa: E402
 from genome import genome_id, genome_root_id  # noqa: E402
 from swarm import records as rec  # noqa: E402
 from swarm.admission import StorageBudgets  # noqa: E402
+from swarm.descriptions import baseline_desc, edit_desc, working_on  # noqa: E402
 from swarm.identity import NodeIdentity  # noqa: E402
 from swarm.store import STORED_ROW_OVERHEAD, STORE_FILE  # noqa: E402
 
@@ -535,7 +536,6 @@ class Attacker:
         """`working_on` texts of the edits the mutate agent proposes first on the root."""
         from experiments.agents import load_brief, make_agent
         from experiments.research.programs import program_digest
-        from swarm.descriptions import working_on
         agent = make_agent("mutate", base_source=scaling.BASE)
         brief = load_brief(scaling.TOPIC)
         out: dict[str, None] = {}
@@ -551,7 +551,7 @@ class Attacker:
 
     async def run_squat_1(self, peers, _prepared) -> None:
         key = attack_key("squat-1", 0)
-        text = f"{self.root.hex()} baseline seed=0"
+        text = working_on(self.root, baseline_desc(0))
         while True:
             await self.publish(peers[0], self.heads, self.announce(
                 key, text, t=rec.now_ms() + SQUAT_T_AHEAD_MS))
@@ -581,7 +581,7 @@ class Attacker:
                     await self.pace(start, i, self.keys / 60.0)
                     kind, j = i % 4, i // 4
                     if kind == 0:
-                        text = f"{self.root.hex()} baseline seed={j % max(quarter, 250)}"
+                        text = working_on(self.root, baseline_desc(j % max(quarter, 250)))
                     elif kind == 1 and proposals:
                         text = proposals[j % len(proposals)]
                     elif kind == 2 and seen:
@@ -592,7 +592,7 @@ class Attacker:
                             else "#" + os.urandom(8).hex()
                         text = f"{fake_parent} {tag} squat {i}"
                     else:
-                        text = f"{self.root.hex()} baseline seed={j}"
+                        text = working_on(self.root, baseline_desc(j))
                     await self.publish(peers[0], self.heads, self.announce(
                         attack_key("squat-1000", i), text,
                         t=rec.now_ms() + SQUAT_T_AHEAD_MS))
@@ -644,7 +644,7 @@ class Attacker:
         patch = make_patch(scaling.BASE, scaling.BASE + "\n" + junk)
         return rec.make_experiment(
             attack_key("flood", i % self.keys), genome=self.genome, parents=[parent],
-            topic=scaling.TOPIC, arena=self.arena, patch=patch, desc=f"[junk] flood {i}",
+            topic=scaling.TOPIC, arena=self.arena, patch=patch, desc=edit_desc("junk", f"flood {i}"),
             agent="mutate", result={"status": "ok", "val_bpb": 9.0 + i * 1e-9,
                                     "train_s": 1.0, "total_s": 1.0})
 

@@ -44,6 +44,7 @@ from experiments.views.dashboard import start_dashboard  # noqa: E402
 from experiments.views.plot import plot_progress  # noqa: E402
 from experiments.research.scoreboard import Scoreboard, ScoreRules  # noqa: E402
 from genome import base_train_source, genome_id, genome_root_id  # noqa: E402
+from swarm.descriptions import baseline_desc, edit_desc  # noqa: E402
 from swarm.identity import NodeIdentity  # noqa: E402
 from swarm.lineage import Lineage  # noqa: E402
 from swarm.patch import make_patch  # noqa: E402
@@ -85,7 +86,7 @@ def build_store(home: Path, experiments: int, seed: int = 0) -> dict:
     for s in range(3):
         t += 60_000
         r = make_experiment(me, genome=gid, parents=[root], topic="general", arena=ARENA,
-                            patch="", desc=f"baseline seed={s}", agent="mutate",
+                            patch="", desc=baseline_desc(s), agent="mutate",
                             result=result(rng, 1.9 + rng.gauss(0, sigma)), t=t)
         records.append((r, True))
     root_val = records[0][0].val_bpb
@@ -108,12 +109,13 @@ def build_store(home: Path, experiments: int, seed: int = 0) -> dict:
             val = None if crashed else vals[parent] + rng.gauss(0.002, 0.003)
         r = make_experiment(author, genome=gid, parents=[parent], topic=topic, arena=ARENA,
                             patch=make_patch(old, new), agent="mutate",
-                            desc=f"[EDIT_{n}] {topic} tweak number {n} on "
-                                 f"{parent.hex()[:8]}", result=result(rng, val), t=t)
+                            desc=edit_desc(f"EDIT_{n}", f"{topic} tweak number {n} on "
+                                                             f"{parent.hex()[:8]}"),
+                            result=result(rng, val), t=t)
         records.append((r, author is me))
         if val is not None:
             sources[r.id], vals[r.id] = new, r.val_bpb
-            if r.val_bpb < vals[parent] - 2 * sigma and author is not liar:
+            if ScoreRules().beats(r.val_bpb - vals[parent], sigma) and author is not liar:
                 kept.append((r.val_bpb, r.id))
     # attestations: this node re-ran some claims; peers vouch for each other
     attest = []

@@ -305,9 +305,10 @@ def goal_verdict(report: dict) -> tuple[bool, str]:
     """At least GOAL_KEPT kept edits, each one beating its parent by more than 2 sigma. A
     kept run of a program an earlier edit already ran (another parent's stack rebuilt it)
     found nothing new and does not count."""
+    from experiments.research.scoreboard import ScoreRules  # the loop's keep rule
     sigma = report["sigma"]
     above = [r for r in report["kept"]
-             if sigma and r["delta"] is not None and r["delta"] < -2 * sigma]
+             if sigma and r["delta"] is not None and ScoreRules().beats(r["delta"], sigma)]
     new = [r for r in above if r.get("same_as") is None]
     met = len(new) >= GOAL_KEPT
     repeats = len(above) - len(new)

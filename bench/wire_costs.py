@@ -39,6 +39,7 @@ from experiments.agents.mutate import MutateAgent  # noqa: E402
 from experiments.simulation.synthetic import SyntheticTrainer  # noqa: E402
 from genome import base_train_source, genome_id, genome_root_id  # noqa: E402
 from swarm import records as rec  # noqa: E402
+from swarm.descriptions import working_on  # noqa: E402
 from swarm.identity import NodeIdentity  # noqa: E402
 from swarm.patch import make_patch  # noqa: E402
 from swarm.store import Store  # noqa: E402
@@ -73,7 +74,7 @@ def sample_records(count: int, seed: int = 0) -> list:
                                    verdict="reproduced" if result["status"] == "ok"
                                    else "refuted", result=result)
         ann = rec.make_announce(author, genome=genome_id(), topics=["general"], arena=ARENA,
-                                working_on=f"{root.hex()} {proposal.desc}"[:1000],
+                                working_on=working_on(root, proposal.desc),
                                 addrs=["/ip4/203.0.113.7/tcp/4011",
                                        "/ip6/2001:db8::7/tcp/4011"], head=exp.id)
         out += [exp, att, ann]

@@ -34,6 +34,10 @@ class ScoreRules:
     sigma_floor: float = 1e-4     # never trust a noise estimate below this
     baseline_repeats: int = 3     # baseline seeds needed before sigma is known
 
+    def beats(self, delta: float, sigma: float) -> bool:
+        """The keep rule: a child whose val_bpb minus its parent's is `delta` is kept."""
+        return delta < -self.noise_k * sigma
+
 
 @dataclass
 class Candidate:
@@ -120,7 +124,7 @@ class Scoreboard:
         delta = self.delta(record)
         if sigma is None or delta is None:
             return False
-        return delta < -self.rules.noise_k * sigma
+        return self.rules.beats(delta, sigma)
 
     def reproduces(self, result, claimed: float, sigma: float | None = None) -> bool:
         """Whether a re-run's result reproduces a claimed score: ok, and no worse than the
