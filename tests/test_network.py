@@ -421,7 +421,8 @@ async def test_reconnects_when_a_peer_goes_away(tmp_path):
         await a.host.disconnect(ID.from_base58(b.peer_id))
         await wait_for(lambda: not connected(b, a), timeout=5)
         await wait_for(lambda: connected(b, a), timeout=10)
-        assert b.discovery.dials >= 2
+        # b's bootstrap dial, then a re-dial by whichever side got there first
+        assert a.discovery.dials + b.discovery.dials >= 2
 
 
 async def test_restarted_node_rejoins_without_bootstrap(tmp_path):
