@@ -35,14 +35,15 @@ async def swarm_node(home, topics=("optimizer",), bootstrap=(), identity=None, *
 
 
 @asynccontextmanager
-async def raw_publisher(seed):
-    """A gossipsub peer on TOPIC with no validators and no limits of its own."""
+async def raw_publisher(seed, topic=TOPIC):
+    """A gossipsub peer on `topic` with no validators and no limits of its own: it sends
+    whatever it is told to."""
     async with open_host(seed, LOOP) as host:
         router = gossip_mod.build_router()
         pubsub = Pubsub(host, router, strict_signing=True, msg_id_constructor=message_id)
         async with background_trio_service(pubsub), background_trio_service(router):
             await pubsub.wait_until_ready()
-            await pubsub.subscribe(TOPIC)
+            await pubsub.subscribe(topic)
             yield host, pubsub
 
 
