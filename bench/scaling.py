@@ -6,7 +6,7 @@
     python bench/scaling.py --network ideal --sizes 16 --landscapes 0-11 --no-write \
         --references earlier.json --speculate-share 1    # a setting against the same T1s
 
-Every node is real: a `ResearchLoop` (the `mutate` agent, the noise-aware scoreboard,
+Every node is real: a `ResearchLoop` (the `--agent`, `mutate` by default, the noise-aware scoreboard,
 verification and trust) over its own SQLite store and key, joined to the others by the
 libp2p network layer (`swarm/network.py`: gossipsub, sync, discovery) exactly as `node.py`
 joins them: the loop publishes what it records, announces what it runs, and skips what
@@ -129,6 +129,10 @@ LOOP_OPTIONS = {"verify_share": LoopConfig().verify_share,
                 "speculate_share": LoopConfig().speculate_share}
 
 
+# --agent: the agent every node (and every lone reference) runs
+AGENT = ["mutate"]
+
+
 def build_loop(home: Path, landscape: int, index: int, rep: int, delay: float) -> ResearchLoop:
     home.mkdir(parents=True, exist_ok=True)
     root = genome_root_id()
@@ -138,7 +142,7 @@ def build_loop(home: Path, landscape: int, index: int, rep: int, delay: float) -
         store=store, lineage=Lineage(store, BASE, root),
         identity=node_identity(landscape, index), genome=genome_id(), root_id=root,
         trainer=PacedTrainer(landscape, delay, random.Random(rng.random())),
-        agent=make_agent("mutate", base_source=BASE), brief=load_brief(TOPIC),
+        agent=make_agent(AGENT[0], base_source=BASE, profile="cpu"), brief=load_brief(TOPIC),
         config=LoopConfig(topic=TOPIC, rules=ScoreRules(), **LOOP_OPTIONS),
         home=home, rng=rng)
 
@@ -374,7 +378,7 @@ def libp2p_swarm(n: int, landscape: int, delay: float, procs: int, cap_rounds: f
     workers = []
     for g, nodes in enumerate(groups):
         spec = {"nodes": nodes, "landscape": landscape, "delay": delay, "ports": ports,
-                "bootstrap": bootstrap, "work": str(work), "rep": 0}
+                "bootstrap": bootstrap, "work": str(work), "rep": 0, "agent": AGENT[0]}
         log = open(work.parent / f"worker-{n}-{landscape}-{g}.log", "w")
         proc = subprocess.Popen([sys.executable, __file__, "--worker"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=log, text=True, bufsize=1)
@@ -492,6 +496,7 @@ async def worker_main(spec: dict) -> None:
 
     logging.getLogger("libp2p").setLevel(logging.CRITICAL)
     landscape, delay = spec["landscape"], spec["delay"]
+    AGENT[0] = spec["agent"]
     work = Path(spec["work"])
     truth = Truth(landscape)
     latencies: list[float] = []
@@ -644,7 +649,7 @@ def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: d
             f"{platform.python_version()}, py-libp2p 0.8.1, loopback; {wall_s / 60:.0f} min.")
     lines = [BEGIN, "## Scaling: N nodes against one (`bench/scaling.py`)", "", head, "",
              f"Synthetic trainer (hidden landscapes {', '.join(map(str, args.landscapes))}, "
-             f"noise sigma {SIGMA}), `mutate` agent, default loop settings (verify_share "
+             f"noise sigma {SIGMA}), `{args.agent}` agent, default loop settings (verify_share "
              f"0.25, k = 2). Target per landscape: the median true val_bpb a lone node "
              f"reaches in {args.reference_runs} runs ({args.reference_reps} lone nodes); T1 "
              "= the median runs they needed for it. Time is in runs of one node (wall "
@@ -756,6 +761,8 @@ def main() -> int:
                     help="seconds per run for every N (default: max(4, 2 N))")
     ap.add_argument("--big-landscapes", type=int, default=1,
                     help="N >= 32 runs on only this many of the landscapes (time)")
+    ap.add_argument("--agent", default="mutate",
+                    help="the agent of every node and lone reference (mutate, optuna:tpe, ...)")
     ap.add_argument("--reference-runs", type=int, default=40)
     ap.add_argument("--reference-reps", type=int, default=3)
     ap.add_argument("--reference-cap", type=int, default=60)
@@ -787,6 +794,11 @@ def main() -> int:
             trio.run(worker_main, spec)
         return 0
     args.landscapes = parse_list(args.landscapes)
+    try:
+        make_agent(args.agent, base_source=BASE)   # a bad spec fails here, not in a worker
+    except ValueError as e:
+        raise SystemExit(f"--agent: {e}")
+    AGENT[0] = args.agent
     LOOP_OPTIONS.update(verify_share=args.verify_share, merge_share=args.merge_share,
                         speculate_share=args.speculate_share)
     sizes = parse_list(args.sizes)

@@ -63,6 +63,22 @@ class MeanOfRow(Bigram):
         return out + out.mean(dim=1, keepdim=True)
 
 
+class PeeksOnce(Bigram):
+    """Causal everywhere but at one position, whose logits see the token after it."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at = at
+        self.register_buffer("eye", torch.eye(VOCAB))
+        only = torch.zeros(T, 1)
+        only[at] = 1.0
+        self.register_buffer("only", only)
+
+    def forward(self, idx):
+        nxt = nn.functional.embedding(idx[:, self.at + 1], self.eye)  # (rows, VOCAB)
+        return self.table(idx) + 5.0 * self.only * nxt[:, None, :]
+
+
 class NotFinite(Bigram):
     def forward(self, idx):
         return self.table(idx) * float("inf")
@@ -136,7 +152,8 @@ def env(tmp_path_factory):
     models = {"gpt": genome_gpt(), "bigram": bigram(), "peeks": bigram(PeeksAtNextToken),
               "other_row": bigram(ReadsOtherRow), "mean_of_row": bigram(MeanOfRow),
               "in_batch_lookup": bigram(InBatchLookup),
-              "not_finite": bigram(NotFinite)}
+              "not_finite": bigram(NotFinite), "peeks_last": bigram(lambda: PeeksOnce(T - 2)),
+              "peeks_middle": bigram(lambda: PeeksOnce(100))}
     torch.manual_seed(1)
     models["val_lookup"] = ValLookup(np.fromfile(data.val_bin, dtype=np.uint16)).eval()
     for name, model in models.items():
@@ -210,6 +227,41 @@ def test_probe_does_not_depend_on_the_seed_to_catch_a_peek(env, name):
     for seed in range(5):
         result = evaluate_child.evaluate(make_spec(env, name, probe_seed=seed))
         assert result["status"] == "rejected", (seed, result)
+
+
+@pytest.fixture(scope="module")
+def long_val(env):
+    """Validation tokens long enough that no two of the 256 windows overlap (as on the real
+    corpora): every row gets its own dealt cut."""
+    path = env.root / "long_val.bin"
+    rng = np.random.default_rng(5)
+    rng.integers(0, VOCAB, size=SETTINGS["n_windows"] * (T + 1) + 1000).astype(np.uint16) \
+        .tofile(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("name", ["peeks_last", "peeks_middle"])
+def test_a_peek_at_one_fixed_position_is_caught_whatever_the_seed(env, long_val, name):
+    """Independent random cuts let such a model pass about 37 % of evaluations; dealt cuts
+    cover every position once in 255 rows, and the validation windows are 256 rows."""
+    for seed in range(6):
+        result = evaluate_child.evaluate(make_spec(env, name, probe_seed=seed, val_bin=long_val))
+        assert result["status"] == "rejected", (seed, result)
+        assert result["reason"].startswith("causality probe (validation batch "), result
+    honest = evaluate_child.evaluate(make_spec(env, "bigram", val_bin=long_val))
+    assert honest["status"] == "ok", honest
+
+
+def test_cut_deck_deals_every_cut_once_before_repeating():
+    deck = evaluate_child.CutDeck(256, np.random.default_rng(3))
+    first = [deck.deal() for _ in range(255)]
+    assert sorted(first) == list(range(255))
+    again = [deck.deal() for _ in range(255)]
+    assert sorted(again) == list(range(255)) and again != first
+    lone = evaluate_child.probe_cuts(np.arange(0, 16 * 1000, 1000), 256,
+                                     np.random.default_rng(0), deck := evaluate_child.CutDeck(
+                                         256, np.random.default_rng(1)))
+    assert len(set(lone.tolist())) == 16 and len(deck.cards) == 255 - 16
 
 
 def test_probe_cuts_never_keep_text_another_row_replaces():

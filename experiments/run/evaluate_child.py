@@ -25,8 +25,9 @@ Steps:
    The metric calls the graph through `_ProbedScorer`, which returns the graph's logits
    unchanged (so the score is exactly evaluate_bpb's) and, on every scoring batch (a
    PROBE_FRACTION of them, drawn with the secret seed), runs the causality probe on it:
-   each row keeps its tokens up to a random cut, gets other real validation text after it,
-   and the rows are shuffled;
+   each row keeps its tokens up to a cut, gets other real validation text after it, and
+   the rows are shuffled (cuts are dealt from a shuffled deck of every position, so the
+   256 validation rows cover each one);
    each row's logits up to its cut must equal those of the scoring pass. Rows whose windows
    overlap are cut at one common position of the token file (`probe_cuts`), so no row can
    find its own replaced future in another row's kept text.
@@ -65,7 +66,8 @@ PROBE_TOLERANCE = {"cpu": 1e-4, "mps": 1e-3, "cuda": 1e-3}
 MAX_VAL_TEST_GAP = 0.15
 CHECK_WINDOWS = 64
 # Every scoring batch is probed: a probe catches a peek at position t only when a row's cut
-# is t, so coverage is what keeps a model that peeks at a few positions from passing.
+# is just before t, so coverage (CutDeck) is what keeps a model that peeks at a few positions
+# from passing.
 PROBE_FRACTION = 1.0  # of the scoring batches, drawn from the secret probe seed
 MIN_PROBE_BATCHES = 2
 
@@ -99,17 +101,38 @@ def probe_plan(n_batches: int, rng) -> set:
     return {int(i) for i in rng.choice(n_batches, size=k, replace=False)}
 
 
-def probe_cuts(starts, seq_len: int, rng):
+class CutDeck:
+    """Probe cuts 0..seq_len-2 dealt without replacement, shuffled afresh when spent.
+
+    A probe catches a model that reads one later position t only in a row whose cut lies
+    before t and at or after the peeking position; with one fixed pair that is one cut
+    value. Independent draws miss a given value in 256 rows with probability
+    (1 - 1/255)^256, about 37 %; a deck deals every value once in each seq_len-1 rows, so
+    the 256 probed validation rows catch every fixed peek for certain."""
+
+    def __init__(self, seq_len: int, rng):
+        self.size, self.rng, self.cards = max(1, seq_len - 1), rng, []
+
+    def deal(self) -> int:
+        if not self.cards:
+            self.cards = [int(c) for c in self.rng.permutation(self.size)]
+        return self.cards.pop()
+
+
+def probe_cuts(starts, seq_len: int, rng, deck: CutDeck | None = None):
     """Per row of a batch whose windows start at `starts`, the last position the probe keeps:
-    -1 (the whole row is replaced) .. seq_len-1 (nothing is); drawn from rng.
+    -1 (the whole row is replaced) .. seq_len-1 (nothing is); dealt from `deck` (a fresh
+    one drawn from rng when none is given).
 
     A lone window gets a cut in 0..seq_len-2. Windows that overlap share text, so one row's
     later tokens could sit in another row's kept prefix and be read from there; overlapping
     windows therefore form a cluster cut at one common position A of the token file: every
     token the probe keeps in the cluster lies at or before A, every one it replaces after.
+    A is dealt as the cut of one of the cluster's rows, drawn at random.
     """
     import numpy as np
 
+    deck = deck or CutDeck(seq_len, rng)
     starts = np.asarray(starts, dtype=np.int64)
     cuts = np.empty(len(starts), dtype=np.int64)
     order = np.argsort(starts, kind="stable")
@@ -120,7 +143,8 @@ def probe_cuts(starts, seq_len: int, rng):
             end = max(end, starts[order[last]] + seq_len)
             last += 1
         cluster = order[first:last]
-        at = int(rng.integers(starts[cluster].min(), end - 1))
+        anchor = cluster[int(rng.integers(len(cluster)))]
+        at = int(starts[anchor]) + deck.deal()
         cuts[cluster] = np.clip(at - starts[cluster], -1, seq_len - 1)
         first = last
     return cuts
@@ -141,6 +165,7 @@ class _ProbedScorer:
         self.tolerance, self.rng, self.what = tolerance, rng, what
         self.calls = self.rows = self.probed = 0
         self.worst = 0.0
+        self.deck = None  # dealt cuts, per scorer: its rows cover every cut value
 
     def eval(self):
         return self
@@ -169,7 +194,8 @@ class _ProbedScorer:
 
         rows, T = x.shape
         rng, tokens = self.rng, self.tokens
-        cuts = probe_cuts(starts, T, rng)
+        self.deck = self.deck or CutDeck(T, rng)
+        cuts = probe_cuts(starts, T, rng, self.deck)
         # Replacement text comes from elsewhere in the file, never from this batch's span.
         low, high = int(starts.min()), int(starts.max()) + T + 1
         left, right = max(0, low - T + 1), max(0, len(tokens) - T + 1 - high)
