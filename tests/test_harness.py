@@ -16,6 +16,7 @@ import pytest
 import fake_genome as fg
 from experiments.run.harness import (ExperimentCancelled, ExperimentResult, _TrainingOutput,
                                  run_experiment, run_patch, training_wall_limit)
+from experiments.run import model_stages
 from experiments.run.budget import parse_budget
 from experiments.run.sandbox import alive, isolation_plan
 from experiments.run.workspace import (Workspace, copy_weights, create_workspace)
@@ -241,6 +242,38 @@ def test_evaluator_started_beside_a_failed_export_ends_without_a_verdict(home, g
     assert "nothing to evaluate" in eval_log and "evaluation: ok" not in eval_log
 
 
+def test_export_child_waiting_beside_a_failed_training_ends_on_its_own(home, genome):
+    # the export child starts with training; a training that fails must end it unasked
+    result = run(fg.RAISES, home, genome)
+    assert result.status == "crash"
+    assert runs_left(home) == ["export.log", "train.log"]
+    log = (next((home / "runs").iterdir()) / "export.log").read_text()
+    assert "export aborted: no trained model to export" in log
+
+
+def test_export_time_runs_from_its_go_and_is_all_a_program_gets(home, genome, no_screen,
+                                                                monkeypatch):
+    """Computing after the budget (training on batches stashed in the weights, say) in the
+    export child gets EXPORT_WALL_LIMIT_S, then a timeout; a training longer than that
+    limit does not eat into it, since the export's clock starts when it is handed the
+    weights."""
+    monkeypatch.setitem(model_stages.EXPORT_WALL_LIMIT_S, "cpu", 8.0)
+    slow_start = fg.TRAIN.replace("    model = build_model(run)\n",
+                                  "    model = build_model(run)\n    time.sleep(10)\n")
+    honest = run(slow_start, home, genome)
+    assert honest.status == "ok", honest.reason
+    assert honest.timings["export"] < 8.0
+    keeps_going = fg.TRAIN.replace("def build_model(run):\n", """def build_model(run):
+    if __name__ != "__main__":  # imported by the export child, after the budget
+        while True:
+            pass
+""")
+    result = run(keeps_going, home, genome)
+    assert result.status == "timeout", (result.status, result.reason)
+    assert result.reason == "exporting the model ran past 8 s"
+    assert 8.0 <= result.timings["export"] < 60
+
+
 def test_held_out_test_score_is_measured_on_request(home, genome):
     first = run(fg.TRAIN, home, genome, test_seed=1)
     again = run(fg.TRAIN, home, genome, test_seed=1)
@@ -343,7 +376,7 @@ def test_cancel_raises_and_cleans_up(home, genome):
     threading.Timer(0.5, cancel.set).start()
     with pytest.raises(ExperimentCancelled):
         run(fg.NEVER_ENDS, home, genome, cancel=cancel)
-    assert runs_left(home) == ["train.log"]
+    assert runs_left(home) == ["export.log", "train.log"]  # the export child was ended too
 
 
 def test_bad_arguments_are_errors_not_results(home, genome):

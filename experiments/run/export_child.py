@@ -1,6 +1,6 @@
 """UNTRUSTED-side export: turn the candidate's trained model into data for the evaluator.
 
-    python -I experiments/run/export_child.py <spec.json>
+    python -I experiments/run/export_child.py <spec.json> [--go-fd N]
 
 The harness runs this inside the training sandbox (the candidate's code runs here, so
 nothing here is trusted), with cwd = a directory holding the candidate's train.py, a copy
@@ -11,16 +11,23 @@ of prepare.py, run.json and model.pt. spec.json: {"train_py", "prepare_py", "run
 out_dir/graph.json + out_dir/weights.safetensors (experiments/run/model_graph.py). Exit 0 on
 success; on failure one line `export failed: <reason>` and exit 3.
 
+With `--go-fd N` the harness starts this child together with the training child: it loads
+torch and the exporter, then blocks on descriptor N until the harness writes b"g" (model.pt
+is in place; the export's time limit runs from then). EOF without a go: nothing to export,
+exit 4. The candidate's code is loaded only after the go, when the training child is gone.
+
 Only experiments/run/model_graph.py needs to sit next to this file: it is loaded by path.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
 EXIT_FAILED = 3
+EXIT_ABORTED = 4
 
 
 def _load_module(name: str, path) -> object:
@@ -50,11 +57,29 @@ def export(spec: dict) -> dict:
                                     seq_len=int(spec["seq_len"]), out_dir=spec["out_dir"])
 
 
+def _wait_for_go(fd: int) -> bool:
+    """Load what every export needs, then block until the harness's go (True) or EOF."""
+    import numpy  # noqa: F401  (prepare.py's own imports, loaded after the go)
+    import safetensors.torch  # noqa: F401
+    import tiktoken  # noqa: F401
+    import torch.export  # noqa: F401
+    try:
+        return os.read(fd, 1) == b"g"
+    finally:
+        os.close(fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    go_fd = None
+    if len(argv) == 3 and argv[1] == "--go-fd" and argv[2].isdigit():
+        argv, go_fd = argv[:1], int(argv[2])
     if len(argv) != 1:
-        print("usage: export_child.py <spec.json>", file=sys.stderr)
+        print("usage: export_child.py <spec.json> [--go-fd N]", file=sys.stderr)
         return 2
+    if go_fd is not None and not _wait_for_go(go_fd):
+        print("export aborted: no trained model to export", flush=True)
+        return EXIT_ABORTED
     try:
         with open(argv[0], encoding="utf-8") as f:
             spec = json.load(f)

@@ -53,8 +53,8 @@ from experiments.run.hardware import (arena_class, cpu_threads, detect_device, e
                                   profile as device_profile, total_memory_mb)
 from experiments.run.model_stages import (EVAL_WALL_LIMIT_S, EXPORT_WALL_LIMIT_S,  # noqa: F401
                                           EvaluationChild, EvaluationError, ExperimentCancelled,
-                                          _child_env, _last_error_line, evaluate_graph,
-                                          export_model)
+                                          ExportChild, _child_env, _last_error_line,
+                                          evaluate_graph)
 from experiments.run.model_store import ModelStore, model_key
 from experiments.run.sandbox import missing_isolation, run_sandboxed
 from experiments.run.static_check import check_patch, check_source
@@ -350,11 +350,20 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
     except BaseException:
         feed.stop()  # its pipes, which no child will ever hold
         raise
+    export = None
     try:
+        limit = wall_limit_s or training_wall_limit(budget, device)
+        # --- export child: starts now, so that its start-up overlaps training's; it runs
+        # the candidate's code only after its go, with the training child gone
+        try:
+            export = ExportChild(ws, source, trusted_prepare_py, run_config, settings, threads,
+                                 mem_limit, device, cancel, wait_limit=limit + 60.0)
+        except ValueError as e:
+            return finish("rejected", reason=str(e))
+
         # --- training child: its tokens come from the feed, which counts the budget
         log = LogFile(ws.train_log)
         output = _TrainingOutput(log, progress)
-        limit = wall_limit_s or training_wall_limit(budget, device)
         startup = STARTUP_GRACE_S[device]
         grace = END_GRACE_S[device] + END_GRACE_FRACTION * (
             budget.value if budget.kind == "time" else 0.0)
@@ -404,10 +413,9 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
             mem_limit, EXPORT_WALL_LIMIT_S[device]
             + (eval_wall_limit_s or EVAL_WALL_LIMIT_S[device]), cancel, test_seed)
         try:
-            # --- export child: the trained model becomes data (a graph and its weights)
+            # --- the export proper: the trained model becomes data (a graph and its weights)
             t_export = time.monotonic()
-            exported = export_model(ws, source, trusted_prepare_py, run_config, settings, threads,
-                               mem_limit, device, cancel)
+            exported = export.go()
             timings["export"] = round(time.monotonic() - t_export, 3)
             measured["log_tail"] = (train.log_tail + exported.log_tail)[-4096:]
             if exported.status != "ok":
@@ -434,7 +442,11 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
                       **measured)
     finally:
         feed.stop()
-        cleanup(ws, keep=keep_workspace)
+        try:
+            if export is not None:
+                export.close()  # a child that got no go (training failed) ends on EOF
+        finally:
+            cleanup(ws, keep=keep_workspace)
 
 
 def _timeout_reason(fed: dict, wall_s: float, limit: float, startup: float, grace: float,

@@ -1,10 +1,12 @@
 """The two stages after training: the trained model becomes a graph (the untrusted export
 child), and trusted code scores it (the evaluation child).
 
+    export = ExportChild(ws, ...)          # starts with training: torch loads meanwhile
+    ... the training child runs ...
     evaluation = EvaluationChild(...)      # starts now: its start-up overlaps the export
-    exported = export_model(ws, ...)       # the export child, sandboxed, no GPU
+    exported = export.go()                 # the weights are in place: export them (no GPU)
     verdict, log_tail = evaluation.go()    # the graph is in place: score it
-    evaluation.close()                     # always: ends a child that got no go
+    export.close(); evaluation.close()     # always: ends a child that got no go
 
 The export child runs the candidate's build_model, so it is sandboxed like training; the
 evaluation child never imports, executes or unpickles anything the candidate wrote.
@@ -18,6 +20,7 @@ import re
 import secrets
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,10 +28,11 @@ from experiments.run import evaluate_child, export_child, model_graph
 from experiments.run.hardware import eval_settings
 from experiments.run.sandbox import run_sandboxed
 from experiments.run.workspace import (MAX_WEIGHTS_BYTES, LogFile, copy_model_files,
-                                       prepare_export_dir)
+                                       copy_weights, prepare_export_dir)
 from swarm.records import MAX_REASON
 
-EXPORT_WALL_LIMIT_S = {"cpu": 120.0, "cuda": 300.0, "mps": 300.0}
+# From the export child's go: the computing time a program gets after its budget.
+EXPORT_WALL_LIMIT_S = {"cpu": 30.0, "cuda": 120.0, "mps": 120.0}
 EVAL_WALL_LIMIT_S = {"cpu": 300.0, "cuda": 600.0, "mps": 600.0}
 EVAL_CHILD = Path(evaluate_child.__file__).resolve()
 EXPORT_CHILD = Path(export_child.__file__).resolve()
@@ -76,58 +80,110 @@ class _Exported:
     log_tail: str = ""
 
 
-def export_model(ws, source: str, trusted_prepare_py: Path, run_config: dict,
-                 settings: dict, threads: int, mem_limit: int, device: str,
-                 cancel) -> _Exported:
-    """Run the export child in a fresh directory; the graph lands in eval/ (copied safely).
+class ExportChild:
+    """The untrusted export child, started together with the training child.
 
-    The export child runs the candidate's build_model, so it is sandboxed like training:
-    it sees its own directory, model_graph.py and export_child.py, and no GPU (a trained
-    model exports on the CPU, and a program gets no extra GPU time after its budget)."""
-    export_dir = ws.root / "export"
-    try:
-        prepare_export_dir(ws, export_dir, source, trusted_prepare_py,
+    Its interpreter, torch and the exporter load while training runs; then it waits on a
+    pipe. `go()` copies the trained weights in, lets it run the candidate's build_model and
+    the export, and returns the result: the export has EXPORT_WALL_LIMIT_S from the go, so
+    a program gets only that much computing time after its budget, and no GPU. `close()`
+    (always called) ends a child that never got its go (training failed), and waits."""
+
+    def __init__(self, ws, source: str, trusted_prepare_py: Path, run_config: dict,
+                 settings: dict, threads: int, mem_limit: int, device: str, cancel,
+                 wait_limit: float):
+        self.ws, self.device = ws, device
+        self.dir = ws.root / "export"
+        self.limit = EXPORT_WALL_LIMIT_S[device]
+        prepare_export_dir(ws, self.dir, source, trusted_prepare_py,
                            dict(run_config, device="cpu", feed_fds=None,
-                                out_dir=str(export_dir / "out")))
-    except FileNotFoundError:
-        return _Exported("crash", "train.py exited normally but saved no out/model.pt")
-    except ValueError as e:
-        return _Exported("rejected", str(e))
-    spec = {"train_py": str(export_dir / "train.py"), "prepare_py": str(export_dir / "prepare.py"),
-            "run_config": str(export_dir / "run.json"), "model_pt": str(export_dir / "model.pt"),
-            "out_dir": str(export_dir / "out"), "batch_size": settings["batch_size"],
-            "seq_len": settings["seq_len"]}
-    with open(export_dir / "export.json", "x", encoding="utf-8") as f:
-        json.dump(spec, f)
-    env = _child_env(threads, export_dir / "run.json", export_dir)
-    env["CUDA_VISIBLE_DEVICES"] = ""
-    log = LogFile(ws.export_log)
-    try:
-        child = run_sandboxed(
-            [sys.executable, "-I", str(EXPORT_CHILD), str(export_dir / "export.json")],
-            cwd=export_dir, env=env, wall_limit_s=EXPORT_WALL_LIMIT_S[device],
-            mem_limit_mb=mem_limit, reveal_paths=[EXPORT_CHILD, MODEL_GRAPH],
-            rlimit_as_mb=mem_limit + 4096 if device == "cpu" else None, on_line=log.write,
-            cancel=cancel)
-    finally:
-        log.close()
-    if child.cancelled:
-        raise ExperimentCancelled("cancelled during export")
-    if child.timed_out:
-        return _Exported("timeout", f"exporting the model ran past "
-                                    f"{EXPORT_WALL_LIMIT_S[device]:.0f} s", log_tail=child.log_tail)
-    if child.mem_exceeded or child.returncode != 0:
-        why = "exceeded the memory limit" if child.mem_exceeded else \
-            _last_error_line(child.log_tail)
-        return _Exported("rejected", f"the trained model cannot be exported as a graph of "
-                                     f"standard operators: {why}", log_tail=child.log_tail)
-    try:
-        graph_dir = copy_model_files(export_dir / "out", ws.eval_dir)
-    except FileNotFoundError as e:
-        return _Exported("crash", f"the export wrote no model: {e}", log_tail=child.log_tail)
-    except ValueError as e:
-        return _Exported("rejected", str(e), log_tail=child.log_tail)
-    return _Exported("ok", graph_dir=graph_dir, log_tail=child.log_tail)
+                                out_dir=str(self.dir / "out")))
+        spec = {"train_py": str(self.dir / "train.py"), "prepare_py": str(self.dir / "prepare.py"),
+                "run_config": str(self.dir / "run.json"), "model_pt": str(self.dir / "model.pt"),
+                "out_dir": str(self.dir / "out"), "batch_size": settings["batch_size"],
+                "seq_len": settings["seq_len"]}
+        with open(self.dir / "export.json", "x", encoding="utf-8") as f:
+            json.dump(spec, f)
+        env = _child_env(threads, self.dir / "run.json", self.dir)
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        read_end, self._go = os.pipe()
+        self._went: float | None = None
+        self._child = self._error = None
+        log = LogFile(ws.export_log)
+        read_end_open = [True]
+
+        def close_read_end() -> None:  # ours, once the child holds its copy
+            if read_end_open[0]:
+                read_end_open[0] = False
+                os.close(read_end)
+
+        def deadline() -> float | None:
+            return None if self._went is None else self._went + self.limit
+
+        def run() -> None:
+            try:
+                self._child = run_sandboxed(
+                    [sys.executable, "-I", str(EXPORT_CHILD), str(self.dir / "export.json"),
+                     "--go-fd", str(read_end)],
+                    cwd=self.dir, env=env, wall_limit_s=wait_limit + self.limit,
+                    deadline=deadline, mem_limit_mb=mem_limit,
+                    reveal_paths=[EXPORT_CHILD, MODEL_GRAPH], pass_fds=(read_end,),
+                    on_start=close_read_end,
+                    rlimit_as_mb=mem_limit + 4096 if device == "cpu" else None,
+                    on_line=log.write, cancel=cancel)
+            except BaseException as e:  # re-raised by go() or close() in the owner's thread
+                self._error = e
+            finally:
+                close_read_end()
+                log.close()
+
+        self._thread = threading.Thread(target=run, name="export-child", daemon=True)
+        self._thread.start()
+
+    def go(self) -> _Exported:
+        """Export the weights the training child saved; the graph lands in ws.eval_dir."""
+        try:
+            copy_weights(self.ws, self.dir / "model.pt")
+        except FileNotFoundError:
+            self.close()
+            return _Exported("crash", "train.py exited normally but saved no out/model.pt")
+        except ValueError as e:
+            self.close()
+            return _Exported("rejected", str(e))
+        self._went = time.monotonic()
+        try:
+            os.write(self._go, b"g")
+        except OSError:
+            pass  # the child is gone already: its exit says why
+        self.close()
+        child = self._child
+        if child.cancelled:
+            raise ExperimentCancelled("cancelled during export")
+        if child.timed_out:
+            return _Exported("timeout", f"exporting the model ran past {self.limit:.0f} s",
+                             log_tail=child.log_tail)
+        if child.mem_exceeded or child.returncode != 0:
+            why = "exceeded the memory limit" if child.mem_exceeded else \
+                _last_error_line(child.log_tail)
+            return _Exported("rejected", f"the trained model cannot be exported as a graph of "
+                                         f"standard operators: {why}", log_tail=child.log_tail)
+        try:
+            graph_dir = copy_model_files(self.dir / "out", self.ws.eval_dir)
+        except FileNotFoundError as e:
+            return _Exported("crash", f"the export wrote no model: {e}", log_tail=child.log_tail)
+        except ValueError as e:
+            return _Exported("rejected", str(e), log_tail=child.log_tail)
+        return _Exported("ok", graph_dir=graph_dir, log_tail=child.log_tail)
+
+    def close(self) -> None:
+        """Without a go, the child exits on EOF; wait for it either way."""
+        if self._go is not None:
+            os.close(self._go)
+            self._go = None
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 class EvaluationChild:

@@ -159,14 +159,14 @@ def copy_weights(ws: Workspace, dest: Path, max_bytes: int = MAX_WEIGHTS_BYTES) 
 
 def prepare_export_dir(ws: Workspace, export_dir: Path, source: str, prepare_py: Path,
                        run_config: dict) -> Path:
-    """Fill export/ with fresh trusted copies and the trained weights; return it."""
+    """Fill export/ with fresh trusted copies (the trained weights come later, with
+    copy_weights); return it."""
     export_dir.mkdir(mode=0o755)
     (export_dir / "out").mkdir(mode=0o755)
     _write_text(export_dir / "train.py", source)
     shutil.copyfile(prepare_py, export_dir / "prepare.py")
     _write_text(export_dir / "run.json",
                 json.dumps({k: run_config[k] for k in RUN_CONFIG_KEYS}, indent=1))
-    copy_weights(ws, export_dir / "model.pt")
     return export_dir
 
 
