@@ -475,3 +475,9 @@ def test_graph_json_is_plain_tagged_data(exported):
     assert tags <= {"ref", "int", "float", "bool", "none", "str", "dtype", "device", "layout",
                     "memory_format", "list", "tuple"}
     assert {"ref", "int", "float", "list"} <= tags
+
+
+def test_export_child_warm_up_exports_its_own_model():
+    """The export child's warm-up (before its go) must really export, or it saves nothing."""
+    from experiments.run import export_child
+    assert export_child._warm_up() is True
