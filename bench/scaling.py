@@ -129,6 +129,9 @@ LOOP_OPTIONS = {"verify_share": LoopConfig().verify_share,
                 "speculate_share": LoopConfig().speculate_share}
 
 
+# the speedup the one-night target asks of N = 16 nodes: 0.6 N (issue 21)
+GOAL = 0.6
+
 # --agent: the agent every node (and every lone reference) runs
 AGENT = ["mutate"]
 
@@ -666,7 +669,7 @@ def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: d
                  "0 % | | | |")
     for n, agg in results.items():
         cats = agg["categories"]
-        goal = f">= {0.7 * n:.1f}: {'met' if agg['speedup'] >= 0.7 * n else 'MISSED'}"
+        goal = f">= {GOAL * n:.1f}: {'met' if agg['speedup'] >= GOAL * n else 'MISSED'}"
         cens = f" ({agg['censored']} not reached)" if agg["censored"] else ""
         lat = f"{agg['latency_p50_s']:.2f} s" if agg["latency_p50_s"] is not None else "-"
         cores = f"{agg['cpu_cores']:.2f}" if agg.get("cpu_cores") is not None else "-"
@@ -717,7 +720,7 @@ def plot(results: dict, ideal: dict, path: Path) -> None:
     ns = [1] + list(results)
     top = max(ns)
     ax.plot([1, top], [1, top], color="#999", linestyle="--", label="linear (N)")
-    ax.plot([1, top], [0.7, 0.7 * top], color="#bbb", linestyle=":", label="goal (0.7 N)")
+    ax.plot([1, top], [GOAL, GOAL * top], color="#bbb", linestyle=":", label=f"goal ({GOAL} N)")
     ax.plot(ns, [1.0] + [results[n]["speedup"] for n in results], marker="o",
             label="libp2p swarm")
     if ideal:

@@ -75,7 +75,7 @@ def test_plain_run_reports_its_isolation(ws):
 @pytest.mark.skipif(not sys.platform.startswith("linux") or os.geteuid() != 0,
                     reason="CI and the dev machines run as root on Linux")
 def test_all_layers_work_as_root_on_linux():
-    assert PLAN.netns and PLAN.mountns and PLAN.pidns and not PLAN.userns, PLAN
+    assert PLAN.netns and PLAN.mountns and PLAN.pidns and PLAN.ipcns and not PLAN.userns, PLAN
     assert PLAN.privdrop and PLAN.complete and missing_isolation() == []
 
 
@@ -89,10 +89,17 @@ def test_missing_isolation_names_each_missing_layer_with_its_reason():
         "no network namespace: no user namespaces: unshare --user not permitted",
         "no allowlist root (mount namespace): no user namespaces: unshare --user not permitted",
         "no PID namespace: unshare --pid failed",
+        "no IPC namespace: not available here",
         "no privilege drop: not available here"]
-    full = IsolationPlan(("unshare", "--"), True, True, True, False, (), privdrop=True)
+    full = IsolationPlan(("unshare", "--"), True, True, True, False, (), privdrop=True,
+                         ipcns=True)
     assert full.complete and missing_isolation(full) == []
-    assert not IsolationPlan(("unshare", "--"), True, True, True, False).complete  # no privdrop
+    assert not IsolationPlan(("unshare", "--"), True, True, True, False,
+                             ipcns=True).complete  # no privdrop
+    no_ipc = IsolationPlan(("unshare", "--"), True, True, True, False,
+                           ("no-ipcns (unshare --ipc failed)",), privdrop=True)
+    assert not no_ipc.complete
+    assert missing_isolation(no_ipc) == ["no IPC namespace: unshare --ipc failed"]
 
 
 CONNECT = """
@@ -407,6 +414,43 @@ def test_child_runs_unprivileged_and_cannot_signal_the_node(ws):
     assert seen["signalled"] in ("ProcessLookupError", "PermissionError")
 
 
+SHM = """
+    import ctypes, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    key, mode = 0x4C4F4F50, sys.argv[1]
+    if mode == "write":
+        shm = libc.shmget(key, 4096, 0o1000 | 0o666)  # IPC_CREAT, readable by anyone
+        addr = libc.shmat(shm, None, 0)
+        ctypes.memmove(addr, b"weights of run A", 16)
+        libc.shmdt(ctypes.c_void_p(addr))
+        print("wrote" if shm >= 0 else "no shm")
+    else:
+        shm = libc.shmget(key, 0, 0)
+        if shm < 0:
+            print("none")
+        else:
+            addr = libc.shmat(shm, None, 0o10000)  # SHM_RDONLY
+            print(ctypes.string_at(addr, 16))
+"""
+
+
+@pytest.mark.skipif(not PLAN.ipcns, reason=f"no IPC namespace here: {PLAN.notes}")
+def test_shared_memory_does_not_outlive_the_child(ws):
+    """A System V segment left by one experiment's child (weights to resume from, a channel
+    to the export child) is gone with it; the next child finds nothing."""
+    import subprocess
+    wrote = run_sandboxed([sys.executable, "-c", textwrap.dedent(SHM), "write"], cwd=ws,
+                          wall_limit_s=30, mem_limit_mb=2000)
+    try:
+        assert wrote.log_tail.strip() == "wrote", wrote.log_tail
+        read = run_sandboxed([sys.executable, "-c", textwrap.dedent(SHM), "read"], cwd=ws,
+                             wall_limit_s=30, mem_limit_mb=2000)
+        assert read.log_tail.strip() == "none", read.log_tail
+    finally:  # a failing run must not leave the segment on the machine
+        subprocess.run(["ipcrm", "-M", str(0x4C4F4F50)], capture_output=True)
+
+
 @needs_pidns
 def test_child_sees_only_its_own_processes(ws):
     code = "import os; print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))"
@@ -533,7 +577,7 @@ def test_resolve_reports_the_links_it_follows(tmp_path):
 def test_a_failing_mount_setup_falls_back_and_says_so(monkeypatch):
     full = sandbox.IsolationPlan(("/usr/bin/unshare", "--net", "--mount", "--pid", "--fork",
                                   "--kill-child", "--mount-proc", "--"), True, True, True, False,
-                                 privdrop=True)
+                                 privdrop=True, ipcns=True)
     monkeypatch.setattr(sandbox, "_namespaces_plan", lambda: full)
     monkeypatch.setattr(sandbox, "_trial", lambda plan: "mount: Operation not permitted")
     plan = sandbox._detect_plan()
@@ -617,7 +661,8 @@ def _userns_plan() -> IsolationPlan:
             "--kill-child", "--mount-proc"] if tool else []
     if not tool or not sandbox._probe(argv):
         pytest.skip("no user namespaces here: unshare --user not permitted")
-    return IsolationPlan(tuple(argv + ["--"]), True, True, True, True, privdrop=True)
+    return IsolationPlan(tuple(argv + ["--"]), True, True, True, True, privdrop=True,
+                         ipcns=False)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux namespaces")

@@ -17,6 +17,8 @@ What the isolation covers (Linux with util-linux `unshare`, as root or with user
 - Processes: its own session and process group, and a new PID namespace (the child sees
   and can signal only its own processes; when the sandbox's init dies the kernel kills
   every process in it, so nothing escapes the kill by calling setsid or double-forking).
+- IPC: a new IPC (and UTS) namespace: System V shared memory, semaphores and message
+  queues it creates die with it, so no state outlives the child or passes to another run.
 - Files, by allowlist: the child runs in a fresh root, a small tmpfs entered with
   pivot_root, the old root detached (where pivot_root fails: chroot, reported as
   `allowlist-root:chroot (...)`). It holds only these, at their usual absolute paths:
@@ -64,8 +66,6 @@ What it does NOT cover (said plainly):
   watchdog, the wall limit and the PID namespace's teardown), no disk quota (RLIMIT_FSIZE
   caps each file, not the total written to the workspace), and tmpfs pages on the private
   /tmp are not counted by the memory watchdog (they are size-capped instead).
-- No IPC or UTS namespace: System V IPC objects and POSIX message queues of the host stay
-  reachable under their own permissions.
 - GPU devices are shared with the host: the child can use (and exhaust) the GPU memory,
   and GPU driver bugs are not contained. /sys shows the host's hardware.
 - Inside the allowlist, whatever the child's uid may read it reads: /etc and the system
@@ -152,7 +152,7 @@ class ChildResult:
 
 # The four layers `complete` needs, with their names in `notes` ("no-<key> (reason)").
 LAYERS = (("netns", "network namespace"), ("mountns", "allowlist root (mount namespace)"),
-          ("pidns", "PID namespace"), ("privdrop", "privilege drop"))
+          ("pidns", "PID namespace"), ("ipcns", "IPC namespace"), ("privdrop", "privilege drop"))
 
 
 @dataclass(frozen=True)
@@ -164,15 +164,19 @@ class IsolationPlan:
     userns: bool
     notes: tuple[str, ...] = ()  # "no-<layer> (why)" for every missing layer, and remarks
     privdrop: bool = False  # the child loses root (uid 65534) or its capabilities (userns)
+    # private System V IPC and POSIX message queues (and hostname): shared memory left by
+    # one child would otherwise outlive it, reachable by the next experiment's children
+    ipcns: bool = False
 
     @property
     def complete(self) -> bool:
-        """Network, allowlist root, PID namespace and privilege drop are all in force."""
-        return self.netns and self.mountns and self.pidns and self.privdrop
+        """Network, allowlist root, PID and IPC namespaces and privilege drop are all in
+        force."""
+        return self.netns and self.mountns and self.pidns and self.ipcns and self.privdrop
 
     def features(self) -> list[str]:
         out = [name for name, on in (("netns", self.netns), ("pidns", self.pidns),
-                                     ("userns", self.userns)) if on]
+                                     ("ipcns", self.ipcns), ("userns", self.userns)) if on]
         return out + list(self.notes)
 
     def missing(self) -> list[str]:
@@ -254,7 +258,7 @@ def _detect_plan() -> IsolationPlan:
             if not plan.userns:
                 notes += ("no-privdrop (root keeps its uid without a mount namespace)",)
             plan = IsolationPlan(tuple(argv), plan.netns, False, False, plan.userns, notes,
-                                 privdrop=plan.userns)
+                                 privdrop=plan.userns, ipcns=plan.ipcns)
     return plan
 
 
@@ -275,16 +279,20 @@ def _namespaces_plan() -> IsolationPlan:
         for flags, mount, pid in ((["--net", "--mount"] + pid_flags, True, True),
                                   (["--net", "--mount"], True, False),
                                   (["--net"], False, False)):
-            argv = [tool] + user + flags
-            if _probe(argv):
+            for ipc in (["--ipc", "--uts"], []):
+                argv = [tool] + user + ipc + flags
+                if not _probe(argv):
+                    continue
                 notes = [] if mount else ["no-mountns (unshare --mount failed)"]
                 if not pid:
                     notes.append("no-pidns (unshare --pid failed)")
+                if not ipc:
+                    notes.append("no-ipcns (unshare --ipc failed)")
                 privdrop = bool(user) or mount
                 if not privdrop:
                     notes.append("no-privdrop (root keeps its uid without a mount namespace)")
                 return IsolationPlan(tuple(argv + ["--"]), True, mount, pid, bool(user),
-                                     tuple(notes), privdrop=privdrop)
+                                     tuple(notes), privdrop=privdrop, ipcns=bool(ipc))
     why = ("unshare --net not permitted, as root or in a user namespace" if root else
            "no user namespaces: unshare --user not permitted")
     return IsolationPlan((), False, False, False, False,
