@@ -79,6 +79,35 @@ class PeeksOnce(Bigram):
         return self.table(idx) + 5.0 * self.only * nxt[:, None, :]
 
 
+class PeeksBehindAHugeLogit(Bigram):
+    """Peeks at the next token and adds one logit of -1e6 where the metric cannot miss it:
+    a column past the vocabulary, or a 0-byte token's (whose targets are not counted). A
+    probe tolerance scaled by the logits' own size let this through at val_bpb 0.09."""
+
+    def __init__(self, zero_byte_token: int | None):
+        super().__init__()
+        self.register_buffer("eye", torch.eye(VOCAB))
+        mask = torch.zeros(VOCAB)
+        if zero_byte_token is not None:
+            mask[zero_byte_token] = -1e6
+        self.register_buffer("huge", mask)
+        self.extra_column = zero_byte_token is None
+
+    def forward(self, idx):
+        nxt = torch.cat([idx[:, 1:], idx[:, -1:]], dim=1)
+        out = self.table(idx) + 40.0 * nn.functional.embedding(nxt, self.eye) + self.huge
+        if self.extra_column:
+            out = torch.cat([out, torch.full_like(out[..., :1], -1e6)], dim=-1)
+        return out
+
+
+class OverflowsFloat32(Bigram):
+    """float64 logits, finite there and infinite as the metric's float32."""
+
+    def forward(self, idx):
+        return self.table(idx).double() * 1e300
+
+
 class NotFinite(Bigram):
     def forward(self, idx):
         return self.table(idx) * float("inf")
@@ -153,7 +182,11 @@ def env(tmp_path_factory):
               "other_row": bigram(ReadsOtherRow), "mean_of_row": bigram(MeanOfRow),
               "in_batch_lookup": bigram(InBatchLookup),
               "not_finite": bigram(NotFinite), "peeks_last": bigram(lambda: PeeksOnce(T - 2)),
-              "peeks_middle": bigram(lambda: PeeksOnce(100))}
+              "peeks_middle": bigram(lambda: PeeksOnce(100)),
+              "huge_column": bigram(lambda: PeeksBehindAHugeLogit(None)),
+              "huge_zero_byte": bigram(lambda: PeeksBehindAHugeLogit(
+                  int(np.flatnonzero(np.asarray(tokenizer.token_bytes) == 0)[0]))),
+              "overflows": bigram(OverflowsFloat32)}
     torch.manual_seed(1)
     models["val_lookup"] = ValLookup(np.fromfile(data.val_bin, dtype=np.uint16)).eval()
     for name, model in models.items():
@@ -217,6 +250,30 @@ def test_non_causal_graphs_are_rejected_by_the_probe(env, name):
     assert result["status"] == "rejected", result
     assert result["reason"].startswith("causality probe (validation batch "), result["reason"]
     assert "val_bpb" not in result
+
+
+@pytest.mark.parametrize("name", ["huge_column", "huge_zero_byte"])
+def test_a_huge_logit_does_not_widen_the_probes_tolerance(env, name):
+    for seed in range(3):
+        result = evaluate_child.evaluate(make_spec(env, name, probe_seed=seed))
+        assert result["status"] == "rejected", (seed, result)
+        assert result["reason"].startswith("causality probe (validation batch "), result
+
+
+def test_logits_past_float32s_range_are_rejected_not_an_evaluator_error(env):
+    result = evaluate_child.evaluate(make_spec(env, "overflows"))
+    assert result["status"] == "rejected", result
+    assert result["reason"] == "the graph returned non-finite logits"
+
+
+def test_a_graph_that_breaks_the_loader_is_rejected_not_an_evaluator_error(env, tmp_path):
+    graph = json.loads((env.root / "bigram" / mg.GRAPH_FILE).read_text())
+    node = next(n for n in graph["nodes"] if n["op"] == "call_function")
+    node["args"].append({"float": 10 ** 400})  # float() of it overflows
+    (tmp_path / mg.GRAPH_FILE).write_text(json.dumps(graph))
+    (tmp_path / mg.WEIGHTS_FILE).write_bytes((env.root / "bigram" / mg.WEIGHTS_FILE).read_bytes())
+    result = evaluate_child.evaluate(make_spec(env, "x", graph_dir=str(tmp_path)))
+    assert result["status"] == "rejected", result
 
 
 @pytest.mark.parametrize("name", ["peeks", "in_batch_lookup"])

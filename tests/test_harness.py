@@ -463,6 +463,21 @@ def test_weights_are_copied_only_from_a_plain_file(tmp_path, genome):
     assert (tmp_path / "g.pt").read_bytes() == b"weights"
 
 
+def test_an_oversized_graph_is_not_copied(tmp_path, monkeypatch):
+    """graph.json has the evaluator's own limit, far under the weights': a bigger one is
+    refused before the node copies it."""
+    from experiments.run import workspace
+    monkeypatch.setattr(workspace, "MAX_GRAPH_BYTES", 100)
+    src = tmp_path / "out"
+    src.mkdir()
+    (src / "graph.json").write_bytes(b"{" + b" " * 200 + b"}")
+    (src / "weights.safetensors").write_bytes(b"x" * 1000)
+    with pytest.raises(ValueError):
+        workspace.copy_model_files(src, tmp_path / "eval")
+    (src / "graph.json").write_bytes(b"{}")
+    workspace.copy_model_files(src, tmp_path / "eval2")  # the weights may be larger
+
+
 def test_workspace_layout(tmp_path, genome):
     ws = _workspace(tmp_path, genome)
     names = sorted(p.name for p in ws.work.iterdir())

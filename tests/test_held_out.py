@@ -14,6 +14,7 @@ from swarm.store import Store
 
 ROOT = genome_root_id()
 OVERFIT = "# learnt the validation windows\n"
+FAILS_ON_VERIFIERS = "# exits when it is scored for a verifier\n"
 
 
 class HeldOutTrainer(SyntheticTrainer):
@@ -38,6 +39,8 @@ class HeldOutTrainer(SyntheticTrainer):
 
     def test_score(self, source, *, seed, test_seed, cancel=None):
         self.test_calls.append(test_seed)
+        if FAILS_ON_VERIFIERS in source:
+            return None
         result, test = self._scores(source, seed)
         return result.val_bpb, test
 
@@ -92,6 +95,32 @@ async def test_a_gain_only_on_validation_windows_is_refuted(tmp_path):
     assert outcome.record.result["val_bpb"] <= claim.val_bpb + 2 * loop.scores.sigma()
     assert outcome.record.verdict == "refuted"
     assert "does not hold on held-out test data" in outcome.record.result["reason"]
+
+
+async def test_a_parent_that_fails_on_verifiers_does_not_spare_the_held_out_check(tmp_path):
+    """The claim's parent is made to fail when a verifier scores it; the claim's gain is
+    then checked against the genome root on the same test windows."""
+    trainer = HeldOutTrainer()
+    loop = make_loop(tmp_path, trainer)
+    await loop.serve()
+    author = NodeIdentity.generate()
+    parent_source = edited(FAILS_ON_VERIFIERS)
+    parent = make_experiment(author, genome=loop.genome, parents=[ROOT], topic="optimizer",
+                             arena=loop.arena, patch=make_patch(base_train_source(),
+                                                                parent_source),
+                             desc="a parent", agent="mutate",
+                             result=trainer.run(edited(), seed=0).to_record_result())
+    child_source = edited(OVERFIT)
+    child = make_experiment(author, genome=loop.genome, parents=[parent.id], topic="optimizer",
+                            arena=loop.arena, patch=make_patch(parent_source, child_source),
+                            desc="a claim", agent="mutate",
+                            result=trainer.run(child_source, seed=0).to_record_result())
+    loop.store.insert(parent)
+    loop.store.insert(child)
+    outcome = await loop.verify(child)
+    assert outcome.record.verdict == "refuted", outcome.record.result
+    assert "does not hold on held-out test data" in outcome.record.result["reason"]
+    assert len(trainer.test_calls) == 2  # the parent (failed), then the root
 
 
 async def test_test_windows_are_drawn_afresh_for_every_verification(tmp_path):

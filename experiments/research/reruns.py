@@ -144,7 +144,8 @@ class Reruns(ClaimChecks):
             claim, result, board=self.scores, sigma=sigma,
             parent_scores=lambda: run_cancellable(score_parent(
                 self.trainer, parent_source(claim, self.lineage, self.root_id),
-                seed=self.config.rules.seed, test_seed=test_seed)))
+                seed=self.config.rules.seed, test_seed=test_seed,
+                fallback=self.lineage.base_source)))
         verdict, reason = judged.verdict, judged.reason
         attestation = make_attestation(self.identity, genome=self.genome, target=claim.id,
                                        arena=self.arena, verdict=verdict, result=judged.result)

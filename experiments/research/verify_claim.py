@@ -69,12 +69,21 @@ def parent_source(claim: Record, lineage: Lineage, root_id: bytes) -> str:
     return lineage.source_of(parent_id) if parent_id != root_id else lineage.base_source
 
 
-def score_parent(trainer, source: str, *, seed: int, test_seed: int
+def score_parent(trainer, source: str, *, seed: int, test_seed: int,
+                 fallback: str | None = None
                  ) -> Callable[[threading.Event], "tuple[float, float] | None"]:
     """The blocking job that scores the claim's parent on the re-run's test windows:
-    (val_bpb, test_bpb), or None when the parent does not train to an ok result here."""
-    return lambda cancel: trainer.test_score(source, seed=seed, test_seed=test_seed,
-                                             cancel=cancel)
+    (val_bpb, test_bpb). Where the parent does not train to an ok result here, the
+    `fallback` (the genome's own train.py) is scored instead: a parent that fails on
+    purpose must not spare its child the held-out check, and a gain over the root must
+    hold on test as much as one over the parent. None when neither trains."""
+    def job(cancel):
+        scores = trainer.test_score(source, seed=seed, test_seed=test_seed, cancel=cancel)
+        if scores is None and fallback is not None and fallback != source:
+            scores = trainer.test_score(fallback, seed=seed, test_seed=test_seed,
+                                        cancel=cancel)
+        return scores
+    return job
 
 
 def held_out_verdict(result, parent_val: float, parent_test: float, *, sigma: float,
@@ -102,7 +111,7 @@ async def judge_rerun(claim: Record, result, *, board: Scoreboard, sigma: float,
     fields = result.to_record_result()
     if holds and getattr(result, "test_bpb", None) is not None:
         scores = await parent_scores()
-        if scores is not None:  # None: the parent failed to train here, no held-out check
+        if scores is not None:  # None: neither the parent nor the root trained here
             holds, reason, extra = held_out_verdict(result, *scores, sigma=sigma,
                                                     noise_k=board.rules.noise_k)
             fields.update(extra)
@@ -131,6 +140,6 @@ async def rerun_claim(claim: Record, *, trainer, lineage: Lineage, root_id: byte
     parent = parent_source(claim, lineage, root_id)
     judgement = await judge_rerun(
         claim, result, board=board, sigma=sigma or 0.0,
-        parent_scores=lambda: run_blocking(score_parent(trainer, parent, seed=seed,
-                                                        test_seed=test_seed)))
+        parent_scores=lambda: run_blocking(score_parent(
+            trainer, parent, seed=seed, test_seed=test_seed, fallback=lineage.base_source)))
     return Rerun(result, sigma, tolerance, judgement)

@@ -466,7 +466,12 @@ def _decode(value, index: dict, where: str, depth: int, device_ok: bool = False)
         return v
     if tag == "float":
         if type(v) in (int, float):
-            return float(v)
+            try:
+                number = float(v)
+            except OverflowError:  # an int of hundreds of digits
+                number = math.inf
+            if math.isfinite(number):
+                return number
         if v in ("inf", "-inf", "nan"):
             return float(v)
     if tag == "bool" and type(v) is bool:
@@ -598,6 +603,8 @@ class ModelGraph:
                             env[i] = fn(*a, **k)
                     for j in self.frees[i]:
                         env[j] = None
+                if self.device.type == "cuda":  # kernel errors surface here, not later
+                    torch.cuda.synchronize(self.device)
             except Exception as e:
                 raise GraphRunError(f"the graph failed at node {i}: {_first_line(e)}") from None
             out = env[self.output_index]
@@ -608,7 +615,8 @@ class ModelGraph:
         if len(shape) != 3 or shape[:2] != (B, T) or shape[2] < self.vocab_size:
             raise GraphRejected(f"the graph returned logits of shape {shape}, expected "
                                 f"({B}, {T}, >={self.vocab_size})")
-        out = out[:rows]
+        # float32, as the metric computes: float64 logits past float32's range are inf here
+        out = out[:rows].float()
         low, high = torch.aminmax(out)  # NaN propagates; 15x faster than isfinite().all()
         if not (math.isfinite(float(low)) and math.isfinite(float(high))):
             raise GraphRejected("the graph returned non-finite logits")

@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from experiments.run.model_graph import MAX_GRAPH_BYTES
+
 MAX_LOG_BYTES = 1 << 20  # per log file; the rest of a chatty run is dropped
 MAX_WEIGHTS_BYTES = 8 * 2**30
 _RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -176,7 +178,9 @@ def copy_model_files(src_dir: Path, dest_dir: Path,
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     for name in MODEL_FILES:
-        _copy_plain_file(Path(src_dir), name, dest_dir / name, max_bytes)
+        # the graph has its own, much smaller limit: the evaluator refuses more
+        limit = min(max_bytes, MAX_GRAPH_BYTES) if name == "graph.json" else max_bytes
+        _copy_plain_file(Path(src_dir), name, dest_dir / name, limit)
     return dest_dir
 
 
