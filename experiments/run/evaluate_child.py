@@ -58,14 +58,15 @@ EVAL_SETTINGS = {
     "mps": {"seq_len": 1024, "batch_size": 8, "n_windows": 512},
     "cuda": {"seq_len": 2048, "batch_size": 32, "n_windows": 2048},
 }
-# Causality probe: absolute tolerance on centred logits (centred_logits) that must not
-# change; a peek that stays under it gains at most that many nats a token.
-PROBE_TOLERANCE = {"cpu": 1e-3, "mps": 1e-2, "cuda": 1e-2}
-LOGIT_FLOOR = 30.0
+# Causality probe: absolute tolerance on logits that must not change (an honest model's
+# differ by nothing on CPU, by rounding on GPUs); a peek under it gains at most that many
+# nats a token.
+PROBE_TOLERANCE = {"cpu": 1e-3, "mps": 2e-2, "cuda": 2e-2}
 # The fixed validation windows are public, so a program can carry their text (a lookup
 # table in its weights). Every evaluation also scores a few random held-out test windows:
 # a model this much better on validation than on test is rejected.
-MAX_VAL_TEST_GAP = 0.15
+MAX_VAL_TEST_GAP = 0.10  # honest val - test: -0.025 to +0.06 at 64 windows (docs/LOG.md);
+# every point of room here is validation text a model may carry unseen in one evaluation
 CHECK_WINDOWS = 64
 # Every scoring batch is probed: a probe catches a peek at position t only when a row's cut
 # is just before t, so coverage (CutDeck) is what keeps a model that peeks at a few positions
@@ -157,17 +158,6 @@ def probe_cuts(starts, seq_len: int, rng, deck: CutDeck | None = None):
     return cuts
 
 
-def centred_logits(logits):
-    """float32 logits less their position's maximum, floored at -LOGIT_FLOOR: what decides
-    the metric's probabilities. A shift of a whole position changes nothing the metric
-    sees, and a logit that far below the best carries under e^-30 of the mass. The probe
-    compares these with an absolute tolerance that nothing in the logits can widen (a
-    tolerance scaled by the logits' own size could: one huge logit in a column the metric
-    never counts, or a 0-byte token's, and any peek passed)."""
-    logits = logits.float()
-    return (logits - logits.amax(dim=-1, keepdim=True)).clamp_min_(-LOGIT_FLOOR)
-
-
 class _ProbedScorer:
     """What the trusted metric calls instead of the graph: the graph's own logits, and on
     the planned batches a causality probe of that very batch (raises Rejected).
@@ -229,7 +219,9 @@ class _ProbedScorer:
         out = self.graph(torch.from_numpy(changed[perm]).to(x.device))
         out = out[torch.from_numpy(np.argsort(perm)).to(out.device)]  # back in scoring order
         keep = (torch.arange(T)[None, :] <= torch.from_numpy(cuts)[:, None]).to(out.device)
-        diff = torch.sub(centred_logits(logits), centred_logits(out)).abs_().amax(dim=-1)
+        # An absolute tolerance, which nothing in the logits can widen (one scaled by their
+        # size could: a huge logit in a column the metric never counts let any peek pass).
+        diff = torch.sub(logits.float(), out.float()).abs_().amax(dim=-1)
         diff = diff.masked_fill(~keep, 0).amax(1)
         self.worst = max(self.worst, float(diff.max()))
         bad = torch.nonzero(diff > self.tolerance).flatten()
