@@ -378,6 +378,135 @@ def test_address_space_limit(ws):
     assert "rlimit-as:600MB" in result.isolation
 
 
+# The disk watchdog: a child may not fill the node's disk through its writable directories.
+SPAWN_SLEEPER = """
+    import os
+    if os.fork() == 0:  # a descendant that must not outlive the kill
+        os.execv("/bin/sleep", ["sleep", {marker!r}])
+"""
+
+
+def _disk_hog(marker: str, body: str) -> str:
+    return textwrap.dedent(SPAWN_SLEEPER.format(marker=marker)) + textwrap.dedent(body) + \
+        "\nimport time\nprint('written', flush=True)\ntime.sleep(3600)\n"
+
+
+def _assert_killed_for_disk(result, marker: str, limit_mb: int) -> None:
+    assert result.disk_exceeded, result
+    assert not result.timed_out and not result.mem_exceeded and not result.cancelled
+    assert result.returncode == -signal.SIGKILL
+    assert result.wall_s < 20  # long before the wall limit
+    assert f"disk-limit:{limit_mb}MB" in result.isolation
+    assert "status-channel-tampered" not in result.isolation
+    assert _pids_with(marker) == []  # the whole family is gone
+
+
+def test_disk_watchdog_kills_a_child_that_fills_its_workspace(ws):
+    marker = f"{4000 + random.random():.9f}"
+    code = _disk_hog(marker, """
+        os.makedirs("out/deep", exist_ok=True)
+        for i in range(8):  # 64 MiB in all, each file under RLIMIT_FSIZE (10 MiB)
+            with open(f"out/deep/chunk{i}.bin" if i % 2 else f"chunk{i}.bin", "wb") as f:
+                f.write(os.urandom(8 * 2**20))
+    """)
+    result = run_code(code, ws, disk_limit_mb=24, max_file_mb=10, wall_limit_s=60)
+    _assert_killed_for_disk(result, marker, 24)
+    assert result.peak_disk_mb >= 24
+    sizes = [p.stat().st_size for p in ws.rglob("chunk*.bin")]
+    assert sizes and max(sizes) <= 10 * 2**20  # no single file broke RLIMIT_FSIZE
+
+
+def test_disk_watchdog_kills_a_flood_of_empty_files(ws, monkeypatch):
+    monkeypatch.setattr(sandbox, "DISK_MAX_ENTRIES", 500)  # the real cap is 200,000
+    marker = f"{5000 + random.random():.9f}"
+    code = _disk_hog(marker, """
+        os.makedirs("many")
+        for i in range(3000):
+            open(f"many/{i}", "wb").close()
+    """)
+    result = run_code(code, ws, disk_limit_mb=1000, wall_limit_s=60)
+    _assert_killed_for_disk(result, marker, 1000)
+    assert result.peak_disk_mb < 1000  # killed for the count, not the bytes
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="open descriptors are read from /proc")
+def test_disk_watchdog_counts_deleted_files_still_held_open(ws):
+    marker = f"{6000 + random.random():.9f}"
+    code = _disk_hog(marker, """
+        hidden = open("hidden.bin", "wb")
+        os.unlink("hidden.bin")  # nothing left to find in the tree
+        for _ in range(5):
+            hidden.write(os.urandom(8 * 2**20))
+        hidden.flush()
+    """)
+    result = run_code(code, ws, disk_limit_mb=24, wall_limit_s=60)
+    _assert_killed_for_disk(result, marker, 24)
+    assert not (ws / "hidden.bin").exists()
+
+
+def test_disk_watchdog_checks_once_more_after_the_child_exits(ws, monkeypatch):
+    monkeypatch.setattr(sandbox, "DISK_EVERY_S", 3600)  # no scan while it runs
+    code = """
+        import os
+        with open("big.bin", "wb") as f:
+            f.write(os.urandom(30 * 2**20))
+    """
+    result = run_code(code, ws, disk_limit_mb=20)
+    assert result.returncode == 0 and result.disk_exceeded and result.peak_disk_mb > 20
+
+
+def test_disk_watchdog_leaves_an_honest_child_alone(ws):
+    code = """
+        import os, time
+        os.makedirs("out")
+        with open("out/model.pt", "wb") as f:
+            f.write(os.urandom(3 * 2**20))
+        time.sleep(2.5)  # two scans or more find it under the limit
+        print("done")
+    """
+    result = run_code(code, ws, disk_limit_mb=50)
+    assert result.returncode == 0 and result.log_tail == "done\n"
+    assert not result.disk_exceeded and not result.timed_out
+    assert 3 <= result.peak_disk_mb < 50
+    assert "disk-limit:50MB" in result.isolation
+    unlimited = run_code("print('x')", ws, disk_limit_mb=None)
+    assert unlimited.returncode == 0 and "no-disk-limit" in unlimited.isolation
+    assert not unlimited.disk_exceeded and unlimited.peak_disk_mb == 0
+    for bad in (0, -5, True, "10"):
+        with pytest.raises(ValueError, match="disk_limit_mb"):
+            run_code("pass", ws, disk_limit_mb=bad)
+
+
+def test_disk_scan_counts_what_fills_the_disk_and_follows_no_link(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "f").write_bytes(b"x" * 3_000_000)
+    os.link(root / "a" / "f", root / "a" / "b" / "hard")  # counted once
+    with open(root / "a" / "sparse", "wb") as f:
+        f.truncate(50_000_000)  # counted at its size: a sparse file cannot hide
+    big = tmp_path / "elsewhere"
+    big.mkdir()
+    (big / "g").write_bytes(b"y" * 5_000_000)
+    os.symlink(big, root / "a" / "link")  # never followed
+    usage = sandbox._disk_usage([str(root)], 10**12)
+    assert usage.cut is None and usage.entries == 7
+    assert 53_000_000 <= usage.bytes < 53_100_000
+    # a writable path inside another is scanned once
+    assert sandbox._disk_roots([root, root / "a", tmp_path / "missing"]) == [str(root)]
+    usage = sandbox._disk_usage([str(root)], 10_000_000)
+    assert usage.cut == "more than 9 MB"
+    deep = root / "d"
+    deep.mkdir()
+    for _ in range(8):
+        deep = deep / "d"
+        deep.mkdir()
+    monkeypatch.setattr(sandbox, "DISK_MAX_DEPTH", 5)
+    assert "deep" in sandbox._disk_usage([str(root)], 10**12).cut
+    monkeypatch.setattr(sandbox, "DISK_MAX_DEPTH", 64)
+    monkeypatch.setattr(sandbox, "DISK_MAX_ENTRIES", 10)
+    assert "entries" in sandbox._disk_usage([str(root)], 10**12).cut
+
+
 def test_environment_is_scrubbed(ws, monkeypatch):
     monkeypatch.setenv("LOOPY_TEST_SECRET", "hunter2")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "hunter3")

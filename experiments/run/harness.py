@@ -56,7 +56,7 @@ from experiments.run.model_stages import (EVAL_WALL_LIMIT_S, EXPORT_WALL_LIMIT_S
                                           ExportChild, _child_env, _last_error_line,
                                           evaluate_graph)
 from experiments.run.model_store import ModelStore, model_key
-from experiments.run.sandbox import missing_isolation, run_sandboxed
+from experiments.run.sandbox import DEFAULT_DISK_LIMIT_MB, missing_isolation, run_sandboxed
 from experiments.run.static_check import check_patch, check_source
 from experiments.run.workspace import LogFile, cleanup, copy_model_files, create_workspace
 from swarm.records import result_map
@@ -403,6 +403,9 @@ def run_experiment(source: str, *, home, dataset: str | None = "embedded", budge
         if train.mem_exceeded:
             return finish("crash", reason=f"training exceeded the memory limit of {mem_limit} MB "
                                           f"(killed at {train.peak_rss_mb:.0f} MB)", **measured)
+        if train.disk_exceeded:
+            return finish("crash", reason=f"training wrote more than {DEFAULT_DISK_LIMIT_MB} MB "
+                                          f"(or too many files) to its workspace", **measured)
         if train.returncode != 0:
             return finish("crash", reason=f"train.py exited with status {train.returncode}: "
                                           f"{_last_error_line(train.log_tail)}", **measured)

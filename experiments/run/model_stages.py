@@ -26,7 +26,7 @@ from pathlib import Path
 
 from experiments.run import evaluate_child, export_child, model_graph
 from experiments.run.hardware import eval_settings
-from experiments.run.sandbox import run_sandboxed
+from experiments.run.sandbox import DEFAULT_DISK_LIMIT_MB, run_sandboxed
 from experiments.run.workspace import (MAX_WEIGHTS_BYTES, LogFile, copy_model_files,
                                        copy_weights, prepare_export_dir)
 from swarm.records import MAX_REASON
@@ -162,6 +162,10 @@ class ExportChild:
         if child.timed_out:
             return _Exported("timeout", f"exporting the model ran past {self.limit:.0f} s",
                              log_tail=child.log_tail)
+        if child.disk_exceeded:
+            return _Exported("crash", f"the export wrote more than {DEFAULT_DISK_LIMIT_MB} MB "
+                                      f"(or too many files) to its directory",
+                             log_tail=child.log_tail)
         if child.mem_exceeded or child.returncode != 0:
             why = "exceeded the memory limit" if child.mem_exceeded else \
                 _last_error_line(child.log_tail)
@@ -276,6 +280,10 @@ class EvaluationChild:
         if child.mem_exceeded:
             reason = f"evaluation exceeded the memory limit of {self.mem_limit} MB"
             return {"status": "crash", "reason": reason}, child.log_tail
+        if child.disk_exceeded:
+            return {"status": "crash", "reason": f"evaluation wrote more than "
+                                                 f"{DEFAULT_DISK_LIMIT_MB} MB to its directory"}, \
+                child.log_tail
         verdict = _read_verdict(self._result_path, self._nonce)
         if verdict is None or child.returncode != 0:
             return {"status": "crash", "reason": f"evaluation crashed (status "

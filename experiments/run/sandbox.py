@@ -51,11 +51,19 @@ What the isolation covers (Linux with util-linux `unshare`, as root or with user
 - Resources: a wall-clock limit, or the caller's `deadline` if earlier (SIGKILL to the
   whole group), a parent-side watchdog that sums the resident memory of every process of
   the child (read from /proc) and kills at the limit, RLIMIT_AS (optional: CUDA needs a
-  huge virtual address space, so CPU only), RLIMIT_CORE 0, RLIMIT_NOFILE and RLIMIT_FSIZE.
+  huge virtual address space, so CPU only), RLIMIT_CORE 0, RLIMIT_NOFILE and RLIMIT_FSIZE
+  (per file), and a parent-side disk watchdog (`disk_limit_mb`, `disk-limit:<N>MB` in
+  `isolation`): about once a second it walks cwd and `writable_paths` (lstat, no link
+  followed, max(size, allocated blocks), hard links once) and adds the deleted files the
+  child still holds open on those filesystems (/proc/<pid>/fd), and kills the group past
+  the limit (`disk_exceeded`); a tree too big or too deep to scan cheaply (more than
+  DISK_MAX_ENTRIES entries, e.g. a flood of empty files), unreadable, or slower to scan
+  than DISK_SCAN_MAX_S counts as over the limit. The private /tmp and /dev/shm are
+  tmpfs capped in size instead, and not scanned.
 - Environment: scrubbed to PATH, HOME (= the workspace), LANG, TMPDIR, PYTHONPATH and the
   few variables the caller names from an allowlist (thread counts, LOOPY_RUN_CONFIG,
   CUDA_VISIBLE_DEVICES); plus, from the node, the library paths CUDA needs.
-- Cleanup: whatever happens (timeout, memory, an exception in the caller) the process
+- Cleanup: whatever happens (timeout, memory, disk, an exception in the caller) the process
   group, the namespace and any descendant still found are killed with SIGKILL in a
   `finally`; no orphan outlives the call.
 
@@ -63,9 +71,17 @@ What it does NOT cover (said plainly):
 - No seccomp filter: every system call is available to the child; the kernel itself is
   the attack surface (a kernel exploit escapes everything above).
 - No cgroups: no CPU share, no PID-count limit (a fork bomb is bounded only by the memory
-  watchdog, the wall limit and the PID namespace's teardown), no disk quota (RLIMIT_FSIZE
-  caps each file, not the total written to the workspace), and tmpfs pages on the private
-  /tmp are not counted by the memory watchdog (they are size-capped instead).
+  watchdog, the wall limit and the PID namespace's teardown), no disk I/O bandwidth limit,
+  and tmpfs pages on the private /tmp are not counted by the memory watchdog (they are
+  size-capped instead).
+- No kernel disk quota: the disk watchdog samples. Between two scans (a second or more,
+  longer when the tree is slow to scan) a child can write past the limit at the disk's
+  speed, each file up to RLIMIT_FSIZE; a scan is not atomic, so a child that keeps
+  renaming its files around during scans may be undercounted by one of them; and deleted
+  files held open are seen only where the child's /proc/<pid>/fd is readable by the node
+  (always as root or in a user namespace; not for a non-dumpable child of the same uid
+  without namespaces). A child that exits before a scan is checked once more after its
+  exit (its files stay: the caller removes the workspace).
 - GPU devices are shared with the host: the child can use (and exhaust) the GPU memory,
   and GPU driver bugs are not contained. /sys shows the host's hardware.
 - Inside the allowlist, whatever the child's uid may read it reads: /etc and the system
@@ -90,6 +106,7 @@ What it does NOT cover (said plainly):
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import logging
 import os
@@ -110,6 +127,19 @@ MAX_LINE_BYTES = 64 * 1024  # longer output lines are split: memory stays bounde
 MAX_STATUS_BYTES = 64 * 1024  # the launcher writes two short lines; more is not kept
 POLL_S = 0.02
 RSS_EVERY_S = 0.25  # a /proc scan per sample: cheap, but not free on a busy host
+# The disk watchdog: the total of what the writable directories hold (and what the child
+# keeps open after deleting it) may not pass `disk_limit_mb`. The default leaves room for
+# the largest callers: the export child's directory holds a copy of model.pt and the
+# exported weights (each up to workspace.MAX_WEIGHTS_BYTES, 8 GiB) besides small files.
+DEFAULT_DISK_LIMIT_MB = 24 * 1024
+DISK_EVERY_S = 1.0  # between two scans (a walk of the tree: it costs CPU, so not often)
+DISK_SCAN_FACTOR = 5.0  # ... and at least this many times as long as the last scan took,
+DISK_MAX_EVERY_S = 10.0  # but never longer than this: a scan's CPU share stays bounded
+# A tree the watchdog cannot scan cheaply counts as over the limit (fail closed): more
+# entries than this, deeper than this, or a scan that takes longer than this.
+DISK_MAX_ENTRIES = 200_000
+DISK_MAX_DEPTH = 64
+DISK_SCAN_MAX_S = 3.0
 # Shown read-only in every sandbox (where they exist): what a dynamically linked program
 # and the Python installation need. Symlinks among them (/lib -> usr/lib) are recreated.
 SYSTEM_DIRS = ("/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", "/etc")
@@ -145,6 +175,11 @@ class ChildResult:
     log_tail: str
     isolation: list[str] = field(default_factory=list)
     cancelled: bool = False  # the caller's cancel event stopped it
+    # The writable directories held more than `disk_limit_mb` (or a tree the disk watchdog
+    # cannot scan: too many entries, too deep, unreadable, too slow): killed for it, or,
+    # when found only after the child exited by itself, its exit status is kept.
+    disk_exceeded: bool = False
+    peak_disk_mb: float = 0.0  # the largest total a scan found (partial if cut short)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -599,6 +634,211 @@ def _rss_mb(pids: set[int]) -> float:
     return total * _PAGE / 2**20
 
 
+_O_DIR = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_NOFOLLOW", 0)
+          | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NONBLOCK", 0))
+_LINK_ERRNOS = {getattr(errno, "ELOOP", -1), getattr(errno, "EMLINK", -1)}  # O_NOFOLLOW met a link
+
+
+@dataclass
+class _DiskUsage:
+    bytes: int = 0
+    entries: int = 0  # directory entries (and descriptors) looked at
+    cut: str | None = None  # why the scan stopped early: over the limit, or not scannable
+
+
+def _disk_usage(roots, limit_bytes: int, pids=()) -> _DiskUsage:
+    """What `roots` (real paths) hold, plus the deleted files that `pids` keep open on
+    their filesystems. Every entry is lstat-ed (symbolic links are never followed), counts
+    max(st_size, st_blocks * 512) (sparse files count at their size), hard-linked files
+    once. Directories are opened with O_NOFOLLOW relative to their parent's descriptor and
+    checked against the entry listed, so a child that swaps a directory for a link cannot
+    send the walk elsewhere. The scan stops (`cut` says why) once the total passes
+    `limit_bytes`, or at more than DISK_MAX_ENTRIES entries, DISK_MAX_DEPTH levels, after
+    DISK_SCAN_MAX_S seconds, or at a directory it cannot read: all of which the caller
+    treats as over the limit (fail closed). Entries that vanish meanwhile are skipped."""
+    max_entries, max_depth, max_s = DISK_MAX_ENTRIES, DISK_MAX_DEPTH, DISK_SCAN_MAX_S
+    deadline = time.monotonic() + max_s
+    usage = _DiskUsage()
+    seen: set[tuple[int, int]] = set()  # (dev, ino) of files with several (or no) names
+    devs: set[int] = set()  # the filesystems of the roots
+
+    def count() -> str | None:
+        usage.entries += 1
+        if usage.entries > max_entries:
+            return f"more than {max_entries} entries"
+        if usage.entries % 256 == 0 and time.monotonic() > deadline:
+            return f"a scan took longer than {max_s:g} s"
+        return None
+
+    def add(st: os.stat_result) -> str | None:
+        if not stat.S_ISDIR(st.st_mode) and st.st_nlink != 1:
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                return None
+            seen.add(key)
+        usage.bytes += max(st.st_size, getattr(st, "st_blocks", 0) * 512)
+        if usage.bytes > limit_bytes:
+            return f"more than {limit_bytes // 2**20} MB"
+        return None
+
+    def walk(root: str) -> str | None:
+        try:
+            st = os.lstat(root)
+        except FileNotFoundError:
+            return None
+        devs.add(st.st_dev)
+        why = count() or add(st)
+        if why or not stat.S_ISDIR(st.st_mode):
+            return why
+        stack: list[tuple[int, object]] = []
+
+        def enter(name: str, dir_fd: int | None, listed: os.stat_result) -> None:
+            try:
+                fd = os.open(name, _O_DIR, dir_fd=dir_fd)
+            except (FileNotFoundError, NotADirectoryError):
+                return  # gone, or replaced, since it was listed
+            except OSError as e:
+                if e.errno in _LINK_ERRNOS:
+                    return  # replaced by a symbolic link: not followed
+                raise
+            try:
+                it = os.scandir(fd) if os.path.samestat(os.fstat(fd), listed) else None
+            except BaseException:
+                os.close(fd)
+                raise
+            if it is None:  # replaced by another directory since it was listed
+                os.close(fd)
+                return
+            stack.append((fd, it))
+
+        try:
+            enter(root, None, st)
+            while stack:
+                fd, it = stack[-1]
+                entry = next(it, None)
+                if entry is None:
+                    stack.pop()
+                    it.close()
+                    os.close(fd)
+                    continue
+                why = count()
+                if why:
+                    return why
+                try:
+                    est = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                why = add(est)
+                if why:
+                    return why
+                if stat.S_ISDIR(est.st_mode):
+                    if len(stack) >= max_depth:
+                        return f"directories nested more than {max_depth} deep"
+                    enter(entry.name, fd, est)
+        except OSError as e:  # unreadable (e.g. a directory the child made mode 000), I/O error
+            return f"cannot scan {root}: {e.strerror or e}"
+        finally:
+            for fd, it in reversed(stack):
+                it.close()
+                os.close(fd)
+        return None
+
+    def deleted_but_open() -> str | None:
+        """Files the child deleted but keeps open still fill the disk: count those on the
+        roots' filesystems, through /proc/<pid>/fd (skipped where it cannot be read)."""
+        for pid in sorted(pids):
+            where = f"/proc/{pid}/fd"
+            try:
+                names = os.listdir(where)
+            except OSError:
+                continue  # gone, or not readable by us
+            for name in names:
+                why = count()
+                if why:
+                    return why
+                path = f"{where}/{name}"
+                try:
+                    if not os.readlink(path).endswith(" (deleted)"):
+                        continue
+                    st = os.stat(path)
+                except OSError:
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_nlink == 0 and st.st_dev in devs:
+                    why = add(st)
+                    if why:
+                        return why
+        return None
+
+    for root in roots:
+        usage.cut = walk(root)
+        if usage.cut:
+            return usage
+    usage.cut = deleted_but_open()
+    return usage
+
+
+def _disk_roots(paths) -> list[str]:
+    """The real paths of the existing writable `paths`, none inside another."""
+    real = sorted({os.path.realpath(p) for p in paths if os.path.lexists(p)}, key=len)
+    out: list[str] = []
+    for path in real:
+        if not any(_inside(path, other) for other in out):
+            out.append(path)
+    return out
+
+
+class _DiskWatch:
+    """Scans the writable directories from a thread (so that a slow scan never delays the
+    poll loop's wall-limit and memory checks) every DISK_EVERY_S seconds, or less often
+    when a scan is slow; `exceeded` is set once a scan finds the limit passed (the poll
+    loop then kills the child). `pids`: the child's processes, kept up to date by the
+    poll loop, whose open descriptors are checked for deleted files."""
+
+    def __init__(self, roots: list[str], limit_mb: float):
+        self.roots = roots
+        self.limit_mb = limit_mb
+        self.pids: set[int] = set()
+        self.exceeded = False
+        self.why: str | None = None
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="sandbox-disk-watch",
+                                        daemon=True)
+
+    def scan(self, pids=()) -> bool:
+        usage = _disk_usage(self.roots, int(self.limit_mb * 2**20), pids)
+        self.peak_bytes = max(self.peak_bytes, usage.bytes)
+        if usage.cut is not None:
+            self.why = usage.cut
+            self.exceeded = True
+        return self.exceeded
+
+    def _loop(self) -> None:
+        wait = DISK_EVERY_S
+        while not self._stop.wait(wait):
+            t0 = time.monotonic()
+            try:
+                if self.scan(self.pids):
+                    log.warning("sandbox: disk watchdog: the writable directories hold %s "
+                                "(limit %s MB)", self.why, self.limit_mb)
+                    return
+            except Exception:  # a bug here must not leave the child unlimited: fail closed
+                log.exception("sandbox: the disk watchdog failed")
+                self.why, self.exceeded = "the disk watchdog failed", True
+                return
+            took = time.monotonic() - t0
+            wait = min(max(DISK_EVERY_S, DISK_SCAN_FACTOR * took), DISK_MAX_EVERY_S)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop scanning; waits for a scan in progress (at most about DISK_SCAN_MAX_S)."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join()
+
+
 def _exited(proc: subprocess.Popen) -> bool:
     """Has the child exited? Without reaping it, so its pid (= our pgid) cannot be reused."""
     if proc.returncode is not None:
@@ -668,7 +908,8 @@ def run_sandboxed(argv: list[str], *, cwd, env: dict | None = None, wall_limit_s
                   rlimit_as_mb: int | None = None, max_file_mb: int = 8192,
                   max_open_files: int = 1024, on_line=None, cancel=None,
                   tail_chars: int = TAIL_CHARS, pass_fds=(), deadline=None,
-                  on_start=None) -> ChildResult:
+                  on_start=None,
+                  disk_limit_mb: int | None = DEFAULT_DISK_LIMIT_MB) -> ChildResult:
     """Run `argv` in `cwd` (writable) under the isolation described in the module docstring.
 
     The child sees only the allowlist (see `mount_ops`): `reveal_paths` read-only and
@@ -682,22 +923,27 @@ def run_sandboxed(argv: list[str], *, cwd, env: dict | None = None, wall_limit_s
     earlier of start + wall_limit_s and that deadline; an exception from it kills the
     child and propagates. `on_start()` is called once the sandbox process exists and
     holds its copies of `pass_fds` (the caller may close its own then); an exception from
-    it kills the child and propagates. Raises SandboxError if the sandbox could not be set
-    up as planned (fail closed), ValueError on bad arguments.
+    it kills the child and propagates. `disk_limit_mb`: what cwd and `writable_paths`
+    may hold in all (None: no limit); a watchdog scans them about once a second and kills
+    the child past it (`disk_exceeded=True`), also when the tree has more than
+    DISK_MAX_ENTRIES entries or cannot be scanned; found only after the child exited by
+    itself, `disk_exceeded` is set and its exit status kept. Raises SandboxError if the
+    sandbox could not be set up as planned (fail closed), ValueError on bad arguments.
     """
     return _run(isolation_plan(), argv, cwd=cwd, env=env, wall_limit_s=wall_limit_s,
                 mem_limit_mb=mem_limit_mb, hide_paths=hide_paths, reveal_paths=reveal_paths,
                 writable_paths=writable_paths, rlimit_as_mb=rlimit_as_mb,
                 max_file_mb=max_file_mb, max_open_files=max_open_files, on_line=on_line,
                 cancel=cancel, tail_chars=tail_chars, pass_fds=pass_fds, deadline=deadline,
-                on_start=on_start)
+                on_start=on_start, disk_limit_mb=disk_limit_mb)
 
 
 def _run(plan: IsolationPlan, argv: list[str], *, cwd, env: dict | None, wall_limit_s: float,
          mem_limit_mb: float, hide_paths=(), reveal_paths=(), writable_paths=(),
          rlimit_as_mb: int | None = None, max_file_mb: int = 8192, max_open_files: int = 1024,
          on_line=None, cancel=None, tail_chars: int = TAIL_CHARS, pass_fds=(),
-         deadline=None, on_start=None) -> ChildResult:
+         deadline=None, on_start=None,
+         disk_limit_mb: int | None = DEFAULT_DISK_LIMIT_MB) -> ChildResult:
     if not argv or not all(isinstance(a, str) for a in argv):
         raise ValueError("argv must be a non-empty list of strings")
     cwd = os.path.realpath(os.fspath(cwd))
@@ -709,6 +955,10 @@ def _run(plan: IsolationPlan, argv: list[str], *, cwd, env: dict | None, wall_li
         raise ValueError("deadline must be a callable returning a time.monotonic() value or None")
     if on_start is not None and not callable(on_start):
         raise ValueError("on_start must be a callable")
+    if disk_limit_mb is not None and (isinstance(disk_limit_mb, bool)
+                                      or not isinstance(disk_limit_mb, (int, float))
+                                      or not disk_limit_mb > 0):
+        raise ValueError("disk_limit_mb must be positive, or None for no limit")
     pass_fds = _check_pass_fds(pass_fds)
     child_env = _child_env(cwd, env)
     os.makedirs(child_env["TMPDIR"], exist_ok=True)
@@ -717,6 +967,8 @@ def _run(plan: IsolationPlan, argv: list[str], *, cwd, env: dict | None, wall_li
         raise ValueError(f"executable {argv[0]!r} not found on PATH")
 
     writable = [cwd] + [os.fspath(p) for p in writable_paths]
+    # /tmp and /dev/shm are private size-capped tmpfs: only the real tree is scanned
+    disk = _DiskWatch(_disk_roots(writable), disk_limit_mb) if disk_limit_mb else None
     euid = os.geteuid() if hasattr(os, "geteuid") else None
     drop_uid = NOBODY if (plan.mountns and not plan.userns and euid == 0) else None
     ops = (mount_ops(reveal=reveal_paths, writable=writable, hide=hide_paths)
@@ -757,13 +1009,15 @@ def _run(plan: IsolationPlan, argv: list[str], *, cwd, env: dict | None, wall_li
     for t in threads:
         t.start()
 
-    timed_out = mem_exceeded = cancelled = False
+    timed_out = mem_exceeded = cancelled = disk_exceeded = False
     watchdog = os.path.isdir("/proc")
     peak_mb = 0.0
     family: set[int] = set()
     limit_at = start + wall_limit_s
     next_rss = start
     try:
+        if disk is not None:
+            disk.start()
         if on_start is not None:
             on_start()
         while not _exited(proc):
@@ -779,8 +1033,13 @@ def _run(plan: IsolationPlan, argv: list[str], *, cwd, env: dict | None, wall_li
             if cancel is not None and cancel.is_set():
                 cancelled = True
                 break
+            if disk is not None and disk.exceeded:
+                disk_exceeded = True
+                break
             if watchdog and now >= next_rss:
                 family = _family(proc.pid)
+                if disk is not None:
+                    disk.pids = family
                 rss = _rss_mb(family)
                 peak_mb = max(peak_mb, rss)
                 if rss > mem_limit_mb:
@@ -791,6 +1050,8 @@ def _run(plan: IsolationPlan, argv: list[str], *, cwd, env: dict | None, wall_li
     finally:
         family = _family(proc.pid) if watchdog else set()
         _kill_everything(proc, family)
+        if disk is not None:
+            disk.stop()
         proc.wait()
         _wait_gone(family, timeout=5.0)
         wall_s = time.monotonic() - start
@@ -799,19 +1060,25 @@ def _run(plan: IsolationPlan, argv: list[str], *, cwd, env: dict | None, wall_li
         if not threads[0].is_alive():  # else a survivor holds the pipe: closing would block
             proc.stdout.close()
 
+    stopped = timed_out or mem_exceeded or cancelled or disk_exceeded
+    if disk is not None:
+        if not stopped and not disk.exceeded:  # it exited by itself: what did it leave?
+            disk.scan()
+        disk_exceeded = disk_exceeded or disk.exceeded
     returncode, notes = _outcome(_parse_status(b"".join(status_chunks)), proc.returncode,
-                                 stopped=timed_out or mem_exceeded or cancelled,
-                                 init_is_safe=plan.pidns, output=tail.text())
+                                 stopped=stopped, init_is_safe=plan.pidns, output=tail.text())
     isolation += notes
     isolation += ["own-session", "scrubbed-env", "wall-limit"]
     isolation += ["rss-watchdog"] if watchdog else ["no-rss-watchdog (no /proc)"]
+    isolation += [f"disk-limit:{disk_limit_mb}MB"] if disk is not None else ["no-disk-limit"]
     if not watchdog:  # no samples: fall back to the largest child's peak
         import resource
         unit = 2**20 if sys.platform == "darwin" else 2**10  # bytes on macOS, KiB on Linux
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / unit
     return ChildResult(returncode=returncode, timed_out=timed_out, mem_exceeded=mem_exceeded,
                        wall_s=wall_s, peak_rss_mb=round(peak_mb, 1), log_tail=tail.text(),
-                       isolation=isolation, cancelled=cancelled)
+                       isolation=isolation, cancelled=cancelled, disk_exceeded=disk_exceeded,
+                       peak_disk_mb=round(disk.peak_bytes / 2**20, 1) if disk is not None else 0.0)
 
 
 def _consistent(reported: int, launcher_status: int | None) -> bool:
