@@ -47,6 +47,7 @@ MAX_DESC_CHARS = 500
 MAX_REASON = 500                 # characters of a result's reason or isolation note we write
 MAX_FUTURE_MS = 10 * 60 * 1000   # a record's time may run ahead of ours by this much
 MAX_INT = 2 ** 53 - 1            # exactly representable everywhere (JavaScript too)
+MAX_BPB = 64.0                   # a score past this is no model (the evaluator rejects it too)
 ID_LEN = 32
 
 KINDS = ("experiment", "attestation", "announce")
@@ -269,6 +270,14 @@ def _float(value, where: str) -> None:
         _fail(where, "not a finite non-negative number")
 
 
+def _bpb(value, where: str) -> None:
+    """A score in bits per byte: positive and at most MAX_BPB. Peers' scores feed medians
+    and deviations (the arena's noise), where 1e308 overflows to inf."""
+    _float(value, where)
+    if not 0 < value <= MAX_BPB:
+        _fail(where, f"a score must lie in (0, {MAX_BPB:g}]")
+
+
 def _id(value, where: str) -> None:
     if type(value) is not bytes or len(value) != ID_LEN:
         _fail(where, "expected a 32-byte id")
@@ -367,10 +376,10 @@ def _status(value, where):
 
 _RESULT_FIELDS: dict[str, Callable] = {
     "status": _status,
-    "val_bpb": _float, "train_s": _float, "total_s": _float, "peak_mem_mb": _float,
+    "val_bpb": _bpb, "train_s": _float, "total_s": _float, "peak_mem_mb": _float,
     "tokens": _int, "steps": _int, "params": _int, "reason": _reason,
     # held-out test split (attestations): the claim and its parent on the same windows
-    "test_bpb": _float, "test_parent_bpb": _float,
+    "test_bpb": _bpb, "test_parent_bpb": _bpb,
     # what the sandbox could not isolate, when that was not everything
     "isolation": _reason,
 }
@@ -385,8 +394,6 @@ def _result(value, where):
     ok = value["status"] == "ok"
     if ok != ("val_bpb" in value):
         _fail(where, "val_bpb must be present exactly when status is ok")
-    if ok and not value["val_bpb"] > 0:
-        _fail(f"{where}.val_bpb", "must be positive")
 
 
 def _keys(body: dict, required: set, optional: set, where: str) -> None:

@@ -188,6 +188,18 @@ def test_reencoded_body_is_a_different_id_and_refused():
         dict(reversed(list(b.items()))), use_bin_type=True)), "canonical")
 
 
+@pytest.mark.parametrize("field, value", [("val_bpb", 1.7e308), ("val_bpb", 64.5),
+                                          ("test_bpb", 1e300), ("test_parent_bpb", 0.0)])
+def test_scores_outside_what_a_model_can_score_are_refused(field, value):
+    """Peers' scores feed medians and deviations: two baselines at 1.7e308 once made the
+    arena's noise estimate overflow and stopped every node that stored them."""
+    body = body_of(experiment())
+    body["result"] = dict(body["result"], **{field: value})
+    reject(signed(body), "score must lie in")
+    body["result"][field] = 63.9
+    assert decode_envelope(signed(body))
+
+
 def test_float32_score_is_refused():
     body = body_of(experiment())
     reject(signed(body, encode=lambda b: msgpack.packb(
@@ -281,7 +293,7 @@ DELETE = object()
     ("result.val_bpb", math.nan, "finite"),
     ("result.val_bpb", math.inf, "finite"),
     ("result.val_bpb", -1.0, "finite non-negative"),
-    ("result.val_bpb", 0.0, "positive"),
+    ("result.val_bpb", 0.0, "score must lie in"),
     ("result.tokens", 1.5, "expected int"),
     ("result.tokens", -5, "out of range"),
     ("result.peak_mem_mb", 100, "expected float"),

@@ -68,6 +68,8 @@ PROBE_TOLERANCE = {"cpu": 1e-3, "mps": 2e-2, "cuda": 2e-2}
 MAX_VAL_TEST_GAP = 0.10  # honest val - test: -0.025 to +0.06 at 64 windows (docs/LOG.md);
 # every point of room here is validation text a model may carry unseen in one evaluation
 CHECK_WINDOWS = 64
+# A score past this is no model (swarm.records.MAX_BPB: records refuse it too).
+MAX_BPB = 64.0
 # Every scoring batch is probed: a probe catches a peek at position t only when a row's cut
 # is just before t, so coverage (CutDeck) is what keeps a model that peeks at a few positions
 # from passing.
@@ -307,7 +309,7 @@ def evaluate(spec: dict) -> dict:
                           f"held-out test windows ({test_bpb:.4f}): the model carries the "
                           f"validation text (an honest model scores within a few hundredths)"}
     for name, value in scores.items():
-        if not isinstance(value, float) or not math.isfinite(value) or value <= 0:
+        if not isinstance(value, float) or not math.isfinite(value) or not 0 < value <= MAX_BPB:
             return {**result, "status": "rejected", "reason": f"evaluation gave {name} {value!r}"}
     return {**result, "status": "ok", **scores,
             "probe_batches": sum(s.probed for s in scorers),
