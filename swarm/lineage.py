@@ -21,12 +21,18 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 
-from swarm.patch import PatchError, apply_patch_lines, split_lines
+from swarm.patch import MAX_SOURCE_BYTES, PatchError, apply_patch_lines, split_lines
 from swarm.records import Record, load_stored_body
 from swarm.store import Store
 
 CHECKPOINT_EVERY = 64
 WALK_BATCH = 256  # most ancestors fetched per store query
+CACHE_BYTES = 64 * 2**20  # the source cache's memory, estimated by _lines_cost
+
+
+def _lines_cost(lines: list[str]) -> int:
+    """About what a cached source costs in memory: each line is its own string object."""
+    return 56 * len(lines) + sum(map(len, lines))
 
 
 class LineageError(Exception):
@@ -57,6 +63,8 @@ class Lineage:
         self.root_id = root_id
         self._cache_size = max(cache_size, 1)
         self._cache: OrderedDict[bytes, list[str]] = OrderedDict()
+        self._cache_cost: dict[bytes, int] = {}
+        self._cache_bytes = 0
         self._root_lines = split_lines(base_source)
 
     def _cached(self, record_id: bytes) -> list[str] | None:
@@ -66,10 +74,19 @@ class Lineage:
         return lines
 
     def _remember(self, record_id: bytes, lines: list[str]) -> None:
+        if record_id in self._cache:
+            self._cache.move_to_end(record_id)
+            return
+        # bounded by entries and by memory: a source of many tiny lines costs a Python
+        # string object per line (about 56 bytes each), whatever its length in bytes
+        cost = _lines_cost(lines)
         self._cache[record_id] = lines
-        self._cache.move_to_end(record_id)
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        self._cache_cost[record_id] = cost
+        self._cache_bytes += cost
+        while len(self._cache) > self._cache_size or (
+                self._cache_bytes > CACHE_BYTES and len(self._cache) > 1):
+            old, _ = self._cache.popitem(last=False)
+            self._cache_bytes -= self._cache_cost.pop(old)
 
     def source_of(self, record_id: bytes) -> str:
         """The train.py of `record_id` (the base source for the genome root id)."""
@@ -147,6 +164,10 @@ class Lineage:
         for n, (step_id, patch) in enumerate(reversed(steps), 1):
             try:
                 lines = apply_patch_lines(lines, patch, paths=("train.py",))
+                size = sum(map(len, lines))
+                if size > MAX_SOURCE_BYTES:  # no train.py this big runs: stop building on it
+                    raise PatchError(f"the source grows to {size} characters, over the "
+                                     f"{MAX_SOURCE_BYTES}-byte limit on train.py")
             except PatchError as e:
                 reason = f"patch does not apply: {e}"
                 self.store.mark_broken(step_id, reason)

@@ -28,6 +28,7 @@ from difflib import SequenceMatcher
 CONTEXT_LINES = 3
 NO_NEWLINE = "\\ No newline at end of file"
 MAX_PATCH_BYTES = 128 * 1024  # PROTOCOL.md's limit on a record's patch
+MAX_SOURCE_BYTES = 128 * 1024  # the largest train.py that runs (the static screen's limit)
 # Paths a train.py patch may name: the record format uses `train.py`, exports and
 # hand-made patches at the repository root use `genome/train.py`.
 TRAIN_PATHS = ("train.py", "genome/train.py")

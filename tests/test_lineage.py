@@ -140,6 +140,34 @@ def test_patch_that_does_not_apply_marks_broken(store):
     assert store.best(ARENA) not in (bad, after, sibling)
 
 
+def test_a_source_past_the_size_limit_is_broken_and_its_chain_costs_little(store):
+    """Each patch inserts many tiny lines: a chain of them once grew memory and CPU
+    quadratically (every step rebuilt and cached every source). A source over the
+    static screen's limit can never run, so its record is broken and its chain stops."""
+    import swarm.lineage as lineage_module
+    from swarm.patch import MAX_SOURCE_BYTES
+    src, parent, recs = BASE, ROOT, []
+    for i in range(4):
+        new = "".join(f"{i}\n" for _ in range(MAX_SOURCE_BYTES // 6)) + src
+        recs.append(record([parent], make_patch(src, new)))
+        parent, src = recs[-1].id, new
+    store.insert_many(recs)
+    lineage = Lineage(store, BASE, ROOT)
+    assert lineage.is_buildable(recs[1].id)  # about 2/3 of the limit
+    with pytest.raises(BrokenLineage, match="over the 131072-byte limit"):
+        lineage.source_of(recs[-1].id)
+    assert "over the" in store.broken_reason(recs[2].id)
+    assert not lineage.is_buildable(recs[3].id)
+    # the cache is bounded in memory, not only in entries
+    small = Lineage(store, BASE, ROOT)
+    lineage_module.CACHE_BYTES, saved = 1, lineage_module.CACHE_BYTES
+    try:
+        small.source_of(recs[0].id)
+        assert len(small._cache) == 1 and small._cache_bytes > 1
+    finally:
+        lineage_module.CACHE_BYTES = saved
+
+
 def test_missing_ancestor_is_not_broken(store, tmp_path):
     with Store.open(tmp_path / "elsewhere.sqlite", root_id=ROOT) as elsewhere:
         recs, sources = build_chain(elsewhere, 4)

@@ -40,10 +40,9 @@ from __future__ import annotations
 import ast
 import re
 
-from swarm.patch import (MAX_PATCH_BYTES, TRAIN_PATHS, FilePatch, PatchError, format_patch,
-                         parse_patch)
+from swarm.patch import (MAX_PATCH_BYTES, MAX_SOURCE_BYTES, TRAIN_PATHS, FilePatch, PatchError,
+                         format_patch, parse_patch)
 
-MAX_SOURCE_BYTES = 128 * 1024
 
 # Module roots train.py may import. Anything else (socket, subprocess, ctypes, shutil,
 # importlib, pickle, threading, multiprocessing, signal, ...) is rejected.
