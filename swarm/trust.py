@@ -21,6 +21,7 @@ crash with the records themselves; the peers table keeps a copy for display.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from swarm.identity import peer_id_from_public_key
 from swarm.records import Record
@@ -43,6 +44,13 @@ class TrustPolicy:
         self.rules = rules or TrustRules()
 
     # -- reputation -----------------------------------------------------------
+
+    def trusted_author(self) -> Callable[[bytes], bool]:
+        """An `author -> bool` for whose measurements count as the arena's own (baselines:
+        its noise and the genome's score): this node's, and peers' who earned our trust.
+        Reputations are read once per call."""
+        reps, me, threshold = self.reputations(), self.me, self.rules.trust_threshold
+        return lambda author: author == me or reps.get(author, 0.0) >= threshold
 
     def reputations(self) -> dict[bytes, float]:
         """Author public key -> reputation, from this node's own verdicts."""

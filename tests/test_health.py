@@ -13,7 +13,7 @@ from genome import base_train_source, genome_id, genome_root_id
 from swarm.identity import NodeIdentity
 from swarm.lineage import Lineage
 from swarm.patch import make_patch
-from swarm.records import make_experiment
+from swarm.records import make_attestation, make_experiment
 from swarm.store import Store
 
 ROOT = genome_root_id()
@@ -123,11 +123,19 @@ async def test_on_a_broken_machine_a_failed_re_run_refutes_nobody_and_the_node_s
 
 
 async def test_a_node_that_runs_no_baseline_of_its_own_stops_on_a_broken_machine(tmp_path):
-    """Its arena has a peer's baselines, so only edits would run: they crash, the health
-    checks crash, and the node stops instead of recording crashes forever."""
+    """Its arena has a trusted peer's baselines, so only edits would run: they crash, the
+    health checks crash, and the node stops instead of recording crashes forever."""
     machine = Machine(broken=True)
     loop = make_loop(tmp_path, machine)
     peer = NodeIdentity.load_or_create(tmp_path / "peer")
+    earned = make_experiment(peer, genome=loop.genome, parents=[ROOT], topic="general",
+                             arena=loop.arena, patch=make_patch(BASE, EDIT), desc="an edit",
+                             agent="mutate", result=dict(OK, val_bpb=1.85))
+    loop.store.insert(earned)  # one of its claims we reproduced: the peer is trusted
+    loop.store.insert(make_attestation(loop.identity, genome=loop.genome, target=earned.id,
+                                       arena=loop.arena, verdict="reproduced",
+                                       result=dict(OK, val_bpb=1.85)), local=True)
+    assert loop.trust.trusted_author()(peer.public_key)
     for seed, val in enumerate((1.900, 1.901, 1.899)):
         loop.store.insert(make_experiment(
             peer, genome=loop.genome, parents=[ROOT], topic="general", arena=loop.arena,
@@ -163,3 +171,22 @@ async def test_edits_that_crash_on_a_healthy_machine_cost_one_check_and_the_loop
                             (None, "crash"), (None, "crash"), (3, "ok")]
     assert len(statuses) == 10 and all(seed is None for seed, _ in statuses[7:])
     loop.store.close()
+
+
+async def test_a_strangers_baselines_set_neither_the_noise_nor_the_genomes_score(tmp_path):
+    """Three baselines by a fresh key once became the arena's noise (sigma 28: nothing is
+    ever kept again) and the genome's score; now only ours and trusted peers' count, and
+    the node runs its own."""
+    loop = make_loop(tmp_path, Machine(), max_experiments=3)
+    stranger = NodeIdentity.generate()
+    for seed, val in enumerate((3.0, 50.0, 0.01)):
+        loop.store.insert(make_experiment(
+            stranger, genome=loop.genome, parents=[ROOT], topic="general", arena=loop.arena,
+            patch="", desc=f"baseline seed={seed}", agent="baseline",
+            result=dict(OK, val_bpb=val)))
+    assert loop.scores.sigma() is None and loop.scores.root_score() is None
+    with trio.fail_after(30):
+        await loop.serve()
+    mine = loop.store.experiments(local=True)
+    assert sorted(is_baseline(r) for r in mine) == [0, 1, 2]  # its own seeds, all three
+    assert loop.scores.sigma() < 0.01 and abs(loop.scores.root_score() - 1.9) < 0.01

@@ -93,8 +93,9 @@ async def test_while_a_peer_runs_the_root_baseline_the_node_explores_the_root(tm
         if outcome.record.status == "ok":
             break
     assert outcome.record.status == "ok"
-    # Once the baselines arrive (a peer's), the early edit is judged like any other.
+    # Once the baselines arrive (a trusted peer's), the early edit is judged like any other.
     peer = NodeIdentity.load_or_create(tmp_path / "peer")
+    trust(loop, peer)
     trainer = SyntheticTrainer(1, sigma=0.001)
     for s in range(3):
         result = trainer.run(base_train_source(), seed=s)
@@ -179,8 +180,9 @@ async def test_an_edit_that_yields_leaves_no_inflight_marker_and_is_logged(tmp_p
     loop = make_loop(tmp_path / "node", claim_check_s=0.2)
     for _ in range(3):
         await loop.step()                       # baselines, no delay
+    first = loop.identity                       # whose baselines those were
     loop.identity, loop.trust.me = high, high.public_key
-    trust(loop, low)
+    trust(loop, low, first)
     loop.trainer.delay_s = 3.0
     seen = []
 

@@ -2,27 +2,49 @@
 verified it.
 
 A claim is a peer's kept experiment. It is open while we have not checked it, no peer
-we trust refuted it, and its author is not a known liar; a claim whose parent was
-refuted continues a lie, most likely, since honest nodes build only on what they
-verified. The re-run queue (reruns.py) and the speculative parents (parents.py) both
-ask these questions.
+we trust refuted it, its author is not a known liar, and it is not a copy; a claim whose
+parent was refuted continues a lie, most likely, since honest nodes build only on what
+they verified. The re-run queue (reruns.py) and the speculative parents (parents.py)
+both ask these questions.
+
+A copy is a claim of a program this node already had when the claim arrived: from our
+own run, or from an earlier record (in our order of receipt) by another author
+(`ProgramIndex.copied_from`). Reputation is what our re-runs reproduced of an author's
+claims (swarm/trust.py), so re-running a copy would pay its author for someone else's
+work: a fresh key that re-signs our own best record, a hair better, would be reproduced
+by our own program and soon count as a trusted verifier. A copy is never re-run for its
+author, nor built on (its original is the claim to check).
 
 A mixin of `ResearchLoop` (loop.py): it reads the loop's `store`, `scores`, `trust`,
-`identity`, `config` and `root_id`.
+`identity`, `config`, `root_id` and its program index (`programs`, `_run_counts`:
+proposals.py).
 """
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from swarm.records import Record
 
 
 class ClaimChecks:
-    def _open_claim(self, r: Record, sigma: float, reps: dict[bytes, float]) -> bool:
-        """A peer's kept claim that we have not checked, no peer we trust refuted, and
-        whose author is not a known liar: what we may re-run or build on early."""
+    def _open_claim(self, r: Record, sigma: float, reps: dict[bytes, float],
+                    counts: Callable[[bytes, bytes], bool] | None = None) -> bool:
+        """A peer's kept claim that we have not checked, no peer we trust refuted, whose
+        author is not a known liar, and that is no copy: what we may re-run or build on
+        early. `counts`: `_run_counts()` already read (a scan reads it once)."""
         return (r.author != self.identity.public_key and self.scores.is_kept(r, sigma)
                 and reps.get(r.author, 0.0) >= self.config.trust.liar_threshold
                 and self.trust.my_verdict(r) is None
-                and not self.trust.trusted_refuters(r, reps))
+                and not self.trust.trusted_refuters(r, reps)
+                and self._copy_of(r, counts) is None)
+
+    def _copy_of(self, r: Record, counts: Callable[[bytes, bytes], bool] | None = None
+                 ) -> bytes | None:
+        """The record whose program `r` repeats, if `r` is a copy (see above): ours, or
+        another author's that we received before `r`. Runs of known liars that we did
+        not re-run do not count as originals (as for duplicates: proposals.py)."""
+        return self.programs.up_to_date().copied_from(
+            r.id, self.identity.public_key, self._run_counts() if counts is None else counts)
 
     def _shaky_parent(self, claim: Record, reps: dict[bytes, float]) -> bool:
         """Whether a parent of the claim was refuted by us or a peer we trust."""

@@ -144,8 +144,10 @@ class NodeHome:
                            TrustRules(k=self.settings.trust_k))
 
     def scoreboard(self, arena: str) -> Scoreboard:
+        trust = self.trust()
         return Scoreboard(self.store, self.lineage, self.root_id, arena,
-                          ScoreRules(seed=self.settings.seed), self.trust().is_verified)
+                          ScoreRules(seed=self.settings.seed), trust.is_verified,
+                          trust.trusted_author)
 
     def attest(self, claim: Record, arena: str, verdict: str, result: dict) -> Record:
         """Store our verdict on `claim`, measured in `arena`, and what it does to reputations."""

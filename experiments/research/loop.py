@@ -115,7 +115,7 @@ class ResearchLoop(ParentChoice, Reruns, Baselines, Proposals):
         self.home = Path(home)
         self.trust = TrustPolicy(store, identity.public_key, config.trust)
         self.scores = Scoreboard(store, lineage, root_id, self.arena, config.rules,
-                                 self.trust.is_verified)
+                                 self.trust.is_verified, self.trust.trusted_author)
         self.busy = busy or (lambda: set())
         self.verifiers = verifiers or (lambda: {})
         self.running_programs = running_programs or (lambda: set())

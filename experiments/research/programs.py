@@ -10,11 +10,18 @@ proposal's *program*, not only its (parent, edit) pair, against:
   date incrementally from the store;
 - the programs other live nodes announce they are running (`working_on` carries the
   digest, see `swarm.descriptions.working_on`).
+
+The index also tells a copy from its original (`copied_from`): a record whose program
+this node already had, from our own run or from an earlier record by another author.
+"Earlier" is this node's receipt order, never the record's own `t` (its author sets
+that). Re-signing someone's record, or rebuilding its program by another path, costs
+nothing, so a copy earns its author no re-run and no reputation (claims.py).
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from swarm.descriptions import is_interrupted
 from swarm.lineage import Lineage, LineageError
@@ -22,6 +29,9 @@ from swarm.store import Store
 
 DIGEST_CHARS = 16            # 64 bits: collisions are no concern at any swarm's size
 RETRY_PER_REFRESH = 64       # records whose lineage is incomplete, re-tried per refresh
+RECEIPTS_PER_QUERY = 500     # ids per query when reading receipt order
+
+Receipt = tuple[int, int]    # (received_at ms, rowid): this node's order of receipt
 
 
 def program_digest(source: str) -> str:
@@ -29,8 +39,24 @@ def program_digest(source: str) -> str:
     return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:DIGEST_CHARS]
 
 
+def receipts(store: Store, ids: Iterable[bytes]) -> dict[bytes, Receipt]:
+    """When this node stored each record of `ids`: (received_at, rowid), so that records
+    stored in one millisecond keep the order they were stored in (SQLite gives a new row
+    a rowid above every row present). The store offers no reader for these columns."""
+    ids = list(ids)
+    out: dict[bytes, Receipt] = {}
+    for start in range(0, len(ids), RECEIPTS_PER_QUERY):
+        batch = ids[start:start + RECEIPTS_PER_QUERY]
+        rows = store._conn.execute(
+            "SELECT id, received_at, rowid FROM records WHERE id IN "
+            f"({', '.join('?' * len(batch))})", batch)
+        out.update((bytes(row[0]), (row[1], row[2])) for row in rows)
+    return out
+
+
 class ProgramIndex:
-    """Digest of each experiment's program in one arena -> the records that ran it.
+    """Digest of each experiment's program in one arena -> the records that ran it, in
+    the order this node received them.
 
     Runs a kill cut short (recorded as interrupted) do not count: they measured nothing.
     Records whose lineage is not complete yet (an ancestor still syncing) are retried on
@@ -38,10 +64,13 @@ class ProgramIndex:
 
     def __init__(self, store: Store, lineage: Lineage, arena: str):
         self.store, self.lineage, self.arena = store, lineage, arena
-        self._by_digest: dict[str, list[tuple[bytes, bytes]]] = {}   # [(id, author)]
+        # digest -> [(receipt, id, author)], sorted by receipt
+        self._by_digest: dict[str, list[tuple[Receipt, bytes, bytes]]] = {}
+        self._digest_of: dict[bytes, str] = {}
         self._seen: set[bytes] = set()
         self._incomplete: list[bytes] = []
         self._pending: list[bytes] = []
+        self._marker: tuple[int, int] | None = None
 
     def refresh(self, limit: int | None = None) -> bool:
         """Read the experiments not indexed yet (at most `limit` of them: a big store's
@@ -54,6 +83,7 @@ class ProgramIndex:
                                      if i not in self._seen]
         todo = self._pending if limit is None else self._pending[:limit]
         self._pending = self._pending[len(todo):]
+        received = receipts(self.store, todo)
         for record_id in todo:
             self._seen.add(record_id)
             record = self.store.get(record_id)
@@ -64,17 +94,49 @@ class ProgramIndex:
             except LineageError:
                 self._incomplete.append(record_id)
                 continue
-            self._by_digest.setdefault(program_digest(source), []).append(
-                (record_id, record.author))
+            digest = program_digest(source)
+            self._digest_of[record_id] = digest
+            bisect.insort(self._by_digest.setdefault(digest, []),
+                          (received.get(record_id, (0, 0)), record_id, record.author))
         return not self._pending
+
+    def up_to_date(self) -> "ProgramIndex":
+        """Refresh (all of it) if the store may have changed since the last time: cheap
+        to call often."""
+        marker = self.store.change_marker()
+        if marker != self._marker or self._pending:
+            self.refresh()
+            self._marker = marker
+        return self
 
     def run_by(self, source: str, counts: Callable[[bytes, bytes], bool] | None = None
                ) -> bytes | None:
-        """The first record that ran this program in the arena and `counts(id, author)`,
-        if there is one (call refresh first)."""
-        for record_id, author in self._by_digest.get(program_digest(source), ()):
+        """The first record (as this node received them) that ran this program in the
+        arena and `counts(id, author)`, if there is one (call refresh first)."""
+        for _, record_id, author in self._by_digest.get(program_digest(source), ()):
             if counts is None or counts(record_id, author):
                 return record_id
+        return None
+
+    def copied_from(self, record_id: bytes, me: bytes,
+                    counts: Callable[[bytes, bytes], bool] | None = None) -> bytes | None:
+        """The record `record_id` copies, if it is a copy: one that ran the same program,
+        by another author, that is ours (our records always come first) or that this
+        node received before it, and that `counts(id, author)`. None when `record_id` is
+        the first of its program, ours, or not indexed (call refresh first)."""
+        digest = self._digest_of.get(record_id)
+        if digest is None:
+            return None
+        runs = self._by_digest[digest]
+        receipt, author = next((k, a) for k, i, a in runs if i == record_id)
+        if author == me:
+            return None
+        for key, other, other_author in runs:
+            if other_author == author or (counts is not None and
+                                          not counts(other, other_author)):
+                continue
+            if other_author == me or key < receipt:
+                return other
         return None
 
     def __len__(self) -> int:

@@ -11,8 +11,8 @@ that, the node attests nothing.
 
 A mixin of `ResearchLoop` (loop.py): it reads the loop's `store`, `lineage`, `scores`,
 `trust`, `identity`, `genome`, `trainer`, `config`, `state`, its `verifiers` hints and
-its program index (`programs`, `_run_counts`: proposals.py), and runs through the loop's
-`_train`, `_show`, `_health_check` (baselines.py) and `publish`.
+its program index (`programs`, `_run_counts`, `_index_programs`: proposals.py), and runs
+through the loop's `_train`, `_show`, `_health_check` (baselines.py) and `publish`.
 """
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ class Reruns(ClaimChecks):
         A claim is worth a re-run when it says it beat its parent by more than the noise
         and it would become our best (or our best in its topic); we skip what we already
         checked, what k trusted peers already vouch for, what a trusted peer re-runs now
-        (its verdict will do to build on), and authors known to lie.
+        (its verdict will do to build on), authors known to lie, and copies of programs
+        we had before the claim came (claims.py).
         Reputable authors come first, then the lowest claimed score."""
         with self.scores.consistent():
             return self._pending_claim()
@@ -53,11 +54,15 @@ class Reruns(ClaimChecks):
         if sigma is None or best is None:
             return None
         reps = self.trust.reputations()
+        counts = self._run_counts()
         running = self.verifiers()
         topic_best: dict[str, float] = {}
         claims = []
         for r in self.store.experiments(arena=self.arena):
-            if not self._open_claim(r, sigma, reps) or self.trust.is_verified(r, reps):
+            # (a copy of a program we had is not open: re-running it would pay its author
+            # for someone else's run, see claims.py)
+            if not self._open_claim(r, sigma, reps, counts) or \
+                    self.trust.is_verified(r, reps):
                 continue
             attesters = set(self.trust.trusted_attesters(r, reps))
             rerunning = set(self.trust.trusted_among(
@@ -113,8 +118,21 @@ class Reruns(ClaimChecks):
         return record
 
     async def verify(self, claim: Record) -> StepOutcome:
-        """Re-run a claim in our arena with the arena's seed; attest what we measured."""
+        """Re-run a claim in our arena with the arena's seed; attest what we measured.
+
+        Never a copy (claims.py): our verdict on it would move its author's reputation for
+        a program someone else ran first (or we did), so it runs nothing and attests
+        nothing (the queue never picks one; this guards the other callers)."""
         sigma = self.scores.sigma() or 0.0
+        await self._index_programs()
+        original = self._copy_of(claim)
+        if original is not None:
+            reason = f"a copy of record {original.hex()[:16]}: not re-run, no verdict"
+            self._show("verified", {"id": claim.id_hex, "desc": f"verify {claim.desc}",
+                                    "status": "unattested", "val_bpb": None,
+                                    "claimed": claim.val_bpb, "delta": None, "kept": False,
+                                    "author": claim.author_peer_id, "reason": reason})
+            return StepOutcome("no-proposal", reason=reason)
         source = self.lineage.source_of(claim.id)
         job = {"id": claim.id_hex, "desc": claim.desc, "claimed": claim.val_bpb}
         self.state.verifying = [job]

@@ -55,10 +55,15 @@ def is_baseline(record: Record) -> int | None:
 class Scoreboard:
     def __init__(self, store: Store, lineage: Lineage, root_id: bytes, arena: str,
                  rules: ScoreRules | None = None,
-                 trusted: Callable[[Record], bool] | None = None):
+                 trusted: Callable[[Record], bool] | None = None,
+                 baseline_authors: Callable[[], Callable[[bytes], bool]] | None = None):
         self.store, self.lineage, self.root_id, self.arena = store, lineage, root_id, arena
         self.rules = rules or ScoreRules()
         self.trusted = trusted or (lambda r: store.is_local(r.id))
+        # Whose baseline runs count (TrustPolicy.trusted_author: ours and trusted peers'):
+        # they set the arena's noise and the genome's score, so a stranger's must not.
+        # None: every author's (views of a store that judge nothing).
+        self.baseline_authors = baseline_authors
         self._memo: dict | None = None    # set inside consistent()
         self._depth = 0
 
@@ -84,7 +89,11 @@ class Scoreboard:
         return self._read_baselines()
 
     def _read_baselines(self) -> dict[int, list[float]]:
-        return baseline_runs(self.store.children(self.root_id), self.arena)
+        children = self.store.children(self.root_id)
+        if self.baseline_authors is not None:
+            counts = self.baseline_authors()
+            children = [r for r in children if counts(r.author)]
+        return baseline_runs(children, self.arena)
 
     def sigma(self) -> float | None:
         """Std of the baseline score over seeds; None until `baseline_repeats` seeds ran."""

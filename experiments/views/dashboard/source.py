@@ -214,7 +214,7 @@ class DashboardSource:
         def make():
             trust = self._trust()
             board = Scoreboard(self.store, self.lineage, self.root_id, arena, self.rules,
-                               trust.is_verified)
+                               trust.is_verified, trust.trusted_author)
             return read_arena(board, trust, topic)
         return self._cached(("view", arena, topic), make)
 
