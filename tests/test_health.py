@@ -190,3 +190,27 @@ async def test_a_strangers_baselines_set_neither_the_noise_nor_the_genomes_score
     mine = loop.store.experiments(local=True)
     assert sorted(is_baseline(r) for r in mine) == [0, 1, 2]  # its own seeds, all three
     assert loop.scores.sigma() < 0.01 and abs(loop.scores.root_score() - 1.9) < 0.01
+
+
+async def test_junk_dated_ahead_cannot_push_our_results_out_of_the_agents_history(tmp_path):
+    """The history window is the newest records; a record's `t` is its author's word (up to
+    10 minutes ahead), so strangers' junk only fills what ours and trusted peers' leave."""
+    from swarm.records import now_ms
+    loop = make_loop(tmp_path, Machine(), max_experiments=6)
+    with trio.fail_after(30):
+        await loop.serve()
+    mine = {r.id.hex() for r in loop.store.experiments(local=True) if r.patch}
+    assert mine
+    junk = []
+    for k in range(5):
+        key = NodeIdentity.generate()
+        for i in range(12):
+            junk.append(make_experiment(
+                key, genome=loop.genome, parents=[ROOT], topic="general", arena=loop.arena,
+                patch=make_patch(BASE, BASE + f"# junk {k} {i}\n"), desc=f"junk {k} {i}",
+                agent="mutate", result={"status": "crash", "reason": "x", "train_s": 0.0,
+                                        "total_s": 0.0}, t=now_ms() + 9 * 60_000))
+    loop.store.insert_many(junk)
+    window = {t.record_id for t in loop.history(limit=20)}
+    assert mine <= window
+    assert window - mine  # the rest of the window is strangers' records

@@ -37,10 +37,28 @@ class Proposals:
         with self.scores.consistent():
             return self._history(limit)
 
+    def _records_for_history(self, limit: int) -> list[Record]:
+        """The newest `limit` experiments of the arena, ours and trusted peers' first:
+        strangers' records only fill what is left, so junk from fresh keys (dated ahead,
+        as a record's own `t` may be) cannot push our own results out of the window."""
+        counts = self.trust.trusted_author()
+        reps = self.trust.reputations()
+        firm = {r.id: r for r in self.store.experiments(arena=self.arena, local=True,
+                                                        limit=limit)}
+        for author in [a for a in reps if counts(a)]:
+            for r in self.store.experiments(arena=self.arena, author=author, limit=limit):
+                firm[r.id] = r
+        chosen = sorted(firm.values(), key=lambda r: (r.t, r.id))[-limit:]
+        if len(chosen) < limit:
+            strangers = [r for r in self.store.experiments(arena=self.arena, limit=limit)
+                         if r.id not in firm]
+            chosen += strangers[len(strangers) - (limit - len(chosen)):]
+        return sorted(chosen, key=lambda r: (r.t, r.id))
+
     def _history(self, limit: int) -> list[Tried]:
         sigma = self.scores.sigma()
         tried = []
-        for r in self.store.experiments(arena=self.arena, limit=limit):
+        for r in self._records_for_history(limit):
             if not r.patch or is_interrupted((r.result or {}).get("reason")):
                 continue  # baselines, and runs the node cut short, are not tried edits
             delta = self.scores.delta(r)
