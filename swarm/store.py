@@ -882,6 +882,18 @@ class Store:
         records.reverse()
         return records
 
+    def experiments_of(self, arena: str, authors: Iterable[bytes], limit: int) -> list[Record]:
+        """The newest `limit` experiments in `arena` that are ours (local) or by one of
+        `authors`, oldest first: one query however many authors."""
+        authors = list(dict.fromkeys(authors))[:500]
+        marks = ", ".join("?" * len(authors))
+        where = f"local = 1 OR author IN ({marks})" if authors else "local = 1"
+        records = self._records(
+            f"SELECT id, envelope FROM records WHERE kind = 'experiment' AND arena = ? "
+            f"AND ({where}) ORDER BY t DESC, id LIMIT ?", (arena, *authors, limit))
+        records.reverse()
+        return records
+
     def experiment_ids(self, arena: str | None = None, topic: str | None = None) -> list[bytes]:
         """Ids of the experiments in `arena` (and `topic`), oldest first: cheap (no record
         is decoded)."""

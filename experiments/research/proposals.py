@@ -42,13 +42,9 @@ class Proposals:
         strangers' records only fill what is left, so junk from fresh keys (dated ahead,
         as a record's own `t` may be) cannot push our own results out of the window."""
         counts = self.trust.trusted_author()
-        reps = self.trust.reputations()
-        firm = {r.id: r for r in self.store.experiments(arena=self.arena, local=True,
-                                                        limit=limit)}
-        for author in [a for a in reps if counts(a)]:
-            for r in self.store.experiments(arena=self.arena, author=author, limit=limit):
-                firm[r.id] = r
-        chosen = sorted(firm.values(), key=lambda r: (r.t, r.id))[-limit:]
+        trusted = [a for a in self.trust.reputations() if counts(a)]
+        chosen = self.store.experiments_of(self.arena, trusted, limit)
+        firm = {r.id for r in chosen}
         if len(chosen) < limit:
             strangers = [r for r in self.store.experiments(arena=self.arena, limit=limit)
                          if r.id not in firm]
