@@ -721,11 +721,20 @@ class Store:
         return self._conn.execute("SELECT count(*) FROM records WHERE kind = ?",
                                   (kind,)).fetchone()[0]
 
-    def children(self, record_id: bytes) -> list[Record]:
-        """Stored records that name `record_id` as a parent, oldest first."""
+    def children(self, record_id: bytes, authors: Iterable[bytes] | None = None
+                 ) -> list[Record]:
+        """Stored records that name `record_id` as a parent, oldest first; given
+        `authors`, only theirs and ours (local)."""
+        if authors is None:
+            return self._records(
+                "SELECT r.id, r.envelope FROM parents p JOIN records r ON r.id = p.child "
+                "WHERE p.parent = ? ORDER BY r.t, r.id", (record_id,))
+        authors = list(dict.fromkeys(authors))[:500]
+        marks = ", ".join("?" * len(authors))
+        where = f"r.local = 1 OR r.author IN ({marks})" if authors else "r.local = 1"
         return self._records(
             "SELECT r.id, r.envelope FROM parents p JOIN records r ON r.id = p.child "
-            "WHERE p.parent = ? ORDER BY r.t, r.id", (record_id,))
+            f"WHERE p.parent = ? AND ({where}) ORDER BY r.t, r.id", (record_id, *authors))
 
     def parent_ids(self, record_id: bytes) -> list[bytes]:
         return [row[0] for row in self._conn.execute(
@@ -881,6 +890,20 @@ class Store:
         records = self._records(sql + " ORDER BY t DESC, id LIMIT ?", (*args, limit))
         records.reverse()
         return records
+
+    def receipts(self, ids: Iterable[bytes]) -> dict[bytes, tuple[int, int]]:
+        """When this node stored each record of `ids`: (received_at, rowid), so that records
+        stored in one millisecond keep the order they were stored in (a new row gets a
+        rowid above every row present). A record's own `t` is its author's word."""
+        ids = list(ids)
+        out: dict[bytes, tuple[int, int]] = {}
+        for start in range(0, len(ids), 500):
+            batch = ids[start:start + 500]
+            rows = self._conn.execute(
+                "SELECT id, received_at, rowid FROM records WHERE id IN "
+                f"({', '.join('?' * len(batch))})", batch)
+            out.update((bytes(row[0]), (row[1], row[2])) for row in rows)
+        return out
 
     def experiments_of(self, arena: str, authors: Iterable[bytes], limit: int) -> list[Record]:
         """The newest `limit` experiments in `arena` that are ours (local) or by one of

@@ -21,7 +21,6 @@ crash with the records themselves; the peers table keeps a copy for display.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from swarm.identity import peer_id_from_public_key
 from swarm.records import Record
@@ -38,6 +37,20 @@ class TrustRules:
     liar_threshold: float = -4.0    # below this an author's claims count for nothing
 
 
+@dataclass(frozen=True)
+class TrustedAuthors:
+    """This node and the peers it trusts, as a predicate on author keys (and the keys, so
+    that a store query can filter by them)."""
+    me: bytes
+    peers: frozenset
+
+    def __call__(self, author: bytes) -> bool:
+        return author == self.me or author in self.peers
+
+    def keys(self) -> list[bytes]:
+        return [self.me, *sorted(self.peers)]
+
+
 class TrustPolicy:
     def __init__(self, store: Store, me: bytes, rules: TrustRules | None = None):
         self.store, self.me = store, me
@@ -45,12 +58,13 @@ class TrustPolicy:
 
     # -- reputation -----------------------------------------------------------
 
-    def trusted_author(self) -> Callable[[bytes], bool]:
+    def trusted_author(self) -> "TrustedAuthors":
         """An `author -> bool` for whose measurements count as the arena's own (baselines:
         its noise and the genome's score): this node's, and peers' who earned our trust.
         Reputations are read once per call."""
-        reps, me, threshold = self.reputations(), self.me, self.rules.trust_threshold
-        return lambda author: author == me or reps.get(author, 0.0) >= threshold
+        threshold = self.rules.trust_threshold
+        return TrustedAuthors(self.me, frozenset(
+            a for a, rep in self.reputations().items() if rep >= threshold))
 
     def reputations(self) -> dict[bytes, float]:
         """Author public key -> reputation, from this node's own verdicts."""

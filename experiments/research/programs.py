@@ -29,7 +29,6 @@ from swarm.store import Store
 
 DIGEST_CHARS = 16            # 64 bits: collisions are no concern at any swarm's size
 RETRY_PER_REFRESH = 64       # records whose lineage is incomplete, re-tried per refresh
-RECEIPTS_PER_QUERY = 500     # ids per query when reading receipt order
 
 Receipt = tuple[int, int]    # (received_at ms, rowid): this node's order of receipt
 
@@ -40,18 +39,8 @@ def program_digest(source: str) -> str:
 
 
 def receipts(store: Store, ids: Iterable[bytes]) -> dict[bytes, Receipt]:
-    """When this node stored each record of `ids`: (received_at, rowid), so that records
-    stored in one millisecond keep the order they were stored in (SQLite gives a new row
-    a rowid above every row present). The store offers no reader for these columns."""
-    ids = list(ids)
-    out: dict[bytes, Receipt] = {}
-    for start in range(0, len(ids), RECEIPTS_PER_QUERY):
-        batch = ids[start:start + RECEIPTS_PER_QUERY]
-        rows = store._conn.execute(
-            "SELECT id, received_at, rowid FROM records WHERE id IN "
-            f"({', '.join('?' * len(batch))})", batch)
-        out.update((bytes(row[0]), (row[1], row[2])) for row in rows)
-    return out
+    """When this node stored each record of `ids` (Store.receipts)."""
+    return store.receipts(ids)
 
 
 class ProgramIndex:

@@ -89,10 +89,14 @@ class Scoreboard:
         return self._read_baselines()
 
     def _read_baselines(self) -> dict[int, list[float]]:
-        children = self.store.children(self.root_id)
-        if self.baseline_authors is not None:
-            counts = self.baseline_authors()
-            children = [r for r in children if counts(r.author)]
+        if self.baseline_authors is None:
+            return baseline_runs(self.store.children(self.root_id), self.arena)
+        counts = self.baseline_authors()
+        keys = getattr(counts, "keys", None)
+        if keys is not None:  # filtered in the query: strangers' records are never read
+            children = self.store.children(self.root_id, authors=keys())
+        else:
+            children = [r for r in self.store.children(self.root_id) if counts(r.author)]
         return baseline_runs(children, self.arena)
 
     def sigma(self) -> float | None:
