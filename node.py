@@ -192,7 +192,8 @@ def cmd_log(settings: Settings, args) -> int:
             trust = home.trust()
             for line in export.log_lines(
                     home.lineage, best.id, recent=0, seed=settings.seed,
-                    verified_by=lambda rid: trust.verified_by(home.store.get(rid))):
+                    verified_by=lambda rid: trust.verified_by(home.store.get(rid)),
+                    baseline_authors=trust.trusted_author().keys()):
                 print(line)
         print("latest results:")
         for r in home.store.experiments(arena=arena, topic=args.only_topic, limit=args.limit):

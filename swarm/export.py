@@ -28,7 +28,7 @@ import re
 from datetime import datetime, timezone
 from email.header import Header
 from email.utils import format_datetime
-from typing import Callable
+from typing import Callable, Iterable
 
 from swarm.conventions import ARENA_SEED, baseline_runs, root_score
 from swarm.lineage import Lineage
@@ -64,21 +64,25 @@ def export_patch(lineage: Lineage, record_id: bytes) -> str:
     return make_patch(lineage.base_source, lineage.source_of(record_id), EXPORT_PATH)
 
 
-def baseline_bpb(lineage: Lineage, arena: str, seed: int = ARENA_SEED) -> float | None:
-    """The genome's own score in `arena` (swarm.conventions.root_score)."""
-    return root_score(baseline_runs(lineage.store.children(lineage.root_id), arena), seed)
+def baseline_bpb(lineage: Lineage, arena: str, seed: int = ARENA_SEED,
+                 authors: Iterable[bytes] | None = None) -> float | None:
+    """The genome's own score in `arena` (swarm.conventions.root_score), from the baselines
+    of `authors` and ours (the node's and its trusted peers', as its scoreboard counts
+    them), or of everyone when None."""
+    runs = baseline_runs(lineage.store.children(lineage.root_id, authors=authors), arena)
+    return root_score(runs, seed)
 
 
 class _ParentScores:
     """val_bpb of a record's first parent; the genome's score read once per arena."""
 
-    def __init__(self, lineage: Lineage, seed: int):
-        self.lineage, self.seed = lineage, seed
+    def __init__(self, lineage: Lineage, seed: int, authors: Iterable[bytes] | None = None):
+        self.lineage, self.seed, self.authors = lineage, seed, authors
         self._roots: dict[str, float | None] = {}
 
     def root(self, arena: str) -> float | None:
         if arena not in self._roots:
-            self._roots[arena] = baseline_bpb(self.lineage, arena, self.seed)
+            self._roots[arena] = baseline_bpb(self.lineage, arena, self.seed, self.authors)
         return self._roots[arena]
 
     def of(self, record: Record) -> float | None:
@@ -97,9 +101,10 @@ def _subject(text: str) -> str:
 
 
 def export_series(lineage: Lineage, record_id: bytes, *, verified_by: VerifiedBy,
-                  seed: int = ARENA_SEED) -> str:
+                  seed: int = ARENA_SEED, baseline_authors: Iterable[bytes] | None = None
+                  ) -> str:
     """The lineage as a `git am` mbox, one patch per step that changes train.py."""
-    parent_bpb = _ParentScores(lineage, seed).of
+    parent_bpb = _ParentScores(lineage, seed, baseline_authors).of
     chain = lineage.chain(record_id)
     steps = []
     before = lineage.lines_of(lineage.root_id)
@@ -172,7 +177,7 @@ def _tsv_row(lineage: Lineage, parents: _ParentScores, record: Record, status: s
 
 
 def export_tsv(lineage: Lineage, record_id: bytes, attempts: bool = True, *,
-               seed: int = ARENA_SEED) -> str:
+               seed: int = ARENA_SEED, baseline_authors: Iterable[bytes] | None = None) -> str:
     """autoresearch's results.tsv for the lineage, oldest first.
 
     Lineage steps are `keep` (`crash` if a step itself failed). With `attempts`, the
@@ -183,7 +188,7 @@ def export_tsv(lineage: Lineage, record_id: bytes, attempts: bool = True, *,
     chain = lineage.chain(record_id)
     on_chain = {r.id for r in chain}
     arena = chain[-1].arena
-    parents = _ParentScores(lineage, seed)
+    parents = _ParentScores(lineage, seed, baseline_authors)
     rows = [(r.t, r.id, _tsv_row(lineage, parents, r, "keep" if r.status == "ok" else "crash"))
             for r in chain]
     if attempts:
@@ -203,14 +208,15 @@ def export_tsv(lineage: Lineage, record_id: bytes, attempts: bool = True, *,
 
 
 def log_lines(lineage: Lineage, record_id: bytes, *, verified_by: VerifiedBy, recent: int = 10,
-              seed: int = ARENA_SEED) -> list[str]:
+              seed: int = ARENA_SEED, baseline_authors: Iterable[bytes] | None = None
+              ) -> list[str]:
     """A terminal listing: the lineage step by step, then the arena's latest results."""
     chain = lineage.chain(record_id)
     head = chain[-1]
     lines = [f"lineage of {head.id_hex[:12]} in {head.arena}: {len(chain)} steps",
              f"{'step':>4}  {'record':7}  {'val_bpb':>9}  {'change':>9}  {'test chg':>9}  "
              f"{'topic':12}  {'author':8}  {'verified':>8}  description"]
-    prev = baseline_bpb(lineage, head.arena, seed)
+    prev = baseline_bpb(lineage, head.arena, seed, baseline_authors)
     if prev is not None:
         lines.append(f"{0:>4}  {'genome':7}  {prev:>9.6f}  {'':>9}  {'':>9}  {'':12}  {'':8}  "
                      f"{'':>8}  baseline")

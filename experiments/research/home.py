@@ -185,14 +185,16 @@ class NodeHome:
             return export.export_patch(self.lineage, record_id)
         if fmt == "source":
             return export.export_source(self.lineage, record_id)
+        trust = self.trust()
+        authors = trust.trusted_author().keys()  # whose baselines give the genome's score
         if fmt == "series":
-            trust = self.trust()
             return export.export_series(
                 self.lineage, record_id,
                 verified_by=lambda rid: trust.verified_by(self.store.get(rid)),
-                seed=self.settings.seed)
+                seed=self.settings.seed, baseline_authors=authors)
         if fmt == "tsv":
-            return export.export_tsv(self.lineage, record_id, seed=self.settings.seed)
+            return export.export_tsv(self.lineage, record_id, seed=self.settings.seed,
+                                     baseline_authors=authors)
         raise ValueError(f"unknown export format {fmt!r}")
 
     def find_experiment(self, prefix: str) -> Record:
