@@ -214,6 +214,11 @@ def cmd_verify(settings: Settings, args) -> int:
                 print(f"note: the record was measured in {record.arena}, this node runs in "
                       f"{trainer.arena}: scores are not comparable, no attestation is made",
                       file=sys.stderr)
+            copied = home.copied_from(record)
+            if copied is not None:
+                print(f"note: the record repeats the program of {copied.hex()[:12]}, which "
+                      "came first: it is re-run but no attestation is made (a copy earns "
+                      "no reputation)", file=sys.stderr)
             with progress_for(settings) as progress:
                 rerun = trio.run(home.verify, record, trainer, progress)
         except (RecordUnavailable, LineageError) as e:

@@ -209,3 +209,39 @@ def test_verify_by_hand_attests_only_what_it_measured(researched_home, tmp_path,
     finally:
         store.close()
     assert verdicts == ([verdict] if verdict else [])
+
+
+def test_verify_by_hand_attests_no_copy(researched_home, tmp_path):
+    """A peer's record of a program this node ran first is re-run on request, but no
+    attestation is made: a copy earns its author no reputation."""
+    from experiments.simulation.synthetic import SyntheticTrainer
+    from genome import base_train_source, genome_id, genome_root_id
+    from swarm.identity import NodeIdentity
+    from swarm.lineage import Lineage
+    from swarm.patch import make_patch
+    from swarm.records import make_experiment
+    from swarm.store import Store
+
+    home = tmp_path / "home"
+    shutil.copytree(researched_home, home)
+    base, root = base_train_source(), genome_root_id()
+    store = Store.open(home, root_id=root)
+    try:
+        ours = next(r for r in store.experiments(local=True) if r.patch and r.status == "ok")
+        source = Lineage(store, base, root).source_of(ours.id)
+        peer = NodeIdentity.load_or_create(tmp_path / "peer")
+        copy = make_experiment(
+            peer, genome=genome_id(), parents=[root], topic="optimizer",
+            arena=SyntheticTrainer(0).arena, patch=make_patch(base, source), desc="mine now",
+            agent="mutate", result={"status": "ok", "val_bpb": ours.val_bpb - 0.001,
+                                    "train_s": 1.0, "total_s": 1.0})
+        store.insert(copy)
+    finally:
+        store.close()
+    out = loopy("verify", copy.id_hex[:12], "--trainer", "synthetic", "--json", home=home)
+    assert "repeats the program of" in out.stderr, out.stderr
+    store = Store.open(home, root_id=root)
+    try:
+        assert store.attestations_for(copy.id) == []
+    finally:
+        store.close()

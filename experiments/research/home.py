@@ -29,6 +29,7 @@ from typing import IO
 import msgpack
 
 from experiments.research.loop import ResearchLoop
+from experiments.research.programs import ProgramIndex
 from experiments.research.runs import run_cancellable
 from experiments.research.scoreboard import Candidate, Scoreboard, ScoreRules
 from experiments.research.settings import (ConfigError, Settings, home_dir, isolation_gaps,
@@ -175,9 +176,17 @@ class NodeHome:
         rerun = await rerun_claim(claim, trainer=trainer, lineage=self.lineage,
                                   root_id=self.root_id, board=self.scoreboard(trainer.arena),
                                   run_blocking=run_cancellable, progress=progress)
-        if rerun.judgement is not None and trainer.arena == claim.arena:
+        if rerun.judgement is not None and trainer.arena == claim.arena and \
+                self.copied_from(claim) is None:
             self.attest(claim, trainer.arena, rerun.judgement.verdict, rerun.judgement.result)
         return rerun
+
+    def copied_from(self, claim: Record) -> bytes | None:
+        """The record whose program `claim` repeats, if it is a copy: ours, or another
+        author's this node received first. A copy is re-run on request but never attested,
+        so it earns its author no reputation (the loop's rule: claims.py)."""
+        return ProgramIndex(self.store, self.lineage, claim.arena).up_to_date().copied_from(
+            claim.id, self.identity.public_key)
 
     def export_lineage(self, record_id: bytes, fmt: str) -> str:
         """`record_id`'s lineage as a `patch`, a git-am `series`, its `source` or `tsv`."""
