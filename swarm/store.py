@@ -187,6 +187,15 @@ def _newest_verdicts(rows: Iterable[tuple[bytes, bytes, str]]) -> dict[bytes, di
     return latest
 
 
+def _ours_or(authors: Iterable[bytes], table: str = "") -> tuple[str, list[bytes]]:
+    """A WHERE clause (and its parameters) for records that are ours (local) or by one of
+    `authors` (at most 500 of them: one query's parameters)."""
+    keys = list(dict.fromkeys(authors))[:500]
+    marks = ", ".join("?" * len(keys))
+    clause = f"{table}local = 1 OR {table}author IN ({marks})" if keys else f"{table}local = 1"
+    return f"({clause})", keys
+
+
 class Store:
     """Records, their parent links, attestations, wanted ids, broken ids, peers, meta."""
 
@@ -729,12 +738,10 @@ class Store:
             return self._records(
                 "SELECT r.id, r.envelope FROM parents p JOIN records r ON r.id = p.child "
                 "WHERE p.parent = ? ORDER BY r.t, r.id", (record_id,))
-        authors = list(dict.fromkeys(authors))[:500]
-        marks = ", ".join("?" * len(authors))
-        where = f"r.local = 1 OR r.author IN ({marks})" if authors else "r.local = 1"
+        where, keys = _ours_or(authors, "r.")
         return self._records(
             "SELECT r.id, r.envelope FROM parents p JOIN records r ON r.id = p.child "
-            f"WHERE p.parent = ? AND ({where}) ORDER BY r.t, r.id", (record_id, *authors))
+            f"WHERE p.parent = ? AND {where} ORDER BY r.t, r.id", (record_id, *keys))
 
     def parent_ids(self, record_id: bytes) -> list[bytes]:
         return [row[0] for row in self._conn.execute(
@@ -908,12 +915,10 @@ class Store:
     def experiments_of(self, arena: str, authors: Iterable[bytes], limit: int) -> list[Record]:
         """The newest `limit` experiments in `arena` that are ours (local) or by one of
         `authors`, oldest first: one query however many authors."""
-        authors = list(dict.fromkeys(authors))[:500]
-        marks = ", ".join("?" * len(authors))
-        where = f"local = 1 OR author IN ({marks})" if authors else "local = 1"
+        where, keys = _ours_or(authors)
         records = self._records(
             f"SELECT id, envelope FROM records WHERE kind = 'experiment' AND arena = ? "
-            f"AND ({where}) ORDER BY t DESC, id LIMIT ?", (arena, *authors, limit))
+            f"AND {where} ORDER BY t DESC, id LIMIT ?", (arena, *keys, limit))
         records.reverse()
         return records
 

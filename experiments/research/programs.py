@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from swarm.descriptions import is_interrupted
 from swarm.lineage import Lineage, LineageError
@@ -36,11 +36,6 @@ Receipt = tuple[int, int]    # (received_at ms, rowid): this node's order of rec
 def program_digest(source: str) -> str:
     """A short, stable name for a train.py program (hex)."""
     return hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()[:DIGEST_CHARS]
-
-
-def receipts(store: Store, ids: Iterable[bytes]) -> dict[bytes, Receipt]:
-    """When this node stored each record of `ids` (Store.receipts)."""
-    return store.receipts(ids)
 
 
 class ProgramIndex:
@@ -72,7 +67,7 @@ class ProgramIndex:
                                      if i not in self._seen]
         todo = self._pending if limit is None else self._pending[:limit]
         self._pending = self._pending[len(todo):]
-        received = receipts(self.store, todo)
+        received = self.store.receipts(todo)
         for record_id in todo:
             self._seen.add(record_id)
             record = self.store.get(record_id)

@@ -25,6 +25,7 @@ from swarm.conventions import baseline_runs, baseline_seed, root_score
 from swarm.lineage import Lineage
 from swarm.records import Record
 from swarm.store import Store
+from swarm.trust import TrustedAuthors
 
 
 @dataclass
@@ -56,7 +57,7 @@ class Scoreboard:
     def __init__(self, store: Store, lineage: Lineage, root_id: bytes, arena: str,
                  rules: ScoreRules | None = None,
                  trusted: Callable[[Record], bool] | None = None,
-                 baseline_authors: Callable[[], Callable[[bytes], bool]] | None = None):
+                 baseline_authors: Callable[[], TrustedAuthors] | None = None):
         self.store, self.lineage, self.root_id, self.arena = store, lineage, root_id, arena
         self.rules = rules or ScoreRules()
         self.trusted = trusted or (lambda r: store.is_local(r.id))
@@ -91,12 +92,8 @@ class Scoreboard:
     def _read_baselines(self) -> dict[int, list[float]]:
         if self.baseline_authors is None:
             return baseline_runs(self.store.children(self.root_id), self.arena)
-        counts = self.baseline_authors()
-        keys = getattr(counts, "keys", None)
-        if keys is not None:  # filtered in the query: strangers' records are never read
-            children = self.store.children(self.root_id, authors=keys())
-        else:
-            children = [r for r in self.store.children(self.root_id) if counts(r.author)]
+        # filtered in the query: strangers' records are never read
+        children = self.store.children(self.root_id, authors=self.baseline_authors().keys())
         return baseline_runs(children, self.arena)
 
     def sigma(self) -> float | None:
