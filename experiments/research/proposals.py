@@ -41,9 +41,8 @@ class Proposals:
         """The newest `limit` experiments of the arena, ours and trusted peers' first:
         strangers' records only fill what is left, so junk from fresh keys (dated ahead,
         as a record's own `t` may be) cannot push our own results out of the window."""
-        counts = self.trust.trusted_author()
-        trusted = [a for a in self.trust.reputations() if counts(a)]
-        chosen = self.store.experiments_of(self.arena, trusted, limit)
+        chosen = self.store.experiments_of(self.arena, self.trust.trusted_author().peers,
+                                           limit)
         firm = {r.id for r in chosen}
         if len(chosen) < limit:
             strangers = [r for r in self.store.experiments(arena=self.arena, limit=limit)
