@@ -730,6 +730,12 @@ class Store:
         return self._conn.execute("SELECT count(*) FROM records WHERE kind = ?",
                                   (kind,)).fetchone()[0]
 
+    def local_experiment_count(self, arena: str) -> int:
+        """How many experiments this node ran in `arena` (no record is decoded)."""
+        return self._conn.execute(
+            "SELECT count(*) FROM records WHERE kind = 'experiment' AND arena = ? AND local = 1",
+            (arena,)).fetchone()[0]
+
     def children(self, record_id: bytes, authors: Iterable[bytes] | None = None
                  ) -> list[Record]:
         """Stored records that name `record_id` as a parent, oldest first; given
@@ -881,10 +887,15 @@ class Store:
 
     def experiments(self, arena: str | None = None, topic: str | None = None,
                     author: bytes | None = None, local: bool | None = None,
-                    limit: int | None = None) -> list[Record]:
-        """Experiments matching every given filter, oldest first (newest `limit` if set)."""
+                    limit: int | None = None, ok_below: float | None = None) -> list[Record]:
+        """Experiments matching every given filter, oldest first (newest `limit` if set).
+        `ok_below`: only ok runs that scored below it, found without decoding the others
+        (a flood of strangers' worse records costs a scan for the best nothing)."""
         sql = "SELECT id, envelope FROM records WHERE kind = 'experiment'"
         args: list = []
+        if ok_below is not None:
+            sql += " AND status = 'ok' AND val_bpb < ?"
+            args.append(float(ok_below))
         for column, value in (("arena", arena), ("topic", topic), ("author", author)):
             if value is not None:
                 sql += f" AND {column} = ?"
@@ -911,6 +922,14 @@ class Store:
                 f"({', '.join('?' * len(batch))})", batch)
             out.update((bytes(row[0]), (row[1], row[2])) for row in rows)
         return out
+
+    def first_receipt(self, author: bytes) -> int | None:
+        """When this node first stored an experiment or attestation by `author` that it
+        still holds (ms): how long it has known the key, on its own clock."""
+        row = self._conn.execute(
+            "SELECT min(received_at) FROM records WHERE kind IN ('experiment', 'attestation') "
+            "AND author = ?", (author,)).fetchone()
+        return row[0] if row else None
 
     def experiments_of(self, arena: str, authors: Iterable[bytes], limit: int) -> list[Record]:
         """The newest `limit` experiments in `arena` that are ours (local) or by one of
@@ -1050,6 +1069,24 @@ class Store:
             "SELECT r.author, a.verdict, count(*) FROM attestations a "
             "JOIN records r ON r.id = a.target WHERE a.verifier = ? AND r.author != ? "
             "GROUP BY r.author, a.verdict", (verifier, verifier)).fetchall()
+
+    def dissent_counts(self, verifier: bytes) -> list[tuple[bytes, int]]:
+        """(other verifier, count) of the records `verifier` attested that the other one
+        attested with the opposite verdict (each one's newest verdict counts; a record's
+        own author is no verifier of it)."""
+        rows = self._conn.execute(
+            "SELECT a.target, a.verifier, a.verdict, r.author FROM attestations a "
+            "JOIN records r ON r.id = a.target WHERE a.target IN "
+            "(SELECT target FROM attestations WHERE verifier = ?) ORDER BY a.t, a.id",
+            (verifier,)).fetchall()
+        authors = {target: author for target, _, _, author in rows}
+        counts: dict[bytes, int] = {}
+        for target, by in _newest_verdicts((t, v, d) for t, v, d, _ in rows).items():
+            mine = by.get(verifier)
+            for other, verdict in by.items():
+                if other not in (verifier, authors[target]) and verdict != mine:
+                    counts[other] = counts.get(other, 0) + 1
+        return sorted(counts.items())
 
     def who_refuted(self, record_id: bytes) -> list[bytes]:
         """Public keys whose newest attestation of `record_id` says refuted."""

@@ -8,7 +8,11 @@ and this node has not refuted it, and its author is not a known liar.
 
 Reputation is derived from this node's own attestations, never from what peers
 say about each other: an author gains `REWARD` for each claim of theirs this
-node reproduced and loses `PENALTY` (much more) for each one it refuted. A peer
+node reproduced and loses `PENALTY` (much more) for each one it refuted, and a
+verifier loses `DISSENT` for each record it attested with the verdict opposite to
+ours (a trusted key that refutes honest claims, or vouches for false ones, is
+no longer trusted once we checked one of them ourselves; honest verifiers
+disagree now and then near the noise, so this costs less than a refutation). A peer
 is trusted as a verifier once its reputation reaches `trust_threshold`, so keys
 this node never checked (a thousand fresh Sybil keys vouching for each other)
 count for nothing. An author whose reputation falls below `liar_threshold` is a
@@ -28,6 +32,7 @@ from swarm.store import Store
 
 REWARD = 1.0
 PENALTY = 5.0
+DISSENT = 0.5
 
 
 @dataclass
@@ -58,13 +63,14 @@ class TrustPolicy:
 
     # -- reputation -----------------------------------------------------------
 
-    def trusted_author(self) -> "TrustedAuthors":
+    def trusted_author(self, reps: dict[bytes, float] | None = None) -> "TrustedAuthors":
         """An `author -> bool` for whose measurements count as the arena's own (baselines:
         its noise and the genome's score): this node's, and peers' who earned our trust.
-        Reputations are read once per call."""
+        Reputations are read once per call (`reps`: already read)."""
         threshold = self.rules.trust_threshold
+        reps = self.reputations() if reps is None else reps
         return TrustedAuthors(self.me, frozenset(
-            a for a, rep in self.reputations().items() if rep >= threshold))
+            a for a, rep in reps.items() if rep >= threshold))
 
     def reputations(self) -> dict[bytes, float]:
         """Author public key -> reputation, from this node's own verdicts."""
@@ -72,6 +78,8 @@ class TrustPolicy:
         for author, verdict, n in self.store.verdict_counts(self.me):
             rep[author] = rep.get(author, 0.0) + (REWARD * n if verdict == "reproduced"
                                                   else -PENALTY * n)
+        for verifier, n in self.store.dissent_counts(self.me):
+            rep[verifier] = rep.get(verifier, 0.0) - DISSENT * n
         return rep
 
     def reputation(self, author: bytes) -> float:
@@ -131,7 +139,7 @@ class TrustPolicy:
         """Author -> how many of their claims peers we trust refuted. Only ever used to
         put claims later in the re-run queue or to not build on them before they are
         verified, never to accept one: a trusted peer who lies here can slow us down, not
-        mislead us (as with its veto)."""
+        mislead us, and it loses our trust once we check one of them (`DISSENT`)."""
         reps = self.reputations() if reps is None else reps
         out: dict[bytes, int] = {}
         for peer, rep in reps.items():

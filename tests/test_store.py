@@ -167,6 +167,31 @@ def test_insert_is_idempotent(store):
     assert store.get(b"\0" * 32) is None
 
 
+def test_experiments_ok_below_reads_only_better_ok_runs(store):
+    good, worse, crashed = exp(bpb=0.9), exp(bpb=1.5), exp(status="crash")
+    store.insert_many([good, worse, crashed])
+    assert [r.id for r in store.experiments(arena=ARENA, ok_below=1.0)] == [good.id]
+    assert {r.id for r in store.experiments(arena=ARENA, ok_below=float("inf"))} == \
+        {good.id, worse.id}
+    assert len(store.experiments(arena=ARENA)) == 3
+
+
+def test_local_experiment_count_counts_ours_in_the_arena(store):
+    store.insert(exp(bpb=0.9), local=True)
+    store.insert(exp(bpb=0.8, arena="other/time:60/cpu"), local=True)
+    store.insert(exp(bpb=0.7))
+    assert store.local_experiment_count(ARENA) == 1
+
+
+def test_first_receipt_is_the_oldest_record_still_held(store):
+    first = exp(who=CAROL)
+    store.insert(first)
+    store._conn.execute("UPDATE records SET received_at = 5 WHERE id = ?", (first.id,))
+    store.insert(exp(who=CAROL))
+    assert store.first_receipt(CAROL.public_key) == 5
+    assert store.first_receipt(BOB.public_key) is None
+
+
 def test_local_flag(store):
     mine, theirs = exp(), exp(who=BOB)
     store.insert(mine, local=True)

@@ -41,7 +41,7 @@ class Baselines:
             return rules.seed
         if need > 0:
             return self._free_seed(taken, avoid=hinted)
-        local = len(self.store.experiments(arena=self.arena, local=True))
+        local = self.store.local_experiment_count(self.arena)
         if c.sigma_refresh and local and local % c.sigma_refresh == 0 and \
                 self.state.experiments_run:
             return self._free_seed(taken, avoid=hinted)

@@ -102,7 +102,7 @@ class CrossoverFinder:
         reps = self.trust.reputations()
         mine = self.store.ancestors(parent.id) | {parent.id}
         claims = []
-        for r in self.store.experiments(arena=self.scores.arena):
+        for r in self.store.experiments(arena=self.scores.arena, ok_below=float("inf")):
             if r.id in mine or (parent.id, r.id) in self.failed or \
                     not self.scores.is_kept(r, sigma):
                 continue

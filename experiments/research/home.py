@@ -29,7 +29,7 @@ from typing import IO
 import msgpack
 
 from experiments.research.loop import ResearchLoop
-from experiments.research.programs import ProgramIndex
+from experiments.research.programs import ProgramIndex, original_runs
 from experiments.research.runs import run_cancellable
 from experiments.research.scoreboard import Candidate, Scoreboard, ScoreRules
 from experiments.research.settings import (ConfigError, Settings, home_dir, isolation_gaps,
@@ -183,10 +183,11 @@ class NodeHome:
 
     def copied_from(self, claim: Record) -> bytes | None:
         """The record whose program `claim` repeats, if it is a copy: ours, or another
-        author's this node received first. A copy is re-run on request but never attested,
-        so it earns its author no reputation (the loop's rule: claims.py)."""
+        author's kept claim this node received first. A copy is re-run on request but never
+        attested, so it earns its author no reputation (the loop's rule: claims.py)."""
+        me = self.identity.public_key
         return ProgramIndex(self.store, self.lineage, claim.arena).up_to_date().copied_from(
-            claim.id, self.identity.public_key)
+            claim.id, me, original_runs(self.store, self.scoreboard(claim.arena).is_kept, me))
 
     def export_lineage(self, record_id: bytes, fmt: str) -> str:
         """`record_id`'s lineage as a `patch`, a git-am `series`, its `source` or `tsv`."""
@@ -312,7 +313,7 @@ def snapshot(home: NodeHome, arena: str, loop: ResearchLoop | None = None, net=N
     snap = {
         "peer_id": home.identity.peer_id, "genome": home.genome, "arena": arena,
         "topics": topics, "records": home.store.count(),
-        "experiments_local": len(home.store.experiments(arena=arena, local=True)),
+        "experiments_local": home.store.local_experiment_count(arena),
         "best": best_json, "peers": [], "recent": recent, "current": None,
         "verifying": [], "sigma": board.sigma(), "offline": offline,
     }

@@ -50,7 +50,7 @@ from swarm.lineage import Lineage
 from swarm.patch import make_patch
 from swarm.records import Record, make_experiment, result_map
 from swarm.store import Store
-from swarm.trust import TrustPolicy, TrustRules
+from swarm.trust import TrustedAuthors, TrustPolicy, TrustRules
 
 __all__ = ["EXHAUSTED", "IDLE_MAX_S", "INFLIGHT_KEY", "LoopConfig", "LoopState", "ResearchLoop",
            "YIELDED"]
@@ -127,12 +127,15 @@ class ResearchLoop(ParentChoice, Reruns, Baselines, Proposals):
         self.announce = announce or _nothing
         self.on_event = on_event or (lambda kind, data: None)
         self.rng = rng or random.Random()
+        # orders strangers' claims in the re-run queue; secret, so no key can sort first
+        self.claim_lottery_key = self.rng.randbytes(16)
         self.crossovers = CrossoverFinder(store=store, lineage=lineage, scores=self.scores,
                                           trust=self.trust, root_id=root_id,
                                           rules=config.rules)
         self.state = LoopState()
         self.stop_reason = ""  # set when the loop stops itself on an error (see serve)
-        self._liars: tuple[int, set[bytes]] | None = None  # (store count, known liars)
+        # (store count, known liars, trusted authors) for `_run_counts`
+        self._liars: tuple[int, set[bytes], TrustedAuthors] | None = None
         self.failed_in_a_row = 0  # own runs that crashed or timed out since the last ok one
         self._cancel = threading.Event()
         self._exhausted: dict[bytes, tuple] = {}  # parent id -> `_news()` when the agent

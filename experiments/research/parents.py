@@ -66,7 +66,7 @@ class ParentChoice(ClaimChecks):
             floor = self.config.trust.liar_threshold if strangers \
                 else self.config.trust.trust_threshold
             found, found_key = None, None
-            for r in self.store.experiments(arena=self.arena):
+            for r in self.store.experiments(arena=self.arena, ok_below=best.val_bpb):
                 rep = reps.get(r.author, 0.0)
                 if r.val_bpb is None or r.val_bpb >= best.val_bpb:
                     continue

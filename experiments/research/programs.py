@@ -12,10 +12,10 @@ proposal's *program*, not only its (parent, edit) pair, against:
   digest, see `swarm.descriptions.working_on`).
 
 The index also tells a copy from its original (`copied_from`): a record whose program
-this node already had, from our own run or from an earlier record by another author.
-"Earlier" is this node's receipt order, never the record's own `t` (its author sets
-that). Re-signing someone's record, or rebuilding its program by another path, costs
-nothing, so a copy earns its author no re-run and no reputation (claims.py).
+this node already had, from our own run or from an earlier kept claim by another author
+(`original_runs`). "Earlier" is this node's receipt order, never the record's own `t`
+(its author sets that). Re-signing someone's record, or rebuilding its program by another
+path, costs nothing, so a copy earns its author no re-run and no reputation (claims.py).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from swarm.descriptions import is_interrupted
 from swarm.lineage import Lineage, LineageError
+from swarm.records import Record
 from swarm.store import Store
 
 DIGEST_CHARS = 16            # 64 bits: collisions are no concern at any swarm's size
@@ -106,8 +107,9 @@ class ProgramIndex:
                     counts: Callable[[bytes, bytes], bool] | None = None) -> bytes | None:
         """The record `record_id` copies, if it is a copy: one that ran the same program,
         by another author, that is ours (our records always come first) or that this
-        node received before it, and that `counts(id, author)`. None when `record_id` is
-        the first of its program, ours, or not indexed (call refresh first)."""
+        node received before it, and that `counts(id, author)` (`original_runs`). None
+        when `record_id` is the first of its program, ours, or not indexed (call refresh
+        first)."""
         digest = self._digest_of.get(record_id)
         if digest is None:
             return None
@@ -125,6 +127,26 @@ class ProgramIndex:
 
     def __len__(self) -> int:
         return len(self._by_digest)
+
+
+def original_runs(store: Store, is_kept: Callable[[Record], bool], me: bytes,
+                  counts: Callable[[bytes, bytes], bool] | None = None
+                  ) -> Callable[[bytes, bytes], bool]:
+    """Which runs of a program can be the original that a later record copies: ours,
+    and others' kept claims that `counts(id, author)`.
+
+    A copy earns nothing because it repeats someone's result. A crash or a worse score
+    is no result to copy, and if it made an original, anyone who guesses the swarm's
+    next edits could publish them as failures first and make every honest claim of
+    them a copy, never re-run nor built on."""
+    def original(record_id: bytes, author: bytes) -> bool:
+        if author == me:
+            return True
+        if counts is not None and not counts(record_id, author):
+            return False
+        record = store.get(record_id)
+        return record is not None and is_kept(record)
+    return original
 
 
 class KnownPrograms:

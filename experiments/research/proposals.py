@@ -30,30 +30,33 @@ from swarm.descriptions import edit_key_of, is_interrupted
 from swarm.records import Record
 
 PROGRAMS_PER_SLICE = 200     # records the program index reads between checkpoints
+_EXHAUSTED = object()        # the agent said it has nothing left on the parent
 
 
 class Proposals:
-    def history(self, limit: int = 500) -> list[Tried]:
+    def history(self, limit: int = 500, *, firm: bool = False) -> list[Tried]:
+        """The arena's tried edits, oldest first; `firm`: ours and trusted peers' only."""
         with self.scores.consistent():
-            return self._history(limit)
+            return self._history(limit, firm)
 
-    def _records_for_history(self, limit: int) -> list[Record]:
+    def _records_for_history(self, limit: int, firm: bool = False) -> list[Record]:
         """The newest `limit` experiments of the arena, ours and trusted peers' first:
-        strangers' records only fill what is left, so junk from fresh keys (dated ahead,
-        as a record's own `t` may be) cannot push our own results out of the window."""
+        strangers' records only fill what is left (none when `firm`), so junk from fresh
+        keys (dated ahead, as a record's own `t` may be) cannot push our own results out
+        of the window."""
         chosen = self.store.experiments_of(self.arena, self.trust.trusted_author().peers,
                                            limit)
-        firm = {r.id for r in chosen}
-        if len(chosen) < limit:
+        known = {r.id for r in chosen}
+        if len(chosen) < limit and not firm:
             strangers = [r for r in self.store.experiments(arena=self.arena, limit=limit)
-                         if r.id not in firm]
+                         if r.id not in known]
             chosen += strangers[len(strangers) - (limit - len(chosen)):]
         return sorted(chosen, key=lambda r: (r.t, r.id))
 
-    def _history(self, limit: int) -> list[Tried]:
+    def _history(self, limit: int, firm: bool = False) -> list[Tried]:
         sigma = self.scores.sigma()
         tried = []
-        for r in self._records_for_history(limit):
+        for r in self._records_for_history(limit, firm):
             if not r.patch or is_interrupted((r.result or {}).get("reason")):
                 continue  # baselines, and runs the node cut short, are not tried edits
             delta = self.scores.delta(r)
@@ -63,27 +66,41 @@ class Proposals:
                                record_id=r.id.hex(), val_bpb=r.val_bpb))
         return tried
 
-    def known_programs(self) -> KnownPrograms:
-        """Programs already run in the arena (by anyone but known liars) or announced by
-        a live node now: `in` tells whether a source is one of them (refreshed from the
-        store on each call)."""
+    def known_programs(self, *, firm: bool = False) -> KnownPrograms:
+        """Programs already run in the arena (by anyone but known liars; `firm`: by us,
+        trusted peers, or as a stranger's kept claim) or announced by a live node now
+        (`firm`: a trusted one): `in` tells whether a source is one of them (refreshed from
+        the store on each call)."""
         self.programs.refresh()
-        return KnownPrograms(self.programs, self.running_programs(), self._run_counts())
+        running = self.running_programs() if not firm else set()
+        return KnownPrograms(self.programs, running, self._run_counts(firm=firm))
 
-    def _run_counts(self) -> Callable[[bytes, bytes], bool]:
+    def _run_counts(self, *, firm: bool = False) -> Callable[[bytes, bytes], bool]:
         """Whether a record's run of a program counts as done: not when its author is a
-        known liar (unless we re-ran that record ourselves, and so measured it).
+        known liar (unless we re-ran that record ourselves, and so measured it). `firm`:
+        only ours, trusted peers', those we re-ran, and strangers' kept claims (which a
+        proposal turns into a re-run: reruns.claim_behind).
         Reputations change only with new records, so one read serves a whole step."""
         count = self.store.count()
         if self._liars is None or self._liars[0] != count:
             reps = self.trust.reputations()
-            self._liars = (count, {a for a in reps if self.trust.is_liar(a, reps)})
-        liars = self._liars[1]
+            self._liars = (count, {a for a in reps if self.trust.is_liar(a, reps)},
+                           self.trust.trusted_author(reps))
+        liars, trusted = self._liars[1], self._liars[2]
 
         def counts(record_id: bytes, author: bytes) -> bool:
             return author not in liars or \
                 self.trust.my_verdict_on(record_id, author) is not None
-        return counts
+
+        def firmly(record_id: bytes, author: bytes) -> bool:
+            if trusted(author):
+                return True
+            if author not in liars:
+                record = self.store.get(record_id)
+                if record is not None and self.scores.is_kept(record):
+                    return True
+            return self.trust.my_verdict_on(record_id, author) is not None
+        return firmly if firm else counts
 
     async def _index_programs(self) -> None:
         """Bring the program index up to date in slices: the first read of a big store
@@ -111,14 +128,32 @@ class Proposals:
         program of a peer's claim that would beat our best, that claim (to re-run: see
         claim_behind); None when every attempt failed, or at once when the agent says it
         has nothing left on this parent (see `_is_exhausted`: until new records arrive, it
-        is not asked again about this parent)."""
+        is not asked again about this parent).
+
+        Strangers' results are hints, never vetoes: the agent first sees the whole arena,
+        and when it says it has nothing left, it is asked again with only what we and the
+        peers we trust ran (and strangers' kept claims). Keys that publish made-up
+        failures of every edit the agent would try next can then cost us the agent's
+        insight from their records, never our search."""
         if self._is_exhausted(parent.id):
             return None
-        known = self.known_programs()
-        busy = {desc for pid, desc in self.busy() if pid == parent.id}
+        found = await self._ask_agent(parent, parent_source, firm=False)
+        if found is _EXHAUSTED and len(self.history(firm=True)) < len(self.history()):
+            found = await self._ask_agent(parent, parent_source, firm=True)
+        if found is _EXHAUSTED:
+            self._exhausted[parent.id] = self._news()
+            return None  # asking again changes nothing until the history does
+        return found
+
+    async def _ask_agent(self, parent: Candidate, parent_source: str, *, firm: bool):
+        """`_propose` with the history of everyone's runs, or only the firm one: a proposal,
+        a claim to re-run, None when every attempt failed, or `_EXHAUSTED`."""
+        known = self.known_programs(firm=firm)
+        busy_now = self.firm_busy() if firm else self.busy()
+        busy = {desc for pid, desc in busy_now if pid == parent.id}
         # What others run on this parent now, so the agent picks something else: many
         # nodes on one parent would otherwise all reach for the same favourite edits.
-        history = self.history() + [
+        history = self.history(firm=firm) + [
             Tried(edit_key=edit_key_of(desc), desc=desc, parent_id=parent.id.hex(),
                   status="running", delta=None) for desc in sorted(busy)]
         for _ in range(self.config.proposal_attempts):
@@ -144,8 +179,7 @@ class Proposals:
                 return proposal
             self._log_failed(parent, proposal)
             if proposal.exhausted:
-                self._exhausted[parent.id] = self._news()
-                return None  # asking again changes nothing until the history does
+                return _EXHAUSTED
             # Let the agent's next attempt know what went wrong.
             history = history + [Tried(edit_key=proposal.edit_key, desc=proposal.desc,
                                        parent_id=parent.id.hex(), status="rejected",

@@ -10,11 +10,15 @@ until the machine shows it can still train (a health check, baselines.py): witho
 that, the node attests nothing.
 
 A mixin of `ResearchLoop` (loop.py): it reads the loop's `store`, `lineage`, `scores`,
-`trust`, `identity`, `genome`, `trainer`, `config`, `state`, its `verifiers` hints and
+`trust`, `identity`, `genome`, `trainer`, `config`, `state`, `claim_lottery_key` (a
+secret of this node's, for the order of strangers' claims), its `verifiers` hints and
 its program index (`programs`, `_run_counts`, `_index_programs`: proposals.py), and runs
 through the loop's `_train`, `_show`, `_health_check` (baselines.py) and `publish`.
 """
 from __future__ import annotations
+
+import hashlib
+import time
 
 from experiments.research.claims import ClaimChecks
 from experiments.research.runs import StepOutcome, run_cancellable
@@ -24,6 +28,12 @@ from experiments.research.verify_claim import MACHINE_FAILURES, draw_test_seed, 
 from swarm.descriptions import verify_desc
 from swarm.records import Record, make_attestation
 
+# A stranger's claimed gain over our best that still moves its claim up the re-run queue,
+# in noise levels: honest claims past it are rare, and tie with any number of fakes.
+CLAIM_RANK_SIGMAS = 4.0
+SENIORITY_STEP_MS = 3_600_000       # strangers known an hour longer rank ahead...
+SENIORITY_CAP_MS = 24 * 3_600_000   # ...up to a day
+
 
 class Reruns(ClaimChecks):
     def verify_budget_left(self) -> bool:
@@ -32,9 +42,9 @@ class Reruns(ClaimChecks):
         The first re-run is always allowed: until a node has reproduced someone it trusts
         no one, and in a swarm that starts together the share would otherwise hold back
         everyone's first adoption of a peer's improvement for several runs."""
-        mine = self.store.experiments(arena=self.arena, local=True)
+        mine = self.store.local_experiment_count(self.arena)
         done = self.store.attestation_count(self.identity.public_key)
-        return done == 0 or (done + 1) <= self.config.verify_share * (done + len(mine) + 1)
+        return done == 0 or (done + 1) <= self.config.verify_share * (done + mine + 1)
 
     def pending_claim(self) -> Record | None:
         """The peer claim that would most change our decisions, if it holds.
@@ -44,7 +54,8 @@ class Reruns(ClaimChecks):
         checked, what k trusted peers already vouch for, what a trusted peer re-runs now
         (its verdict will do to build on), authors known to lie, and copies of programs
         we had before the claim came (claims.py).
-        Reputable authors come first, then the lowest claimed score."""
+        Reputable authors come first, then the lowest claimed score, as far as a claimed
+        score can be believed (`_claimed_rank`)."""
         with self.scores.consistent():
             return self._pending_claim()
 
@@ -58,10 +69,13 @@ class Reruns(ClaimChecks):
         running = self.verifiers()
         topic_best: dict[str, float] = {}
         claims = []
-        for r in self.store.experiments(arena=self.arena):
+        # (every topic's best is the root or below it: claims scored above it beat none)
+        below = self.scores.root_score()
+        for r in self.store.experiments(arena=self.arena, ok_below=(
+                below if below is not None else float("inf"))):
             # (a copy of a program we had is not open: re-running it would pay its author
             # for someone else's run, see claims.py)
-            if not self._open_claim(r, sigma, reps, counts) or \
+            if not self._open_claim(r, sigma, reps, counts, to_check=True) or \
                     self.trust.is_verified(r, reps):
                 continue
             attesters = set(self.trust.trusted_attesters(r, reps))
@@ -77,19 +91,50 @@ class Reruns(ClaimChecks):
             if self.lineage.is_buildable(r.id):
                 claims.append(r)
         # Authors we checked before; then authors no trusted peer caught lying; then claims
-        # not built on a refuted record; then claims trusted peers already vouch for; then
-        # claims fewer peers are re-running now; then the lowest claimed score. Fresh keys
-        # (Sybils among them) wait behind known peers, and known liars' keys behind those.
-        # A claim built on a record we (or peers we trust) refuted continues a lie, most
-        # likely: honest nodes build only on what they verified. Without the re-runners
-        # key a swarm that starts together would all re-run the one best claim; it only
-        # reorders, so announces from Sybil keys cannot stop us checking anything.
+        # not built on a refuted record; then claims no trusted peer refuted; then claims
+        # trusted peers already vouch for; then claims fewer peers are re-running now; then
+        # the best claim (`_claimed_rank`). Fresh keys (Sybils among them) wait behind known
+        # peers, and known liars' keys behind those. A claim built on a record we (or peers
+        # we trust) refuted continues a lie, most likely: honest nodes build only on what
+        # they verified. Without the re-runners key a swarm that starts together would all
+        # re-run the one best claim; it only reorders, so announces from Sybil keys cannot
+        # stop us checking anything.
         doubted = self.trust.doubted_authors(reps)
+        now_ms, ranks = int(time.time() * 1000), {}
         claims.sort(key=lambda r: (-reps.get(r.author, 0.0), doubted.get(r.author, 0),
                                    self._shaky_parent(r, reps),
+                                   len(self.trust.trusted_refuters(r, reps)),
                                    -len(self.trust.trusted_attesters(r, reps)),
-                                   len(running.get(r.id_hex[:16], ())), r.val_bpb, r.id))
+                                   len(running.get(r.id_hex[:16], ())),
+                                   self._claimed_rank(r, best.val_bpb, sigma, reps, now_ms,
+                                                      ranks), r.id))
         return claims[0] if claims else None
+
+    def _claimed_rank(self, claim: Record, best: float, sigma: float,
+                      reps: dict[bytes, float], now_ms: int,
+                      memo: dict[bytes, tuple[int, int]]) -> tuple[float, int, int]:
+        """Where the claimed score puts a claim in the queue: the best claim first, but a
+        stranger cannot buy the front of the queue with a claimed score.
+
+        A peer we trust is ranked by its claimed score. A stranger's claimed gain over our
+        best counts only up to `CLAIM_RANK_SIGMAS` noise levels: claims beyond that tie.
+        Ties go to the keys this node has known longer (in whole hours, up to a day, by
+        its own clock: keys minted for an attack come after the peers already here), then
+        to a lottery over authors that this node draws for itself (a keyed hash with a
+        secret of its own). A thousand fresh keys claiming absurd scores then take their
+        share of the re-runs by number, not all of them by claiming more, and each key we
+        catch is a liar after its first refutation."""
+        if reps.get(claim.author, 0.0) >= self.config.trust.trust_threshold:
+            return claim.val_bpb, 0, 0
+        if claim.author not in memo:
+            first = self.store.first_receipt(claim.author)
+            known_ms = min(max(now_ms - first, 0), SENIORITY_CAP_MS) if first else 0
+            lottery = hashlib.blake2b(claim.author, key=self.claim_lottery_key,
+                                      digest_size=8).digest()
+            memo[claim.author] = (-(known_ms // SENIORITY_STEP_MS),
+                                  int.from_bytes(lottery, "big"))
+        floor = best - CLAIM_RANK_SIGMAS * max(sigma, 1e-9)
+        return (max(claim.val_bpb, floor), *memo[claim.author])
 
     def claim_behind(self, source: str) -> Record | None:
         """The peer's claim that ran exactly this program, if re-running it would change
@@ -111,7 +156,7 @@ class Reruns(ClaimChecks):
             if sigma is None or best is None or record.val_bpb >= best.val_bpb:
                 return None
             reps = self.trust.reputations()
-            if not self._open_claim(record, sigma, reps) or \
+            if not self._open_claim(record, sigma, reps, to_check=True) or \
                     self.trust.is_verified(record, reps) or \
                     not self.lineage.is_buildable(record.id):
                 return None

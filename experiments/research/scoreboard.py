@@ -150,12 +150,14 @@ class Scoreboard:
         return "discarded" if record.status == "ok" and record.patch else record.status
 
     def candidates(self, topic: str | None = None) -> list[Candidate]:
-        """The root and every trusted, buildable, kept record in the arena, best first."""
+        """The root and every trusted, buildable, kept record in the arena that scored
+        below it, best first (a record worse than the root is no parent worth building on)."""
         with self.consistent():
             sigma = self.sigma()
             root = self.root_score()
             out = [Candidate(self.root_id, root)] if root is not None else []
-            for r in self.store.experiments(arena=self.arena, topic=topic):
+            below = root if root is not None else float("inf")
+            for r in self.store.experiments(arena=self.arena, topic=topic, ok_below=below):
                 if self.is_kept(r, sigma) and self.trusted(r) and \
                         self.lineage.is_buildable(r.id):
                     out.append(Candidate(r.id, r.val_bpb, r))
