@@ -24,6 +24,10 @@ one attacker process doing it from its own libp2p hosts:
   poor score) from 1,000 fresh keys on the honest arena and topic, 25 % small (1 KiB
   patch) and 75 % large (96 KiB), from 2 attacker peers connected to every honest node.
 - `flood-orphan`: the same, but each record's parent is a random id nobody has.
+- `fake-claims` (not in the issue's list): 1,000 fresh keys each claim a made-up
+  improvement (val_bpb 0.5, a new one-line program on the genome root), a fifth of the
+  flood rate, from 2 attacker peers: what a re-run queue ordered by claimed score would
+  spend every re-run on.
 - `slow-sync`: 20 attacker peers, each connected to every honest node, hold 4 sync
   streams each there (80 > the server's cap of 64): half never send a request, half send
   a one-id `get` every 9 s; every reset stream is reopened 1 s later.
@@ -99,7 +103,7 @@ from swarm.store import STORED_ROW_OVERHEAD, STORE_FILE  # noqa: E402
 
 NAME = "bench_attacks"
 ATTACKS = ("none", "squat-1", "squat-1000", "copy", "flood-valid", "flood-orphan",
-           "slow-sync", "slow-gossip", "discovery")
+           "fake-claims", "slow-sync", "slow-gossip", "discovery")
 LOOP_ADDR = "/ip4/127.0.0.1/tcp/0"
 GOAL = 0.9              # honest progress under attack, as a share of the no-attack runs
 SAMPLE_S = 10.0         # workers report their stores this often
@@ -266,6 +270,15 @@ def store_stats(store, honest: set[bytes]) -> dict:
     return out
 
 
+def rerun_targets(loop, honest: set[bytes]) -> dict:
+    """The node's re-runs (its attestations) of honest peers' claims and of attackers'."""
+    rows = loop.store._conn.execute(
+        "SELECT r.author FROM attestations a JOIN records r ON r.id = a.target "
+        "WHERE a.verifier = ?", (loop.identity.public_key,)).fetchall()
+    attackers = sum(bytes(author) not in honest for (author,) in rows)
+    return {"honest": len(rows) - attackers, "attackers": attackers}
+
+
 def _vm(field: str, pid: int | str = "self") -> float:
     """VmRSS / VmHWM of a process in MiB (nan when it is gone)."""
     try:
@@ -373,6 +386,7 @@ async def worker_main(spec: dict) -> None:
                 "store": store_stats(loop.store, honest), "store_before": starts[i],
                 "storage": net.storage_status(),
                 "hints": len(hints), "attack_hints": sum(h.author not in honest for h in hints),
+                "reruns": rerun_targets(loop, honest),
                 "live_announces": len(loop.store.live_announces(0)),
                 "candidates": len(disc.candidates),
                 "stranger_candidates": sum(not c.proven for c in disc.candidates.values()),
@@ -495,7 +509,8 @@ class Attacker:
         async with AsyncExitStack() as stack:
             peers = []
             n_peers = {"slow-sync": self.n(20, 2), "slow-gossip": self.n(4, 2),
-                       "flood-valid": 2, "flood-orphan": 2}.get(self.attack, 1)
+                       "flood-valid": 2, "flood-orphan": 2,
+                       "fake-claims": 2}.get(self.attack, 1)
             for p in range(n_peers):
                 peers.append(await stack.enter_async_context(raw_peer(
                     hashlib.sha256(f"attacker-peer/{self.attack}/{p}".encode()).digest(),
@@ -665,6 +680,25 @@ class Attacker:
 
     async def run_flood_orphan(self, peers, _prepared) -> None:
         await self._flood(peers, orphan=True)
+
+    async def run_fake_claims(self, peers, _prepared) -> None:
+        from swarm.patch import make_patch
+        rate = max(1.0, self.spec["flood_rate"] / 5)
+        i = 0
+        while True:   # bounded by the parent's "stop"
+            start = trio.current_time()
+            for _ in range(int(rate)):
+                source = scaling.BASE + f"\nfake_{i} = {i}\n"
+                record = rec.make_experiment(
+                    attack_key("claims", i % self.keys), genome=self.genome,
+                    parents=[self.root], topic=scaling.TOPIC, arena=self.arena,
+                    patch=make_patch(scaling.BASE, source), desc=edit_desc("fake", f"claim {i}"),
+                    agent="mutate", result={"status": "ok", "val_bpb": 0.5 + i * 1e-9,
+                                            "train_s": 1.0, "total_s": 1.0})
+                await self.publish(peers[i % len(peers)], self.research, record)
+                i += 1
+            self.count["flooded"] = i
+            await trio.sleep_until(start + 1.0)
 
     # slow sync ------------------------------------------------------------------
 
@@ -964,6 +998,10 @@ def notes(row: dict) -> str:
                      f"{row['peak']['quarantine']} records / "
                      f"{row['peak']['quarantine_bytes'] / 2**20:.1f} MiB, peak wanted "
                      f"{row['peak']['wanted']}")
+    if attack == "fake-claims":
+        parts.append(f"{a.get('flooded', 0)} claims sent; honest re-runs of honest peers' "
+                     f"claims {sum(n['reruns']['honest'] for n in nodes.values())}, of the "
+                     f"attacker's {sum(n['reruns']['attackers'] for n in nodes.values())}")
     if attack in ("slow-gossip", "flood-valid", "flood-orphan"):
         parts.append(f"honest publishes waited {_sum(nodes, 'publish_wait_s'):.0f} s for "
                      f"full peer queues ({_sum(nodes, 'publish_waits_over_1s'):.0f} waits over "

@@ -13,7 +13,7 @@ sys.path.insert(0, str(BENCH))
 import bench_attacks  # noqa: E402
 
 
-@pytest.mark.slow  # 9 swarms of 2 nodes, about 4 minutes
+@pytest.mark.slow  # 10 swarms of 2 nodes, about 4 minutes
 def test_every_attack_at_the_smallest_scale(tmp_path):
     out = tmp_path / "rows.json"
     assert bench_attacks.main([
@@ -31,6 +31,7 @@ def test_every_attack_at_the_smallest_scale(tmp_path):
     a = {attack: row["attacker"] for attack, row in rows.items()}
     assert a["squat-1"]["published"] >= 1 and a["squat-1000"]["published"] >= 1
     assert a["flood-valid"]["flooded"] > 0 and a["flood-orphan"]["flooded"] > 0
+    assert a["fake-claims"]["flooded"] > 0
     assert a["slow-sync"]["streams_opened"] > 0
     assert a["discovery"]["published"] > 0
     # records with invented parents wait in quarantine, never in the store
