@@ -15,7 +15,9 @@ from experiments.research.scoreboard import Candidate
 from genome import base_train_source, genome_id
 from swarm.identity import NodeIdentity
 from swarm.patch import make_patch
-from swarm.records import make_attestation, make_experiment
+from experiments.research.swarm_link import announce_policy
+from swarm.descriptions import working_on
+from swarm.records import make_announce, make_attestation, make_experiment
 from tests.test_copycat import ROOT, a_better_edit, make_loop, wire
 
 
@@ -55,10 +57,10 @@ def age(loop, key, hours):
                              (int(hours * 3_600_000), key.public_key))
 
 
-async def an_honest_claim(loop, margin_sigmas):
+async def an_honest_claim(loop, margin_sigmas, honest=None):
     """A stranger's real improvement on the root, `margin_sigmas` noise levels better than
     our best (our trainer reproduces it)."""
-    honest = NodeIdentity.generate()
+    honest = honest or NodeIdentity.generate()
     sigma, best = loop.scores.sigma(), loop.scores.best()
     edited, result = a_better_edit(loop, base_train_source(), best.val_bpb,
                                    margin_sigmas * sigma)
@@ -96,6 +98,30 @@ async def test_absurd_claimed_scores_do_not_take_the_front_of_the_rerun_queue(tm
     assert outcome.kind == "verification" and outcome.record.body["target"] == claim.id
     assert outcome.reason == "reproduced"
     assert loop.pending_claim().id in {s.id for s in sybils}
+
+
+async def test_strangers_who_kept_their_announced_promises_are_checked_first(tmp_path):
+    loop = make_loop(tmp_path)
+    await loop.serve()
+    honest = NodeIdentity.generate()
+    best = loop.scores.best()
+    edits = []
+    for i in range(2):   # two runs announced before their records came: promises kept
+        edited = base_train_source() + f"\n_announced_{i} = {i}\n"
+        desc = f"[NEW] announced {i}"
+        loop.store.insert(wire(make_announce(honest, genome=genome_id(), topics=["optimizer"],
+                                             arena=loop.arena,
+                                             working_on=working_on(ROOT, desc))))
+        edits.append(claim_on(loop, honest, ROOT, base_train_source(), edited,
+                              best.val_bpb + 0.5, desc=desc))
+    _, claim = await an_honest_claim(loop, 3, honest)
+    sybil_claims(loop, 8, 0.01)
+    reps = loop.trust.reputations()
+    assert announce_policy(loop).standing(
+        honest.public_key, reps, loop.store.announce_tallies([honest.public_key])) == "earned"
+    for draw in range(10):
+        loop.claim_lottery_key = random.Random(draw).randbytes(16)
+        assert loop.pending_claim().author == honest.public_key
 
 
 async def test_a_trusted_claim_still_ranks_by_its_claimed_score(tmp_path):

@@ -23,14 +23,12 @@ import time
 from experiments.research.claims import ClaimChecks
 from experiments.research.runs import StepOutcome, run_cancellable
 from experiments.research.scoreboard import Candidate
+from experiments.research.swarm_link import announce_policy
 from experiments.research.verify_claim import MACHINE_FAILURES, draw_test_seed, judge_rerun, \
     parent_source, score_parent
 from swarm.descriptions import verify_desc
 from swarm.records import Record, make_attestation
 
-# A stranger's claimed gain over our best that still moves its claim up the re-run queue,
-# in noise levels: honest claims past it are rare, and tie with any number of fakes.
-CLAIM_RANK_SIGMAS = 4.0
 SENIORITY_STEP_MS = 3_600_000       # strangers known an hour longer rank ahead...
 SENIORITY_CAP_MS = 24 * 3_600_000   # ...up to a day
 
@@ -54,8 +52,8 @@ class Reruns(ClaimChecks):
         checked, what k trusted peers already vouch for, what a trusted peer re-runs now
         (its verdict will do to build on), authors known to lie, and copies of programs
         we had before the claim came (claims.py).
-        Reputable authors come first, then the lowest claimed score, as far as a claimed
-        score can be believed (`_claimed_rank`)."""
+        Reputable authors come first, the lowest claimed score first among those we trust;
+        strangers' claims in an order their claims cannot buy (`_stranger_ranks`)."""
         with self.scores.consistent():
             return self._pending_claim()
 
@@ -93,48 +91,55 @@ class Reruns(ClaimChecks):
         # Authors we checked before; then authors no trusted peer caught lying; then claims
         # not built on a refuted record; then claims no trusted peer refuted; then claims
         # trusted peers already vouch for; then claims fewer peers are re-running now; then
-        # the best claim (`_claimed_rank`). Fresh keys (Sybils among them) wait behind known
+        # strangers in an order no claim can buy (`_stranger_ranks`), trusted authors' best
+        # claim first. Fresh keys (Sybils among them) wait behind known
         # peers, and known liars' keys behind those. A claim built on a record we (or peers
         # we trust) refuted continues a lie, most likely: honest nodes build only on what
         # they verified. Without the re-runners key a swarm that starts together would all
         # re-run the one best claim; it only reorders, so announces from Sybil keys cannot
         # stop us checking anything.
         doubted = self.trust.doubted_authors(reps)
-        now_ms, ranks = int(time.time() * 1000), {}
+        ranks = self._stranger_ranks({r.author for r in claims}, reps)
         claims.sort(key=lambda r: (-reps.get(r.author, 0.0), doubted.get(r.author, 0),
                                    self._shaky_parent(r, reps),
                                    len(self.trust.trusted_refuters(r, reps)),
                                    -len(self.trust.trusted_attesters(r, reps)),
                                    len(running.get(r.id_hex[:16], ())),
-                                   self._claimed_rank(r, best.val_bpb, sigma, reps, now_ms,
-                                                      ranks), r.id))
+                                   ranks.get(r.author, (0, 0, 0)), r.val_bpb, r.id))
         return claims[0] if claims else None
 
-    def _claimed_rank(self, claim: Record, best: float, sigma: float,
-                      reps: dict[bytes, float], now_ms: int,
-                      memo: dict[bytes, tuple[int, int]]) -> tuple[float, int, int]:
-        """Where the claimed score puts a claim in the queue: the best claim first, but a
-        stranger cannot buy the front of the queue with a claimed score.
+    def _stranger_ranks(self, authors: set[bytes], reps: dict[bytes, float]
+                        ) -> dict[bytes, tuple[int, int, int]]:
+        """The order in which strangers' claims are re-run: never by claimed score.
 
-        A peer we trust is ranked by its claimed score. A stranger's claimed gain over our
-        best counts only up to `CLAIM_RANK_SIGMAS` noise levels: claims beyond that tie.
-        Ties go to the keys this node has known longer (in whole hours, up to a day, by
+        Whatever a claim says costs its author nothing, so any order by it is the order a
+        thousand fresh keys claiming the most would take (and did: bench_attacks,
+        fake-claims). A stranger's claim must beat our best to be queued at all; among
+        strangers, authors who kept their announced promises (swarm.announces: runs
+        announced before their records came, as every honest node announces its runs)
+        come first, then keys this node has known longer (whole hours, up to a day, by
         its own clock: keys minted for an attack come after the peers already here), then
-        to a lottery over authors that this node draws for itself (a keyed hash with a
-        secret of its own). A thousand fresh keys claiming absurd scores then take their
-        share of the re-runs by number, not all of them by claiming more, and each key we
-        catch is a liar after its first refutation."""
-        if reps.get(claim.author, 0.0) >= self.config.trust.trust_threshold:
-            return claim.val_bpb, 0, 0
-        if claim.author not in memo:
-            first = self.store.first_receipt(claim.author)
+        a lottery that this node draws for itself (a keyed hash with a secret of its
+        own). A flood of fresh keys then gets its share by number at worst, and each key
+        we catch is a liar after its first refutation. Trusted authors' claims are not
+        ranked here: the best of them goes first."""
+        threshold = self.config.trust.trust_threshold
+        strangers = [a for a in authors if reps.get(a, 0.0) < threshold]
+        if not strangers:
+            return {}
+        policy = announce_policy(self)
+        tallies = self.store.announce_tallies(strangers)
+        now_ms = int(time.time() * 1000)
+        ranks = {}
+        for author in strangers:
+            earned = policy.standing(author, reps, tallies) == "earned"
+            first = self.store.first_receipt(author)
             known_ms = min(max(now_ms - first, 0), SENIORITY_CAP_MS) if first else 0
-            lottery = hashlib.blake2b(claim.author, key=self.claim_lottery_key,
+            lottery = hashlib.blake2b(author, key=self.claim_lottery_key,
                                       digest_size=8).digest()
-            memo[claim.author] = (-(known_ms // SENIORITY_STEP_MS),
-                                  int.from_bytes(lottery, "big"))
-        floor = best - CLAIM_RANK_SIGMAS * max(sigma, 1e-9)
-        return (max(claim.val_bpb, floor), *memo[claim.author])
+            ranks[author] = (0 if earned else 1, -(known_ms // SENIORITY_STEP_MS),
+                             int.from_bytes(lottery, "big"))
+        return ranks
 
     def claim_behind(self, source: str) -> Record | None:
         """The peer's claim that ran exactly this program, if re-running it would change
