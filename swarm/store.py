@@ -1072,19 +1072,22 @@ class Store:
 
     def dissent_counts(self, verifier: bytes) -> list[tuple[bytes, int]]:
         """(other verifier, count) of the records `verifier` attested that the other one
-        attested with the opposite verdict (each one's newest verdict counts; a record's
-        own author is no verifier of it)."""
+        attested with the opposite verdict, in the same arena (each one's newest verdict
+        counts; a record's own author is no verifier of it; scores in another arena
+        differ honestly)."""
         rows = self._conn.execute(
-            "SELECT a.target, a.verifier, a.verdict, r.author FROM attestations a "
-            "JOIN records r ON r.id = a.target WHERE a.target IN "
-            "(SELECT target FROM attestations WHERE verifier = ?) ORDER BY a.t, a.id",
-            (verifier,)).fetchall()
-        authors = {target: author for target, _, _, author in rows}
+            "SELECT a.target, ra.arena, a.verifier, a.verdict, r.author FROM attestations a "
+            "JOIN records r ON r.id = a.target JOIN records ra ON ra.id = a.id "
+            "WHERE a.target IN (SELECT target FROM attestations WHERE verifier = ?) "
+            "ORDER BY a.t, a.id", (verifier,)).fetchall()
+        authors = {target: author for target, _, _, _, author in rows}
         counts: dict[bytes, int] = {}
-        for target, by in _newest_verdicts((t, v, d) for t, v, d, _ in rows).items():
-            mine = by.get(verifier)
+        for (target, arena), by in _newest_verdicts(
+                ((t, arena), v, d) for t, arena, v, d, _ in rows).items():
+            if verifier not in by:
+                continue
             for other, verdict in by.items():
-                if other not in (verifier, authors[target]) and verdict != mine:
+                if other not in (verifier, authors[target]) and verdict != by[verifier]:
                     counts[other] = counts.get(other, 0) + 1
         return sorted(counts.items())
 

@@ -52,10 +52,11 @@ def damaged_home(tmp_path, capsys) -> Path:
     assert node.main(["start", "--offline", "--trainer", "synthetic", "--plain",
                       "--max-experiments", "1", "--home", home]) == 0
     conn = sqlite3.connect(tmp_path / "store.sqlite")
-    conn.execute("INSERT INTO records (id, kind, author, t, arena, topic, status, body, "
-                 "envelope, received_at) VALUES (?, 'experiment', ?, 1, ?, 'general', "
-                 "'ok', ?, ?, 1)", (b"\1" * 32, b"\2" * 32, SyntheticTrainer(0).arena,
-                                    b"\xc1junk", b"\xc1junk"))
+    # (with a score, as the store writes every ok run: scans for the best read it)
+    conn.execute("INSERT INTO records (id, kind, author, t, arena, topic, status, val_bpb, "
+                 "body, envelope, received_at) VALUES (?, 'experiment', ?, 1, ?, 'general', "
+                 "'ok', 1.0, ?, ?, 1)", (b"\1" * 32, b"\2" * 32, SyntheticTrainer(0).arena,
+                                         b"\xc1junk", b"\xc1junk"))
     conn.commit()
     conn.close()
     capsys.readouterr()

@@ -1,7 +1,7 @@
 """Keys that cost nothing cannot steer what a node checks or tries (issue 18).
 
 - Claimed scores: fresh keys claiming absurd gains do not take the front of the re-run
-  queue (reruns._claimed_rank).
+  queue (reruns._stranger_ranks).
 - A trusted veto: one trusted key that refutes honest claims does not close them to our
   own check, and loses our trust when we check one (claims.py, swarm/trust.py DISSENT).
 - Made-up failures: a stranger's crash of a program is no original that makes an honest
@@ -210,6 +210,13 @@ def test_dissent_counts_newest_verdicts_and_skips_the_author(tmp_path):
     say(author, "refuted", 1_000)  # an author's word on its own record is no verdict
     assert store.dissent_counts(me.public_key) == [(other.public_key, 1)]
     say(other, "reproduced", 2_000)  # it corrected itself
+    assert store.dissent_counts(me.public_key) == []
+    # a verdict measured in another arena is no dissent (scores there differ honestly)
+    elsewhere = NodeIdentity.generate()
+    store.insert(wire(make_attestation(
+        elsewhere, genome=genome_id(), target=target.id, arena="embedded/time:60/cuda",
+        verdict="refuted", result={"status": "ok", "val_bpb": 1.6, "train_s": 1.0,
+                                   "total_s": 1.0}, t=3_000)))
     assert store.dissent_counts(me.public_key) == []
 
 

@@ -87,15 +87,19 @@ class ReadOnlyStore(Store):
 
     def experiments(self, arena: str | None = None, topic: str | None = None,
                     author: bytes | None = None, local: bool | None = None,
-                    limit: int | None = None) -> list[Record]:
+                    limit: int | None = None, ok_below: float | None = None) -> list[Record]:
         if author is not None or local is not None or limit is not None:
-            return super().experiments(arena, topic, author, local, limit)
+            return super().experiments(arena, topic, author, local, limit, ok_below)
         key = (arena, topic)
         if key not in self._lists:
             ids = self.experiment_ids(arena, topic)
             self._decoded.update(self.get_many(i for i in ids if i not in self._decoded))
             self._lists[key] = ids
-        return [self._decoded[i] for i in self._lists[key]]
+        found = [self._decoded[i] for i in self._lists[key]]
+        if ok_below is None:
+            return found
+        return [r for r in found if r.status == "ok" and r.val_bpb is not None
+                and r.val_bpb < ok_below]
 
     def who_reproduced(self, record_id: bytes) -> list[bytes]:
         return self._newest_verdicts().get(record_id, _NOBODY)[0]
