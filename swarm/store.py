@@ -178,6 +178,12 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# FROM and WHERE of attestations `a` made in the arena of their target `rt`: a verdict
+# measured in another arena says nothing about the record (hardware differs honestly).
+_IN_ITS_ARENA = ("FROM attestations a JOIN records ra ON ra.id = a.id "
+                 "JOIN records rt ON rt.id = a.target WHERE ra.arena IS rt.arena")
+
+
 def _newest_verdicts(rows: Iterable[tuple[bytes, bytes, str]]) -> dict[bytes, dict[bytes, str]]:
     """target -> verifier -> verdict from (target, verifier, verdict) rows in time order:
     each verifier's newest verdict counts (a later run may correct an earlier one)."""
@@ -1044,8 +1050,8 @@ class Store:
 
     def _verifiers(self, record_id: bytes, verdict: str) -> list[bytes]:
         latest = _newest_verdicts(self._conn.execute(
-            "SELECT target, verifier, verdict FROM attestations WHERE target = ? "
-            "ORDER BY t, id", (record_id,))).get(record_id, {})
+            f"SELECT a.target, a.verifier, a.verdict {_IN_ITS_ARENA} AND a.target = ? "
+            "ORDER BY a.t, a.id", (record_id,))).get(record_id, {})
         return [verifier for verifier, v in latest.items() if v == verdict]
 
     def newest_verdicts(self) -> dict[bytes, tuple[list[bytes], list[bytes]]]:
@@ -1053,7 +1059,8 @@ class Store:
         return {target: ([k for k, v in by.items() if v == "reproduced"],
                          [k for k, v in by.items() if v == "refuted"])
                 for target, by in _newest_verdicts(self._conn.execute(
-                    "SELECT target, verifier, verdict FROM attestations ORDER BY t, id")).items()}
+                    f"SELECT a.target, a.verifier, a.verdict {_IN_ITS_ARENA} "
+                    "ORDER BY a.t, a.id")).items()}
 
     def who_reproduced(self, record_id: bytes) -> list[bytes]:
         """Public keys whose newest attestation of `record_id` says reproduced."""
@@ -1072,23 +1079,22 @@ class Store:
 
     def dissent_counts(self, verifier: bytes) -> list[tuple[bytes, int]]:
         """(other verifier, count) of the records `verifier` attested that the other one
-        attested with the opposite verdict, in the same arena (each one's newest verdict
-        counts; a record's own author is no verifier of it; scores in another arena
-        differ honestly)."""
+        attested with the opposite verdict, at any time (a verdict flipped once ours is
+        known still counts), in the record's own arena (as every verdict: scores in
+        another arena differ honestly). `verifier`'s newest verdict is its own; a record's
+        author is no verifier of it."""
         rows = self._conn.execute(
-            "SELECT a.target, ra.arena, a.verifier, a.verdict, r.author FROM attestations a "
-            "JOIN records r ON r.id = a.target JOIN records ra ON ra.id = a.id "
-            "WHERE a.target IN (SELECT target FROM attestations WHERE verifier = ?) "
+            f"SELECT a.target, a.verifier, a.verdict, rt.author {_IN_ITS_ARENA} AND "
+            "a.target IN (SELECT target FROM attestations WHERE verifier = ?) "
             "ORDER BY a.t, a.id", (verifier,)).fetchall()
-        authors = {target: author for target, _, _, _, author in rows}
+        mine = {target: verdict for target, v, verdict, _ in rows if v == verifier}
+        against: set[tuple[bytes, bytes]] = set()
+        for target, other, verdict, author in rows:
+            if other not in (verifier, author) and target in mine and verdict != mine[target]:
+                against.add((other, target))
         counts: dict[bytes, int] = {}
-        for (target, arena), by in _newest_verdicts(
-                ((t, arena), v, d) for t, arena, v, d, _ in rows).items():
-            if verifier not in by:
-                continue
-            for other, verdict in by.items():
-                if other not in (verifier, authors[target]) and verdict != by[verifier]:
-                    counts[other] = counts.get(other, 0) + 1
+        for other, _ in against:
+            counts[other] = counts.get(other, 0) + 1
         return sorted(counts.items())
 
     def who_refuted(self, record_id: bytes) -> list[bytes]:

@@ -9,10 +9,13 @@ and this node has not refuted it, and its author is not a known liar.
 Reputation is derived from this node's own attestations, never from what peers
 say about each other: an author gains `REWARD` for each claim of theirs this
 node reproduced and loses `PENALTY` (much more) for each one it refuted, and a
-verifier loses `DISSENT` for each record it attested with the verdict opposite to
-ours (a trusted key that refutes honest claims, or vouches for false ones, is
-no longer trusted once we checked one of them ourselves; honest verifiers
-disagree now and then near the noise, so this costs less than a refutation). A peer
+verifier with a positive reputation loses `DISSENT` for each record (in its own
+arena) that it ever attested with the verdict opposite to our newest one (a
+trusted key that refutes honest claims, or vouches for false ones, is no longer
+trusted once we checked one of them ourselves; honest verifiers disagree now
+and then near the noise, so this costs less than a refutation, and strangers,
+who have no reputation to lose, are not tallied at all). Only attestations made
+in the record's own arena count, for anything. A peer
 is trusted as a verifier once its reputation reaches `trust_threshold`, so keys
 this node never checked (a thousand fresh Sybil keys vouching for each other)
 count for nothing. An author whose reputation falls below `liar_threshold` is a
@@ -79,7 +82,8 @@ class TrustPolicy:
             rep[author] = rep.get(author, 0.0) + (REWARD * n if verdict == "reproduced"
                                                   else -PENALTY * n)
         for verifier, n in self.store.dissent_counts(self.me):
-            rep[verifier] = rep.get(verifier, 0.0) - DISSENT * n
+            if rep.get(verifier, 0.0) > 0:  # only what we gave can be taken back
+                rep[verifier] -= DISSENT * n
         return rep
 
     def reputation(self, author: bytes) -> float:

@@ -740,12 +740,22 @@ async def test_a_lie_built_on_costs_one_run_and_is_never_kept(world):
 
 def test_claims_fewer_peers_are_re_running_are_re_run_first(world):
     world.ours(val=1.88)
-    one = sibling(world, world.key("carol"), val=1.84)
-    two = sibling(world, world.key("dave"), val=1.86, change=WARMDOWN_DOWN, desc="wd")
-    first = world.loop.pending_claim()   # strangers' claims: the lottery's pick
-    second = two if first.id == one.id else one
+    best = sibling(world, world.trusted("carol"), val=1.84)
+    other = sibling(world, world.trusted("dave"), val=1.86, change=WARMDOWN_DOWN, desc="wd")
+    assert world.loop.pending_claim().id == best.id
     strangers = {world.key(f"s{i}").public_key for i in range(2)}
-    world.loop.verifiers = lambda: {first.id_hex[:16]: strangers}
-    assert world.loop.pending_claim().id == second.id     # reordered, never skipped
-    world.attest(world.me, second, "refuted")  # checked: the first one's turn again
+    world.loop.verifiers = lambda: {best.id_hex[:16]: strangers}
+    assert world.loop.pending_claim().id == other.id     # reordered, never skipped
+    world.attest(world.me, other)
+    assert world.loop.pending_claim().id == best.id
+
+
+def test_announced_re_runs_do_not_reorder_strangers_claims(world):
+    """An announce costs nothing: it cannot push a stranger's claim behind fakes."""
+    world.ours(val=1.88)
+    sibling(world, world.key("carol"), val=1.84)
+    sibling(world, world.key("dave"), val=1.86, change=WARMDOWN_DOWN, desc="wd")
+    first = world.loop.pending_claim()          # the lottery's pick
+    fresh = {world.key(f"s{i}").public_key for i in range(2)}
+    world.loop.verifiers = lambda: {first.id_hex[:16]: fresh}
     assert world.loop.pending_claim().id == first.id

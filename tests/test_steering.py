@@ -9,7 +9,7 @@
   agent would try do not exhaust its search (proposals._propose)."""
 import random
 
-from experiments.agents.base import usable_source
+from experiments.agents.base import Tried, usable_source
 from experiments.agents.mutate import MutateAgent
 from experiments.research.scoreboard import Candidate
 from genome import base_train_source, genome_id
@@ -168,6 +168,10 @@ async def test_one_trusted_refuter_cannot_close_honest_claims_to_our_check(tmp_p
     reps = loop.trust.reputations()
     assert reps[turncoat.public_key] < loop.config.trust.trust_threshold
     assert reps[honest.public_key] >= loop.config.trust.trust_threshold
+    # a stranger who said the opposite has no reputation to lose: it is not tallied
+    stranger = NodeIdentity.generate()
+    attest(loop, stranger, claim, "refuted", claim.val_bpb + 1.0)
+    assert stranger.public_key not in loop.trust.reputations()
     assert loop.trust.is_verified(loop.store.get(claim.id), reps)
 
 
@@ -188,7 +192,7 @@ async def test_k_trusted_refuters_do_close_a_claim(tmp_path):
     assert liar.public_key not in reps
 
 
-def test_dissent_counts_newest_verdicts_and_skips_the_author(tmp_path):
+def test_dissent_counts_every_contrary_verdict_in_the_arena_and_skips_the_author(tmp_path):
     from swarm.store import Store
     store = Store.open(tmp_path, root_id=ROOT)
     me, other, author = (NodeIdentity.generate() for _ in range(3))
@@ -209,15 +213,19 @@ def test_dissent_counts_newest_verdicts_and_skips_the_author(tmp_path):
     say(other, "refuted", 1_000)
     say(author, "refuted", 1_000)  # an author's word on its own record is no verdict
     assert store.dissent_counts(me.public_key) == [(other.public_key, 1)]
-    say(other, "reproduced", 2_000)  # it corrected itself
-    assert store.dissent_counts(me.public_key) == []
+    say(other, "reproduced", 2_000)  # flipped once ours was known: it still said it
+    assert store.dissent_counts(me.public_key) == [(other.public_key, 1)]
+    say(me, "refuted", 3_000)  # our newest verdict is ours: now `other` agreed first
+    assert store.dissent_counts(me.public_key) == [(other.public_key, 1)]
     # a verdict measured in another arena is no dissent (scores there differ honestly)
     elsewhere = NodeIdentity.generate()
     store.insert(wire(make_attestation(
         elsewhere, genome=genome_id(), target=target.id, arena="embedded/time:60/cuda",
-        verdict="refuted", result={"status": "ok", "val_bpb": 1.6, "train_s": 1.0,
-                                   "total_s": 1.0}, t=3_000)))
-    assert store.dissent_counts(me.public_key) == []
+        verdict="reproduced", result={"status": "ok", "val_bpb": 1.6, "train_s": 1.0,
+                                      "total_s": 1.0}, t=4_000)))
+    assert store.dissent_counts(me.public_key) == [(other.public_key, 1)]
+    # and it is no verdict on the record at all
+    assert elsewhere.public_key not in store.who_reproduced(target.id)
 
 
 async def test_a_strangers_made_up_failure_makes_no_honest_claim_a_copy(tmp_path):
@@ -266,3 +274,60 @@ async def test_made_up_failures_of_every_edit_do_not_exhaust_the_search(tmp_path
     assert not loop._is_exhausted(ROOT)
     # the made-up failures still count as hints: a trusted peer's would be firm
     assert len(loop.history(firm=True)) < len(loop.history())
+
+
+async def test_a_refutation_from_another_arena_is_no_verdict(tmp_path):
+    loop = make_loop(tmp_path)
+    await loop.serve()
+    turncoat, earned = await an_honest_claim(loop, 5)
+    attest(loop, loop.identity, earned, "reproduced", earned.val_bpb)
+    _, claim = await an_honest_claim(loop, 3)
+    loop.store.insert(wire(make_attestation(
+        turncoat, genome=genome_id(), target=claim.id, arena="embedded/time:60/cuda",
+        verdict="refuted", result={"status": "ok", "val_bpb": claim.val_bpb + 1,
+                                   "train_s": 1.0, "total_s": 1.0})))
+    reps = loop.trust.reputations()
+    assert loop.trust.trusted_refuters(claim, reps) == []
+    assert loop._open_claim(claim, loop.scores.sigma(), reps)   # may even be built on
+
+
+async def test_a_front_runners_refuted_claim_makes_no_honest_claim_a_copy(tmp_path):
+    loop = make_loop(tmp_path)
+    await loop.serve()
+    sigma, best = loop.scores.sigma(), loop.scores.best()
+    edited, result = a_better_edit(loop, base_train_source(), best.val_bpb, 5 * sigma)
+    # a key that guessed the next program claims it first, absurdly well
+    fake = claim_on(loop, NodeIdentity.generate(), ROOT, base_train_source(), edited, 0.01)
+    claim = claim_on(loop, NodeIdentity.generate(), ROOT, base_train_source(), edited,
+                     result.val_bpb)
+    assert loop._copy_of(claim) == fake.id        # kept, and first: until we check it
+    attest(loop, loop.identity, fake, "refuted", result.val_bpb)
+    assert loop._copy_of(claim) is None
+    assert loop.pending_claim().id == claim.id
+
+
+async def test_strangers_runs_of_every_proposal_do_not_stall_the_search(tmp_path):
+    """Not exhausted: every edit the agent proposes repeats a program a stranger 'ran'
+    (with a desc the agent does not read as tried), so every attempt is a duplicate."""
+    loop = make_loop(tmp_path)
+    loop.agent = MutateAgent(then=None)
+    await loop.serve()
+    parent = Candidate(ROOT, loop.scores.best().val_bpb)
+    source = base_train_source()
+    sources = set()
+    for seed in range(100):   # what the agent would propose, attempt after attempt
+        history, rng = loop.history(), random.Random(seed)
+        for _ in range(loop.config.proposal_attempts):
+            proposal = loop.agent.propose(source, loop.brief, history, parent_id=ROOT.hex(),
+                                          rng=rng)
+            if not proposal.ok:
+                break
+            sources.add(usable_source(source, proposal)[0])
+            history = history + [Tried(edit_key=proposal.edit_key, desc=proposal.desc,
+                                       parent_id=ROOT.hex(), status="rejected", delta=None)]
+    sybil = NodeIdentity.generate()
+    for i, edited in enumerate(sorted(sources)):
+        crash_on(loop, sybil, ROOT, source, edited, f"[JUNK{i}] nothing")
+    for _ in range(5):
+        found = await loop._propose(parent, source)
+        assert found is not None and found.failure is None

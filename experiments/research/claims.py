@@ -18,7 +18,7 @@ author, nor built on (its original is the claim to check).
 
 A mixin of `ResearchLoop` (loop.py): it reads the loop's `store`, `scores`, `trust`,
 `identity`, `config`, `root_id` and its program index (`programs`, `_run_counts`:
-proposals.py).
+proposals.py), and keeps the scan's copy-check memo in `_originals` (set up by the loop).
 """
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ class ClaimChecks:
         keep us from ever checking anyone else, and so from ever trusting anyone else (our
         own re-run then also tells us whether that peer lied: swarm/trust.py).
         `counts`: `_run_counts()` already read (a scan reads it once)."""
-        refuters = len(self.trust.trusted_refuters(r, reps))
         return (r.author != self.identity.public_key and self.scores.is_kept(r, sigma)
                 and reps.get(r.author, 0.0) >= self.config.trust.liar_threshold
                 and self.trust.my_verdict(r) is None
-                and refuters < (self.config.trust.k if to_check else 1)
+                and len(self.trust.trusted_refuters(r, reps)) < (
+                    self.config.trust.k if to_check else 1)
                 and self._copy_of(r, counts) is None)
 
     def _copy_of(self, r: Record, counts: Callable[[bytes, bytes], bool] | None = None
@@ -52,10 +52,14 @@ class ClaimChecks:
         """The record whose program `r` repeats, if `r` is a copy (see above): ours, or
         another author's kept claim that we received before `r`. Runs of known liars that
         we did not re-run do not count as originals (as for duplicates: proposals.py)."""
-        me = self.identity.public_key
-        return self.programs.up_to_date().copied_from(r.id, me, original_runs(
-            self.store, self.scores.is_kept, me,
-            self._run_counts() if counts is None else counts))
+        if counts is None:
+            counts = self._run_counts()
+        memo = self._originals
+        if memo is None or memo[0] is not counts:   # one predicate (and memo) per scan
+            memo = self._originals = (counts, original_runs(
+                self.store, self.scores.is_kept, self.trust, counts))
+        return self.programs.up_to_date().copied_from(r.id, self.identity.public_key,
+                                                       memo[1])
 
     def _shaky_parent(self, claim: Record, reps: dict[bytes, float]) -> bool:
         """Whether a parent of the claim was refuted by us or a peer we trust."""

@@ -185,9 +185,9 @@ class NodeHome:
         """The record whose program `claim` repeats, if it is a copy: ours, or another
         author's kept claim this node received first. A copy is re-run on request but never
         attested, so it earns its author no reputation (the loop's rule: claims.py)."""
-        me = self.identity.public_key
         return ProgramIndex(self.store, self.lineage, claim.arena).up_to_date().copied_from(
-            claim.id, me, original_runs(self.store, self.scoreboard(claim.arena).is_kept, me))
+            claim.id, self.identity.public_key,
+            original_runs(self.store, self.scoreboard(claim.arena).is_kept, self.trust()))
 
     def export_lineage(self, record_id: bytes, fmt: str) -> str:
         """`record_id`'s lineage as a `patch`, a git-am `series`, its `source` or `tsv`."""

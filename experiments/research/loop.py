@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -126,9 +127,11 @@ class ResearchLoop(ParentChoice, Reruns, Baselines, Proposals):
         self.publish = publish or _nothing
         self.announce = announce or _nothing
         self.on_event = on_event or (lambda kind, data: None)
-        self.rng = rng or random.Random()
         # orders strangers' claims in the re-run queue; secret, so no key can sort first
-        self.claim_lottery_key = self.rng.randbytes(16)
+        # (drawn from a given rng only so that simulations repeat)
+        self.claim_lottery_key = rng.randbytes(16) if rng is not None else \
+            secrets.token_bytes(16)
+        self.rng = rng or random.Random()
         self.crossovers = CrossoverFinder(store=store, lineage=lineage, scores=self.scores,
                                           trust=self.trust, root_id=root_id,
                                           rules=config.rules)
@@ -136,6 +139,7 @@ class ResearchLoop(ParentChoice, Reruns, Baselines, Proposals):
         self.stop_reason = ""  # set when the loop stops itself on an error (see serve)
         # (store count, known liars, trusted authors) for `_run_counts`
         self._liars: tuple[int, set[bytes], TrustedAuthors] | None = None
+        self._originals = None  # (the `_run_counts` it was made with, `original_runs`)
         self.failed_in_a_row = 0  # own runs that crashed or timed out since the last ok one
         self._cancel = threading.Event()
         self._exhausted: dict[bytes, tuple] = {}  # parent id -> `_news()` when the agent

@@ -27,6 +27,7 @@ from swarm.descriptions import is_interrupted
 from swarm.lineage import Lineage, LineageError
 from swarm.records import Record
 from swarm.store import Store
+from swarm.trust import TrustPolicy
 
 DIGEST_CHARS = 16            # 64 bits: collisions are no concern at any swarm's size
 RETRY_PER_REFRESH = 64       # records whose lineage is incomplete, re-tried per refresh
@@ -49,8 +50,8 @@ class ProgramIndex:
 
     def __init__(self, store: Store, lineage: Lineage, arena: str):
         self.store, self.lineage, self.arena = store, lineage, arena
-        # digest -> [(receipt, id, author)], sorted by receipt
-        self._by_digest: dict[str, list[tuple[Receipt, bytes, bytes]]] = {}
+        # digest -> [(receipt, id, author, ran ok)], sorted by receipt
+        self._by_digest: dict[str, list[tuple[Receipt, bytes, bytes, bool]]] = {}
         self._digest_of: dict[bytes, str] = {}
         self._seen: set[bytes] = set()
         self._incomplete: list[bytes] = []
@@ -82,7 +83,8 @@ class ProgramIndex:
             digest = program_digest(source)
             self._digest_of[record_id] = digest
             bisect.insort(self._by_digest.setdefault(digest, []),
-                          (received.get(record_id, (0, 0)), record_id, record.author))
+                          (received.get(record_id, (0, 0)), record_id, record.author,
+                           record.status == "ok"))
         return not self._pending
 
     def up_to_date(self) -> "ProgramIndex":
@@ -98,7 +100,7 @@ class ProgramIndex:
                ) -> bytes | None:
         """The first record (as this node received them) that ran this program in the
         arena and `counts(id, author)`, if there is one (call refresh first)."""
-        for _, record_id, author in self._by_digest.get(program_digest(source), ()):
+        for _, record_id, author, _ in self._by_digest.get(program_digest(source), ()):
             if counts is None or counts(record_id, author):
                 return record_id
         return None
@@ -106,22 +108,23 @@ class ProgramIndex:
     def copied_from(self, record_id: bytes, me: bytes,
                     counts: Callable[[bytes, bytes], bool] | None = None) -> bytes | None:
         """The record `record_id` copies, if it is a copy: one that ran the same program,
-        by another author, that is ours (our records always come first) or that this
-        node received before it, and that `counts(id, author)` (`original_runs`). None
+        by another author, that is ours (our records always come first) or an ok run that
+        this node received before it and that `counts(id, author)` (`original_runs`). None
         when `record_id` is the first of its program, ours, or not indexed (call refresh
         first)."""
         digest = self._digest_of.get(record_id)
         if digest is None:
             return None
         runs = self._by_digest[digest]
-        receipt, author = next((k, a) for k, i, a in runs if i == record_id)
+        receipt, author = next((k, a) for k, i, a, _ in runs if i == record_id)
         if author == me:
             return None
-        for key, other, other_author in runs:
-            if other_author == author or (counts is not None and
-                                          not counts(other, other_author)):
-                continue
-            if other_author == me or key < receipt:
+        for key, other, other_author, ok in runs:
+            if other_author == me:
+                return other
+            if other_author == author or key >= receipt or not ok:
+                continue   # (a crash is no result to copy: `original_runs`)
+            if counts is None or counts(other, other_author):
                 return other
         return None
 
@@ -129,23 +132,28 @@ class ProgramIndex:
         return len(self._by_digest)
 
 
-def original_runs(store: Store, is_kept: Callable[[Record], bool], me: bytes,
+def original_runs(store: Store, is_kept: Callable[[Record], bool], trust: TrustPolicy,
                   counts: Callable[[bytes, bytes], bool] | None = None
                   ) -> Callable[[bytes, bytes], bool]:
     """Which runs of a program can be the original that a later record copies: ours,
-    and others' kept claims that `counts(id, author)`.
+    and others' kept claims that `counts(id, author)` and that we did not refute.
 
-    A copy earns nothing because it repeats someone's result. A crash or a worse score
-    is no result to copy, and if it made an original, anyone who guesses the swarm's
-    next edits could publish them as failures first and make every honest claim of
-    them a copy, never re-run nor built on."""
+    A copy earns nothing because it repeats someone's result. A crash, a worse score or a
+    claim we re-ran and refuted is no result to copy: if it made an original, anyone who
+    guesses the swarm's next edits could publish them first (as failures, or as absurd
+    claims) and make every honest claim of them a copy, never re-run nor built on."""
+    memo: dict[bytes, bool] = {}
+
     def original(record_id: bytes, author: bytes) -> bool:
-        if author == me:
+        if author == trust.me:
             return True
-        if counts is not None and not counts(record_id, author):
-            return False
-        record = store.get(record_id)
-        return record is not None and is_kept(record)
+        if record_id not in memo:   # (one scan asks about the same runs many times)
+            record = None
+            if trust.my_verdict_on(record_id, author) != "refuted" and \
+                    (counts is None or counts(record_id, author)):
+                record = store.get(record_id)
+            memo[record_id] = record is not None and is_kept(record)
+        return memo[record_id]
     return original
 
 

@@ -68,9 +68,9 @@ class Proposals:
 
     def known_programs(self, *, firm: bool = False) -> KnownPrograms:
         """Programs already run in the arena (by anyone but known liars; `firm`: by us,
-        trusted peers, or as a stranger's kept claim) or announced by a live node now
-        (`firm`: a trusted one): `in` tells whether a source is one of them (refreshed from
-        the store on each call)."""
+        trusted peers, or as a stranger's kept claim) or announced by a live node now (not
+        when `firm`): `in` tells whether a source is one of them (refreshed from the store
+        on each call)."""
         self.programs.refresh()
         running = self.running_programs() if not firm else set()
         return KnownPrograms(self.programs, running, self._run_counts(firm=firm))
@@ -131,15 +131,17 @@ class Proposals:
         is not asked again about this parent).
 
         Strangers' results are hints, never vetoes: the agent first sees the whole arena,
-        and when it says it has nothing left, it is asked again with only what we and the
-        peers we trust ran (and strangers' kept claims). Keys that publish made-up
-        failures of every edit the agent would try next can then cost us the agent's
-        insight from their records, never our search."""
+        and when it says it has nothing left, or every edit it proposed repeats a program
+        someone ran or announces, it is asked again with only what we and the peers we
+        trust ran (and strangers' kept claims), and no announced programs. Keys that
+        publish made-up failures of every edit the agent would try next can then cost us
+        the agent's insight from their records, never our search."""
         if self._is_exhausted(parent.id):
             return None
-        found = await self._ask_agent(parent, parent_source, firm=False)
-        if found is _EXHAUSTED and len(self.history(firm=True)) < len(self.history()):
-            found = await self._ask_agent(parent, parent_source, firm=True)
+        found, vetoed = await self._ask_agent(parent, parent_source, firm=False)
+        if (found is None and vetoed) or (found is _EXHAUSTED and (
+                vetoed or len(self.history(firm=True)) < len(self.history()))):
+            found, _ = await self._ask_agent(parent, parent_source, firm=True)
         if found is _EXHAUSTED:
             self._exhausted[parent.id] = self._news()
             return None  # asking again changes nothing until the history does
@@ -147,7 +149,9 @@ class Proposals:
 
     async def _ask_agent(self, parent: Candidate, parent_source: str, *, firm: bool):
         """`_propose` with the history of everyone's runs, or only the firm one: a proposal,
-        a claim to re-run, None when every attempt failed, or `_EXHAUSTED`."""
+        a claim to re-run, None when every attempt failed, or `_EXHAUSTED`; and whether an
+        attempt was refused for repeating someone's program or announced edit."""
+        vetoed = False
         known = self.known_programs(firm=firm)
         busy_now = self.firm_busy() if firm else self.busy()
         busy = {desc for pid, desc in busy_now if pid == parent.id}
@@ -168,23 +172,25 @@ class Proposals:
                 reason = known.why_duplicate(source)
                 claim = self.claim_behind(source) if reason else None
                 if claim is not None:
-                    return claim
+                    return claim, vetoed
                 if reason:
+                    vetoed = True
                     proposal = Proposal(proposal.source, proposal.desc, proposal.edit_key,
                                         reason)
             proposal = validate_proposal(parent_source, proposal)
             if proposal.failure is None and proposal.desc in busy:
+                vetoed = True
                 proposal.failure = "another live node announced this edit on this parent"
             if proposal.failure is None:
-                return proposal
+                return proposal, vetoed
             self._log_failed(parent, proposal)
             if proposal.exhausted:
-                return _EXHAUSTED
+                return _EXHAUSTED, vetoed
             # Let the agent's next attempt know what went wrong.
             history = history + [Tried(edit_key=proposal.edit_key, desc=proposal.desc,
                                        parent_id=parent.id.hex(), status="rejected",
                                        delta=None)]
-        return None
+        return None, vetoed
 
     def _is_exhausted(self, parent_id: bytes) -> bool:
         """Whether the agent said it had nothing left on this parent, and no record has

@@ -52,8 +52,9 @@ class Reruns(ClaimChecks):
         checked, what k trusted peers already vouch for, what a trusted peer re-runs now
         (its verdict will do to build on), authors known to lie, and copies of programs
         we had before the claim came (claims.py).
-        Reputable authors come first, the lowest claimed score first among those we trust;
-        strangers' claims in an order their claims cannot buy (`_stranger_ranks`)."""
+        Authors with more reputation come first, then (among equals) the lowest claimed
+        score of an author we trust; strangers' claims come in an order their claims
+        cannot buy (`_stranger_ranks`)."""
         with self.scores.consistent():
             return self._pending_claim()
 
@@ -90,9 +91,9 @@ class Reruns(ClaimChecks):
                 claims.append(r)
         # Authors we checked before; then authors no trusted peer caught lying; then claims
         # not built on a refuted record; then claims no trusted peer refuted; then claims
-        # trusted peers already vouch for; then claims fewer peers are re-running now; then
-        # strangers in an order no claim can buy (`_stranger_ranks`), trusted authors' best
-        # claim first. Fresh keys (Sybils among them) wait behind known
+        # trusted peers already vouch for; then strangers in an order no claim can buy
+        # (`_stranger_ranks`); then claims fewer peers announce they re-run now (after the
+        # ranks: an announce costs nothing); then the best claim. Fresh keys (Sybils among them) wait behind known
         # peers, and known liars' keys behind those. A claim built on a record we (or peers
         # we trust) refuted continues a lie, most likely: honest nodes build only on what
         # they verified. Without the re-runners key a swarm that starts together would all
@@ -104,8 +105,8 @@ class Reruns(ClaimChecks):
                                    self._shaky_parent(r, reps),
                                    len(self.trust.trusted_refuters(r, reps)),
                                    -len(self.trust.trusted_attesters(r, reps)),
-                                   len(running.get(r.id_hex[:16], ())),
-                                   ranks.get(r.author, (0, 0, 0)), r.val_bpb, r.id))
+                                   ranks.get(r.author, (0, 0, 0)),
+                                   len(running.get(r.id_hex[:16], ())), r.val_bpb, r.id))
         return claims[0] if claims else None
 
     def _stranger_ranks(self, authors: set[bytes], reps: dict[bytes, float]
@@ -118,11 +119,13 @@ class Reruns(ClaimChecks):
         strangers, authors who kept their announced promises (swarm.announces: runs
         announced before their records came, as every honest node announces its runs)
         come first, then keys this node has known longer (whole hours, up to a day, by
-        its own clock: keys minted for an attack come after the peers already here), then
-        a lottery that this node draws for itself (a keyed hash with a secret of its
-        own). A flood of fresh keys then gets its share by number at worst, and each key
-        we catch is a liar after its first refutation. Trusted authors' claims are not
-        ranked here: the best of them goes first."""
+        its own clock: keys minted when an attack starts come after the peers already
+        here), then a lottery that this node draws for itself (a keyed hash with a secret
+        of its own). Standing and seniority are cheap for a prepared attacker (two kept
+        promises; one record a day ahead), so against one this is a lottery: a flood of
+        keys gets its share by number at worst, and each key we catch is a liar after its
+        first refutation. Trusted authors' claims are not ranked here: the best of them
+        goes first."""
         threshold = self.config.trust.trust_threshold
         strangers = [a for a in authors if reps.get(a, 0.0) < threshold]
         if not strangers:
