@@ -153,6 +153,11 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         """CREATE INDEX records_retention ON records (received_at, kind, local, author, id,
             (length(body) + length(envelope)))""",
     ]),
+    # Reputations read this node's own verdicts (and the records it attested) on every
+    # step: without this index each read scans every attestation, a flood's included.
+    ("attestations by verifier", [
+        "CREATE INDEX attestations_by_verifier ON attestations (verifier, target)",
+    ]),
 ]
 
 
