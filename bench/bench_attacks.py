@@ -659,7 +659,8 @@ class Attacker:
         patch = make_patch(scaling.BASE, scaling.BASE + "\n" + junk)
         return rec.make_experiment(
             attack_key("flood", i % self.keys), genome=self.genome, parents=[parent],
-            topic=scaling.TOPIC, arena=self.arena, patch=patch, desc=edit_desc("junk", f"flood {i}"),
+            topic=scaling.TOPIC, arena=self.arena, patch=patch,
+            desc=edit_desc("junk", f"flood {i}"),
             agent="mutate", result={"status": "ok", "val_bpb": 9.0 + i * 1e-9,
                                     "train_s": 1.0, "total_s": 1.0})
 

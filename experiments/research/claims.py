@@ -10,11 +10,11 @@ both ask these questions.
 
 A copy is a claim of a program this node already had when the claim arrived: from our
 own run, or from an earlier kept claim (in our order of receipt) by another author
-(`ProgramIndex.copied_from`, `original_runs`). Reputation is what our re-runs reproduced of an author's
-claims (swarm/trust.py), so re-running a copy would pay its author for someone else's
-work: a fresh key that re-signs our own best record, a hair better, would be reproduced
-by our own program and soon count as a trusted verifier. A copy is never re-run for its
-author, nor built on (its original is the claim to check).
+(`ProgramIndex.copied_from`, `original_runs`). Reputation is what our re-runs reproduced
+of an author's claims (swarm/trust.py), so re-running a copy would pay its author for
+someone else's work: a fresh key that re-signs our own best record, a hair better, would
+be reproduced by our own program and soon count as a trusted verifier. A copy is never
+re-run for its author, nor built on (its original is the claim to check).
 
 A mixin of `ResearchLoop` (loop.py): it reads the loop's `store`, `scores`, `trust`,
 `identity`, `config`, `root_id` and its program index (`programs`, `_run_counts`:

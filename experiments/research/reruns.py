@@ -93,12 +93,12 @@ class Reruns(ClaimChecks):
         # not built on a refuted record; then claims no trusted peer refuted; then claims
         # trusted peers already vouch for; then strangers in an order no claim can buy
         # (`_stranger_ranks`); then claims fewer peers announce they re-run now (after the
-        # ranks: an announce costs nothing); then the best claim. Fresh keys (Sybils among them) wait behind known
-        # peers, and known liars' keys behind those. A claim built on a record we (or peers
-        # we trust) refuted continues a lie, most likely: honest nodes build only on what
-        # they verified. Without the re-runners key a swarm that starts together would all
-        # re-run the one best claim; it only reorders, so announces from Sybil keys cannot
-        # stop us checking anything.
+        # ranks: an announce costs nothing); then the best claim. Fresh keys (Sybils among
+        # them) wait behind known peers, and known liars' keys behind those. A claim built
+        # on a record we (or peers we trust) refuted continues a lie, most likely: honest
+        # nodes build only on what they verified. Without the re-runners key a swarm that
+        # starts together would all re-run the one best claim; it only reorders, so
+        # announces from Sybil keys cannot stop us checking anything.
         doubted = self.trust.doubted_authors(reps)
         ranks = self._stranger_ranks({r.author for r in claims}, reps)
         claims.sort(key=lambda r: (-reps.get(r.author, 0.0), doubted.get(r.author, 0),
