@@ -42,6 +42,7 @@ def test_search_space_is_what_the_catalogue_edits():
     assert set(dims["ACTIVATION"].choices) == {"relu2", "gelu", "silu"}
     assert dims["WEIGHT_DECAY"].choices == (0.0, 0.01, 0.1)     # a zero turns it off
     assert dims["DEPTH"].choices == (2, 3, 4, 5, 6)            # two steps of +-1
+    assert "COMPILE" not in search_space(FIXTURE, "cpu")     # it can only time out there
     for d in dims.values():
         assert d.unit(d.base) is not None
         assert d.at(d.unit(d.base)) == pytest.approx(d.base) if d.continuous else \

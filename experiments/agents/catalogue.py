@@ -359,6 +359,9 @@ def _choice(name, value, source):
 _NOT_KNOBS = re.compile(r"SEED|EVAL|VAL|BUDGET|LOG|PRINT|VOCAB|SEQ_LEN|BLOCK_SIZE|CONTEXT|"
                         r"DEVICE|PROFILE|PATH|DIR|FILE|TIME|SECONDS|ITER|SAVE|CHECKPOINT|"
                         r"STEPS?$|VERSION|PORT|THREAD|WORKER")
+# Never turned on for these profiles: torch.compile warms up before the first batch, and on a
+# CPU that takes longer than the harness's start-up grace, so such a run can only time out.
+_CANNOT_START = {"cpu": re.compile(r"COMPILE")}
 
 
 def _hint_topics(name: str) -> tuple[str, ...]:
@@ -508,6 +511,8 @@ def build_catalogue(source: str, settings: list[Setting] | None = None,
         elif _NOT_KNOBS.search(name):
             continue
         elif isinstance(s.value, bool):
+            if not s.value and profile in _CANNOT_START and _CANNOT_START[profile].search(name):
+                continue
             family, topics, specs = GENERIC_TOGGLE, _hint_topics(name), _toggle(name, s.value,
                                                                                 source)
         elif isinstance(s.value, str):
