@@ -232,13 +232,15 @@ async def ideal_swarm(base: Path, n: int, landscape: int, rep: int, max_rounds: 
                       target: float | None, trust_all: bool = False) -> dict:
     """N loops over a perfect bus in lockstep rounds: each round every node runs once (in
     a shuffled order); announces reach the others at once, records at the end of the round.
-    `trust_all`: every node builds on every claim at once, re-running nothing (what
-    verification costs, as an upper bound). Returns the curve of the swarm's best true
+    `trust_all`: every node trusts every peer: it builds on every claim at once, re-runs
+    nothing and counts every peer's baseline seeds (what verification and trust cost,
+    as an upper bound). Returns the curve of the swarm's best true
     score per round and the run statistics."""
     loops = [build_loop(base / f"n{i}", landscape, i, rep, 0.0) for i in range(n)]
     for loop in loops if trust_all else ():
         loop.scores.trusted = lambda record: True
         loop.pending_claim = lambda: None
+        loop.scores.baseline_authors = None
     truth = Truth(landscape)
     working: dict[int, tuple[bytes, str] | None] = {}
     programs: dict[int, str | None] = {}
@@ -254,7 +256,9 @@ async def ideal_swarm(base: Path, n: int, landscape: int, rep: int, max_rounds: 
             pending.append(record)
         loop.announce, loop.publish = announce, publish
         loop.busy = lambda i=i: {w for j, w in working.items() if j != i and w}
-        loop.firm_busy = loop.busy   # an honest bus: every peer's announce is trusted
+        # firm hints come from peers this node trusts, as swarm_link's policy has it:
+        # a seed a stranger runs never counts as coming (its baseline would not count)
+        loop.firm_busy = loop.busy if trust_all else (lambda i=i: _firm(loops, working, i))
         loop.running_programs = lambda i=i: {p for j, p in programs.items() if j != i and p}
         loop.verifiers = lambda i=i: _verifying(
             {loops[j].identity.public_key: w for j, w in working.items() if j != i and w})
@@ -296,6 +300,13 @@ async def ideal_swarm(base: Path, n: int, landscape: int, rep: int, max_rounds: 
     out.update(curve=curve, rounds=reached, runs_at_target=runs_at,
                categories=dict(categories))
     return out
+
+
+def _firm(loops: list, working: dict, i: int) -> set[tuple[bytes, str]]:
+    """What peers node `i` trusts announce they run now (the bus's `firm_busy`)."""
+    trusted = loops[i].trust.trusted_author()
+    return {w for j, w in working.items()
+            if j != i and w and trusted(loops[j].identity.public_key)}
 
 
 def _verifying(working: dict[bytes, tuple[bytes, str]]) -> dict[str, set[bytes]]:
@@ -348,7 +359,7 @@ def reference(landscape: int, reps: int, runs: int, cap: int, work: Path) -> dic
     times = [crossing(c, target) for c in curves]
     t1 = statistics.median(t if t is not None else cap for t in times)
     return {"landscape": landscape, "target": target, "t1": t1, "times": times,
-            "base": Truth(landscape).base}
+            "base": Truth(landscape).base, "runs": runs}
 
 
 # --------------------------------------------------------------------------- libp2p swarm
@@ -645,6 +656,18 @@ def aggregate(rows: list[dict], refs: dict) -> dict:
                           if all("cpu_s" in r for r in rows) else None)}
 
 
+def reference_runs(args, refs: dict) -> str:
+    """The runs the lone references had (a reused dump says; an old one without it is
+    taken at --reference-runs)."""
+    found = sorted({ref.get("runs", args.reference_runs) for ref in refs.values()})
+    return "/".join(map(str, found)) or str(args.reference_runs)
+
+
+def reference_reps(refs: dict) -> str:
+    found = sorted({len(ref.get("times", ())) for ref in refs.values()})
+    return "/".join(map(str, found))
+
+
 def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: dict) -> str:
     head = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, "
             f"{os.cpu_count()} cores shared with other jobs (load average "
@@ -654,7 +677,8 @@ def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: d
              f"Synthetic trainer (hidden landscapes {', '.join(map(str, args.landscapes))}, "
              f"noise sigma {SIGMA}), `{args.agent}` agent, default loop settings (verify_share "
              f"0.25, k = 2). Target per landscape: the median true val_bpb a lone node "
-             f"reaches in {args.reference_runs} runs ({args.reference_reps} lone nodes); T1 "
+             f"reaches in {reference_runs(args, refs)} runs ({reference_reps(refs)} lone "
+             "nodes); T1 "
              "= the median runs they needed for it. Time is in runs of one node (wall "
              "seconds / the run's delay), so the speedup T1 / T_N is wall-clock at equal "
              "per-node experiment time. Each run waits `delay` seconds (+-20 %); the delay "
