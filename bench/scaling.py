@@ -255,10 +255,11 @@ async def ideal_swarm(base: Path, n: int, landscape: int, rep: int, max_rounds: 
         async def publish(record):
             pending.append(record)
         loop.announce, loop.publish = announce, publish
-        loop.busy = lambda i=i: {w for j, w in working.items() if j != i and w}
+        loop.busy = lambda i=i: _announced(loops, working, i)
         # firm hints come from peers this node trusts, as swarm_link's policy has it:
         # a seed a stranger runs never counts as coming (its baseline would not count)
-        loop.firm_busy = loop.busy if trust_all else (lambda i=i: _firm(loops, working, i))
+        loop.firm_busy = loop.busy if trust_all else \
+            (lambda i=i: _announced(loops, working, i, trusted_only=True))
         loop.running_programs = lambda i=i: {p for j, p in programs.items() if j != i and p}
         loop.verifiers = lambda i=i: _verifying(
             {loops[j].identity.public_key: w for j, w in working.items() if j != i and w})
@@ -302,9 +303,11 @@ async def ideal_swarm(base: Path, n: int, landscape: int, rep: int, max_rounds: 
     return out
 
 
-def _firm(loops: list, working: dict, i: int) -> set[tuple[bytes, str]]:
-    """What peers node `i` trusts announce they run now (the bus's `firm_busy`)."""
-    trusted = loops[i].trust.trusted_author()
+def _announced(loops: list, working: dict, i: int, trusted_only: bool = False
+               ) -> set[tuple[bytes, str]]:
+    """What the other nodes announce they run now (the bus's `busy`); `trusted_only`: only
+    the peers node `i` trusts (its `firm_busy`)."""
+    trusted = loops[i].trust.trusted_author() if trusted_only else (lambda key: True)
     return {w for j, w in working.items()
             if j != i and w and trusted(loops[j].identity.public_key)}
 
@@ -656,16 +659,9 @@ def aggregate(rows: list[dict], refs: dict) -> dict:
                           if all("cpu_s" in r for r in rows) else None)}
 
 
-def reference_runs(args, refs: dict) -> str:
-    """The runs the lone references had (a reused dump says; an old one without it is
-    taken at --reference-runs)."""
-    found = sorted({ref.get("runs", args.reference_runs) for ref in refs.values()})
-    return "/".join(map(str, found)) or str(args.reference_runs)
-
-
-def reference_reps(refs: dict) -> str:
-    found = sorted({len(ref.get("times", ())) for ref in refs.values()})
-    return "/".join(map(str, found))
+def distinct(refs: dict, of) -> str:
+    """The distinct values `of(reference)` takes over the references, as "a/b"."""
+    return "/".join(map(str, sorted({of(ref) for ref in refs.values()})))
 
 
 def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: dict) -> str:
@@ -677,8 +673,9 @@ def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: d
              f"Synthetic trainer (hidden landscapes {', '.join(map(str, args.landscapes))}, "
              f"noise sigma {SIGMA}), `{args.agent}` agent, default loop settings (verify_share "
              f"0.25, k = 2). Target per landscape: the median true val_bpb a lone node "
-             f"reaches in {reference_runs(args, refs)} runs ({reference_reps(refs)} lone "
-             "nodes); T1 "
+             # a reused dump without "runs" predates them: taken at --reference-runs
+             f"reaches in {distinct(refs, lambda r: r.get('runs', args.reference_runs))} "
+             f"runs ({distinct(refs, lambda r: len(r.get('times', ())))} lone nodes); T1 "
              "= the median runs they needed for it. Time is in runs of one node (wall "
              "seconds / the run's delay), so the speedup T1 / T_N is wall-clock at equal "
              "per-node experiment time. Each run waits `delay` seconds (+-20 %); the delay "
