@@ -351,6 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lan", **flag,
                    help="a LAN swarm: dial the private, loopback and link-local addresses "
                         "peers announce (default: only if we listen on that network)")
+    p.add_argument("--trust-peer", action="append", default=None, dest="trust_peer",
+                   metavar="PEER_ID",
+                   help="a node you run yourself (its `loopy id`): its claims count as "
+                        "verified and its baselines as ours, with no re-run (repeatable)")
     p.add_argument("--dashboard", type=int, default=None, metavar="PORT",
                    help="serve the read-only web dashboard on this port (default: off)")
     p.add_argument("--dashboard-host", default=None, dest="dashboard_host", metavar="HOST",

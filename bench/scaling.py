@@ -83,6 +83,7 @@ from swarm.descriptions import (announced_program, is_interrupted, parse_working
 from swarm.identity import NodeIdentity  # noqa: E402
 from swarm.lineage import Lineage, LineageError  # noqa: E402
 from swarm.store import Store  # noqa: E402
+from swarm.trust import TrustRules  # noqa: E402
 
 BENCHMARKS = REPO / "docs" / "BENCHMARKS.md"
 PLOT = REPO / "docs" / "bench_scaling.png"
@@ -136,7 +137,10 @@ GOAL = 0.6
 AGENT = ["mutate"]
 
 
-def build_loop(home: Path, landscape: int, index: int, rep: int, delay: float) -> ResearchLoop:
+def build_loop(home: Path, landscape: int, index: int, rep: int, delay: float,
+               operator_of: int = 0) -> ResearchLoop:
+    """One node; `operator_of`: the swarm's size when one operator runs every node, so
+    that each lists the others' keys as its own machines (the `trust_peer` setting)."""
     home.mkdir(parents=True, exist_ok=True)
     root = genome_root_id()
     store = Store.open(home, root_id=root)
@@ -146,7 +150,10 @@ def build_loop(home: Path, landscape: int, index: int, rep: int, delay: float) -
         identity=node_identity(landscape, index), genome=genome_id(), root_id=root,
         trainer=PacedTrainer(landscape, delay, random.Random(rng.random())),
         agent=make_agent(AGENT[0], base_source=BASE, profile="cpu"), brief=load_brief(TOPIC),
-        config=LoopConfig(topic=TOPIC, rules=ScoreRules(), **LOOP_OPTIONS),
+        config=LoopConfig(topic=TOPIC, rules=ScoreRules(), **LOOP_OPTIONS,
+                          trust=TrustRules(operator_keys=frozenset(
+                              node_identity(landscape, j).public_key
+                              for j in range(operator_of) if j != index))),
         home=home, rng=rng)
 
 
@@ -229,14 +236,17 @@ def summarise_runs(keys: list[list], attestations: int, kinds: Counter) -> dict:
 # --------------------------------------------------------------------------- ideal network
 
 async def ideal_swarm(base: Path, n: int, landscape: int, rep: int, max_rounds: int,
-                      target: float | None, trust_all: bool = False) -> dict:
+                      target: float | None, trust_all: bool = False,
+                      operator: bool = False) -> dict:
     """N loops over a perfect bus in lockstep rounds: each round every node runs once (in
     a shuffled order); announces reach the others at once, records at the end of the round.
     `trust_all`: every node trusts every peer: it builds on every claim at once, re-runs
     nothing and counts every peer's baseline seeds (what verification and trust cost,
-    as an upper bound). Returns the curve of the swarm's best true
-    score per round and the run statistics."""
-    loops = [build_loop(base / f"n{i}", landscape, i, rep, 0.0) for i in range(n)]
+    as an upper bound). `operator`: one operator runs every node and lists the others'
+    keys (`trust_peer`): the product's own path to what `trust_all` bounds. Returns the
+    curve of the swarm's best true score per round and the run statistics."""
+    loops = [build_loop(base / f"n{i}", landscape, i, rep, 0.0, n if operator else 0)
+             for i in range(n)]
     for loop in loops if trust_all else ():
         loop.scores.trusted = lambda record: True
         loop.pending_claim = lambda: None
@@ -664,6 +674,18 @@ def distinct(refs: dict, of) -> str:
     return "/".join(map(str, sorted({of(ref) for ref in refs.values()})))
 
 
+def loop_settings(args) -> str:
+    """The loop settings every node ran with, as the written section names them."""
+    text = (f"loop settings verify_share {args.verify_share}, merge_share "
+            f"{args.merge_share}, speculate_share {args.speculate_share}, k = "
+            f"{TrustRules().k}")
+    if args.trust_all:
+        text += "; every claim trusted, nothing re-run (`--trust-all`)"
+    if args.operator:
+        text += "; one operator's nodes, each listing the others as `trust_peer` (`--operator`)"
+    return text
+
+
 def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: dict) -> str:
     head = (f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, "
             f"{os.cpu_count()} cores shared with other jobs (load average "
@@ -671,8 +693,8 @@ def render(args, refs: dict, results: dict, wall_s: float, load: tuple, ideal: d
             f"{platform.python_version()}, py-libp2p 0.8.1, loopback; {wall_s / 60:.0f} min.")
     lines = [BEGIN, "## Scaling: N nodes against one (`bench/scaling.py`)", "", head, "",
              f"Synthetic trainer (hidden landscapes {', '.join(map(str, args.landscapes))}, "
-             f"noise sigma {SIGMA}), `{args.agent}` agent, default loop settings (verify_share "
-             f"0.25, k = 2). Target per landscape: the median true val_bpb a lone node "
+             f"noise sigma {SIGMA}), `{args.agent}` agent, {loop_settings(args)}. Target "
+             "per landscape: the median true val_bpb a lone node "
              # a reused dump without "runs" predates them: taken at --reference-runs
              f"reaches in {distinct(refs, lambda r: r.get('runs', args.reference_runs))} "
              f"runs ({distinct(refs, lambda r: len(r.get('times', ())))} lone nodes); T1 "
@@ -802,6 +824,9 @@ def main() -> int:
                     help="ideal network only: speculate_share for every node and lone reference")
     ap.add_argument("--trust-all", action="store_true",
                     help="ideal network only: no verification, every claim trusted")
+    ap.add_argument("--operator", action="store_true",
+                    help="ideal network only: one operator runs every node, each listing "
+                         "the others as trust_peer")
     ap.add_argument("--notes", help="a markdown file appended to the written section")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the nodes' homes (debugging)")
@@ -818,6 +843,8 @@ def main() -> int:
             trio.run(worker_main, spec)
         return 0
     args.landscapes = parse_list(args.landscapes)
+    if (args.operator or args.trust_all) and args.network != "ideal":
+        raise SystemExit("--operator and --trust-all are for --network ideal")
     try:
         make_agent(args.agent, base_source=BASE)   # a bad spec fails here, not in a worker
     except ValueError as e:
@@ -851,7 +878,8 @@ def main() -> int:
                 t0 = time.time()
                 if args.network == "ideal":
                     row = trio.run(ideal_swarm, work / f"ideal-{land}-{n}", n, land, 0,
-                                   int(math.ceil(cap)), ref["target"], args.trust_all)
+                                   int(math.ceil(cap)), ref["target"], args.trust_all,
+                                   args.operator)
                     delay = 0.0
                 else:
                     delay = args.delay or default_delay(n)

@@ -22,6 +22,11 @@ count for nothing. An author whose reputation falls below `liar_threshold` is a
 liar: their records stop counting as verified (and so stop being parents)
 unless this node reproduced that very record itself.
 
+Keys the operator names as their own machines (`TrustRules.operator_keys`, the
+`trust_peer` setting) count as this node: their records are verified without a re-run,
+their baselines count and their attestations are trusted. Nothing a peer sends can add a
+key there: only the operator's own configuration does.
+
 Derived state is recomputed from the store's attestations, so it survives any
 crash with the records themselves; the peers table keeps a copy for display.
 """
@@ -36,6 +41,7 @@ from swarm.store import Store
 REWARD = 1.0
 PENALTY = 5.0
 DISSENT = 0.5
+OPERATOR_REPUTATION = 1e6   # the operator's own machines: beyond what any peer earns
 
 
 @dataclass
@@ -43,6 +49,7 @@ class TrustRules:
     k: int = 2                      # trusted attestations that make a record verified
     trust_threshold: float = 1.0    # reputation a verifier needs to count
     liar_threshold: float = -4.0    # below this an author's claims count for nothing
+    operator_keys: frozenset = frozenset()  # public keys of the operator's other nodes
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class TrustPolicy:
         for verifier, n in self.store.dissent_counts(self.me):
             if rep.get(verifier, 0.0) > 0:  # only what we gave can be taken back
                 rep[verifier] -= DISSENT * n
+        for key in self.rules.operator_keys - {self.me}:
+            rep[key] = OPERATOR_REPUTATION
         return rep
 
     def reputation(self, author: bytes) -> float:
@@ -112,9 +121,10 @@ class TrustPolicy:
         return self.my_verdict_on(record.id, record.author)
 
     def my_verdict_on(self, record_id: bytes, author: bytes) -> str | None:
-        """What this node itself found: `reproduced` for its own records, else its
-        newest attestation's verdict on the record, or None if it never re-ran it."""
-        if author == self.me:
+        """What this node itself found: `reproduced` for its own records (and the operator's
+        other nodes'), else its newest attestation's verdict on the record, or None if it
+        never re-ran it."""
+        if author == self.me or author in self.rules.operator_keys:
             return "reproduced"
         if self.me in self.store.who_refuted(record_id):
             return "refuted"

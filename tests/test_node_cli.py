@@ -10,7 +10,8 @@ import pytest
 
 import node
 from experiments.research.home import lock_home
-from experiments.research.settings import ConfigError, load_settings
+from experiments.research.settings import ConfigError, load_settings, trust_rules
+from swarm.identity import NodeIdentity, peer_id_from_public_key
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -124,6 +125,9 @@ def test_config_precedence_flag_env_file_default(tmp_path):
     ("merge_share = 0.8\nport_share = 0.3\n", "port_share must be at most 1"),
     ("trust_k = 0\n", "trust_k must be at least 1"),
     ("speculate_share = -0.1\n", "speculate_share must be between 0 and 1"),
+    ("trust_peer = ['QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N']\n",
+     "trust_peer: 'QmYy"),
+    ("trust_peer = ['12D3KooWnotapeer']\n", "is not an ed25519 peer id"),
 ])
 def test_bad_config_file_names_the_problem(tmp_path, content, message):
     (tmp_path / "config.toml").write_text(content)
@@ -131,6 +135,16 @@ def test_bad_config_file_names_the_problem(tmp_path, content, message):
         load_settings({"home": str(tmp_path)}, environ={})
     out = loopy("config", home=tmp_path)
     assert out.returncode == 2 and message.split("'")[0] in out.stderr
+
+
+def test_trust_peer_names_the_operators_other_nodes_by_peer_id(tmp_path):
+    other = NodeIdentity.load_or_create(tmp_path / "other")
+    peer = peer_id_from_public_key(other.public_key)
+    s = load_settings({"home": str(tmp_path)}, environ={"LOOPY_TRUST_PEER": peer})
+    assert s.trust_peer == [peer]
+    assert trust_rules(s).operator_keys == {other.public_key}
+    assert trust_rules(load_settings({"home": str(tmp_path)}, environ={})).operator_keys \
+        == frozenset()
 
 
 def test_unknown_environment_variable_is_an_error(tmp_path):

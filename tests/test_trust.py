@@ -51,6 +51,31 @@ def test_own_records_and_own_reproductions_are_verified(world):
     assert trust.verified_by(theirs) == ["self"]
 
 
+def test_the_operators_own_nodes_count_as_this_node_and_no_one_else_does(world):
+    store, _, me, alice, bob, mallory, sybils = world
+    trust = TrustPolicy(store, me.public_key, TrustRules(k=2, operator_keys=frozenset(
+        {alice.public_key})))
+    hers, his = claim(alice, desc="hers"), claim(bob, desc="his")
+    for r in (hers, his):
+        store.insert(r)
+    assert trust.is_verified(hers) and trust.my_verdict(hers) == "reproduced"
+    assert not trust.is_verified(his)
+    assert trust.trusted_author()(alice.public_key)
+    assert not trust.trusted_author()(bob.public_key)
+    # her attestation counts as a trusted one; sybils' still count for nothing
+    for s in sybils:
+        store.insert(attest(s, his))
+    store.insert(attest(alice, his))
+    assert trust.trusted_attesters(his) == [alice.public_key] and not trust.is_verified(his)
+    # no refutation and no dissent makes the operator's node a liar or a stranger
+    store.insert(attest(me, claim(alice, desc="x2"), "refuted"))
+    assert trust.reputation(alice.public_key) >= TrustRules().trust_threshold
+    assert not trust.is_liar(alice.public_key)
+    # the same store read by a node without the setting trusts her for nothing
+    plain = TrustPolicy(store, me.public_key, TrustRules(k=2))
+    assert not plain.is_verified(hers) and not plain.trusted_author()(alice.public_key)
+
+
 def test_sybils_vouching_for_each_other_count_for_nothing(world):
     store, trust, me, alice, bob, mallory, sybils = world
     lie = claim(mallory, val=0.1)

@@ -22,10 +22,10 @@ from experiments.research.home import (DataNotReady, NodeHome, peer_list, snapsh
 from experiments.research.loop import LoopConfig, ResearchLoop
 from experiments.research.scoreboard import ScoreRules
 from experiments.research.settings import (ConfigError, Settings, home_dir, parse_until,
-                                           resolve_run)
+                                           resolve_run, trust_rules)
 from experiments.research.swarm_link import connect_to_swarm
 from genome import base_train_source
-from swarm.trust import TrustRules
+
 
 def train_once(settings: Settings, patch_text: str | None, progress):
     """`loopy run`: the genome (or `patch_text`, an edit of it) trained once in the
@@ -103,7 +103,7 @@ def build_loop(home: NodeHome, trainer, *, foreign_code: bool = True) -> Researc
                         max_experiments=s.max_experiments, until=parse_until(s.until),
                         verify_share=s.verify_share, merge_share=s.merge_share,
                         port_share=s.port_share, speculate_share=s.speculate_share,
-                        trust=TrustRules(k=s.trust_k))
+                        trust=trust_rules(s))
     home.remember_run(trainer.arena)
     return ResearchLoop(store=home.store, lineage=home.lineage, identity=home.identity,
                         genome=home.genome, root_id=home.root_id, trainer=trainer,
@@ -165,7 +165,8 @@ async def run_node(home: NodeHome, loop: ResearchLoop, *, dashboard=None,
                 net = await nursery.start(partial(
                     serve_swarm, home.identity, home.store, genome=home.genome,
                     topics=settings.topic, listen=settings.listen,
-                    bootstrap=settings.bootstrap, mdns=settings.mdns, lan=settings.lan))
+                    bootstrap=settings.bootstrap, mdns=settings.mdns, lan=settings.lan,
+                    trust_rules=trust_rules(settings)))
                 connect_to_swarm(loop, net)
                 on_started("swarm", net)
             nursery.start_soon(keep_status)

@@ -33,7 +33,7 @@ from experiments.research.programs import ProgramIndex, original_runs
 from experiments.research.runs import run_cancellable
 from experiments.research.scoreboard import Candidate, Scoreboard, ScoreRules
 from experiments.research.settings import (ConfigError, Settings, home_dir, isolation_gaps,
-                                           resolve_run)
+                                           resolve_run, trust_rules)
 from experiments.research.verify_claim import Rerun, rerun_claim
 from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
@@ -42,7 +42,7 @@ from swarm.identity import IdentityError, NodeIdentity
 from swarm.lineage import Lineage
 from swarm.records import Record, RecordError, make_attestation
 from swarm.store import Store, StoreError
-from swarm.trust import TrustPolicy, TrustRules
+from swarm.trust import TrustPolicy
 
 STATUS_FILE = "status.json"
 LOCK_FILE = "node.lock"
@@ -141,8 +141,7 @@ class NodeHome:
                                                          "offline": self.settings.offline}))
 
     def trust(self) -> TrustPolicy:
-        return TrustPolicy(self.store, self.identity.public_key,
-                           TrustRules(k=self.settings.trust_k))
+        return TrustPolicy(self.store, self.identity.public_key, trust_rules(self.settings))
 
     def scoreboard(self, arena: str) -> Scoreboard:
         trust = self.trust()

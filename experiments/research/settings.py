@@ -20,6 +20,8 @@ from pathlib import Path
 from experiments.run.budget import parse_budget
 from experiments.run.sandbox import missing_isolation
 from genome import check_topic
+from swarm.identity import public_key_from_peer_id
+from swarm.trust import TrustRules
 
 
 @dataclass
@@ -49,6 +51,8 @@ class Settings:
     speculate_share: float = 0.0  # share of steps that may build on a stranger's unverified
                                   # claim (peers we trust: always); 1 in a swarm of friends
     trust_k: int = 2
+    trust_peer: list[str] = field(default_factory=list)  # peer ids of the operator's own
+                                  # other nodes: trusted as this one, never re-run
 
 
 SETTING_TYPES = {f.name: f.type for f in fields(Settings)}
@@ -126,6 +130,23 @@ def load_settings(flags: dict, environ=os.environ) -> Settings:
     return check_settings(Settings(**merged))
 
 
+def operator_keys(settings: Settings) -> frozenset[bytes]:
+    """The public keys of `trust_peer`: nodes the operator runs on their other machines."""
+    keys = set()
+    for peer_id in settings.trust_peer:
+        try:
+            keys.add(public_key_from_peer_id(peer_id))
+        except ValueError:
+            raise ConfigError(f"trust_peer: {peer_id!r} is not an ed25519 peer id "
+                              "(12D3KooW..., as `loopy id` prints it)") from None
+    return frozenset(keys)
+
+
+def trust_rules(settings: Settings) -> TrustRules:
+    """Whom the node trusts, as every part of it (loop, swarm, views) applies it."""
+    return TrustRules(k=settings.trust_k, operator_keys=operator_keys(settings))
+
+
 def check_settings(settings: Settings) -> Settings:
     """Ranges and formats the types cannot say; the error names the key."""
     for name in SHARES:
@@ -137,6 +158,7 @@ def check_settings(settings: Settings) -> Settings:
                           f"{settings.merge_share + settings.port_share}")
     if settings.trust_k < 1:
         raise ConfigError(f"trust_k must be at least 1, got {settings.trust_k}")
+    operator_keys(settings)   # every trust_peer must be an ed25519 peer id
     for name, allowed in (("device", DEVICES), ("trainer", TRAINERS)):
         if getattr(settings, name) not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, "
