@@ -212,6 +212,16 @@ def run_keys(loop: ResearchLoop) -> list[list]:
     return out
 
 
+def lineage_depth(loop: ResearchLoop) -> int:
+    """Kept steps from the genome root to what the node holds as its best (first parents)."""
+    best = loop.scores.best()
+    depth, rid = 0, best.id if best is not None else loop.root_id
+    while rid != loop.root_id:
+        depth += 1
+        rid = loop.store.get(rid).parents[0]
+    return depth
+
+
 def close_loops(loops) -> None:
     for loop in loops:
         loop.store.close()
@@ -305,11 +315,12 @@ async def ideal_swarm(base: Path, n: int, landscape: int, rep: int, max_rounds: 
         keys = [k for loop in loops for k in run_keys(loop)]
         attestations = sum(loop.store.attestation_count(loop.identity.public_key)
                            for loop in loops)
+        depth = lineage_depth(loops[0])
     finally:
         close_loops(loops)
     out = summarise_runs(keys, attestations, kinds)
     out.update(curve=curve, rounds=reached, runs_at_target=runs_at,
-               categories=dict(categories))
+               categories=dict(categories), depth=depth)
     return out
 
 

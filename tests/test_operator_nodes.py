@@ -54,3 +54,15 @@ async def test_an_operators_nodes_share_baselines_and_build_on_each_other_at_onc
     assert stranger.scores.best() is None or stranger.scores.best().record is None
     for loop in (first, mine, stranger):
         loop.store.close()
+
+
+async def test_on_the_bench_bus_an_operators_nodes_never_repeat_each_others_runs(tmp_path):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import scaling
+    mine = await scaling.ideal_swarm(tmp_path / "op", 3, 1, 0, 12, None, operator=True)
+    open_swarm = await scaling.ideal_swarm(tmp_path / "open", 3, 1, 0, 12, None)
+    assert mine["attestations"] == 0 and mine["duplicates"] == 0
+    assert open_swarm["attestations"] + open_swarm["duplicates"] > 0
+    assert mine["depth"] >= 1   # 36 runs on landscape 1 keep at least one step
