@@ -75,7 +75,7 @@ import trio  # noqa: E402
 from experiments.agents import load_brief, make_agent  # noqa: E402
 from experiments.research.loop import LoopConfig, ResearchLoop  # noqa: E402
 from experiments.research.programs import program_digest  # noqa: E402
-from experiments.research.scoreboard import ScoreRules, is_baseline  # noqa: E402
+from experiments.research.scoreboard import is_baseline, keep_rules  # noqa: E402
 from experiments.simulation.synthetic import SyntheticTrainer  # noqa: E402
 from genome import base_train_source, genome_id, genome_root_id  # noqa: E402
 from swarm.descriptions import (announced_program, is_interrupted, parse_working_on,  # noqa: E402
@@ -150,7 +150,8 @@ def build_loop(home: Path, landscape: int, index: int, rep: int, delay: float,
         identity=node_identity(landscape, index), genome=genome_id(), root_id=root,
         trainer=PacedTrainer(landscape, delay, random.Random(rng.random())),
         agent=make_agent(AGENT[0], base_source=BASE, profile="cpu"), brief=load_brief(TOPIC),
-        config=LoopConfig(topic=TOPIC, rules=ScoreRules(), **LOOP_OPTIONS,
+        config=LoopConfig(topic=TOPIC, rules=keep_rules(operator_nodes=operator_of),
+                          **LOOP_OPTIONS,
                           trust=TrustRules(operator_keys=frozenset(
                               node_identity(landscape, j).public_key
                               for j in range(operator_of) if j != index))),
@@ -693,7 +694,8 @@ def loop_settings(args) -> str:
     if args.trust_all:
         text += "; every claim trusted, nothing re-run (`--trust-all`)"
     if args.operator:
-        text += "; one operator's nodes, each listing the others as `trust_peer` (`--operator`)"
+        text += ("; one operator's nodes, each listing the others as `trust_peer`, with "
+                 "their keep rule (`--operator`)")
     return text
 
 

@@ -10,7 +10,8 @@ import pytest
 
 import node
 from experiments.research.home import lock_home
-from experiments.research.settings import ConfigError, load_settings, trust_rules
+from experiments.research.scoreboard import ScoreRules
+from experiments.research.settings import ConfigError, load_settings, score_rules, trust_rules
 from swarm.identity import NodeIdentity, peer_id_from_public_key
 
 REPO = Path(__file__).resolve().parent.parent
@@ -145,6 +146,11 @@ def test_trust_peer_names_the_operators_other_nodes_by_peer_id(tmp_path):
     assert trust_rules(s).operator_keys == {other.public_key}
     assert trust_rules(load_settings({"home": str(tmp_path)}, environ={})).operator_keys \
         == frozenset()
+    # the keep rule stays the default until one operator runs a large swarm
+    assert score_rules(s) == ScoreRules()
+    many = [peer_id_from_public_key(NodeIdentity.generate().public_key) for _ in range(15)]
+    big = load_settings({"home": str(tmp_path), "trust_peer": many, "seed": 4}, environ={})
+    assert score_rules(big) == ScoreRules(seed=4, noise_k=1.5, baseline_repeats=16)
 
 
 def test_unknown_environment_variable_is_an_error(tmp_path):

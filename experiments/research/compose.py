@@ -20,9 +20,8 @@ from experiments.agents import load_brief, make_agent
 from experiments.research.home import (DataNotReady, NodeHome, peer_list, snapshot,
                                        write_status_file)
 from experiments.research.loop import LoopConfig, ResearchLoop
-from experiments.research.scoreboard import ScoreRules
 from experiments.research.settings import (ConfigError, Settings, home_dir, parse_until,
-                                           resolve_run, trust_rules)
+                                           resolve_run, score_rules, trust_rules)
 from experiments.research.swarm_link import connect_to_swarm
 from genome import base_train_source
 
@@ -99,7 +98,7 @@ def build_loop(home: NodeHome, trainer, *, foreign_code: bool = True) -> Researc
     except ValueError as e:
         raise ConfigError(f"agent: {e}") from None
     topic = s.topic[0]
-    config = LoopConfig(topic=topic, rules=ScoreRules(seed=s.seed), foreign_code=foreign_code,
+    config = LoopConfig(topic=topic, rules=score_rules(s), foreign_code=foreign_code,
                         max_experiments=s.max_experiments, until=parse_until(s.until),
                         verify_share=s.verify_share, merge_share=s.merge_share,
                         port_share=s.port_share, speculate_share=s.speculate_share,

@@ -31,9 +31,9 @@ import msgpack
 from experiments.research.loop import ResearchLoop
 from experiments.research.programs import ProgramIndex, original_runs
 from experiments.research.runs import run_cancellable
-from experiments.research.scoreboard import Candidate, Scoreboard, ScoreRules
+from experiments.research.scoreboard import Candidate, Scoreboard
 from experiments.research.settings import (ConfigError, Settings, home_dir, isolation_gaps,
-                                           resolve_run, trust_rules)
+                                           resolve_run, score_rules, trust_rules)
 from experiments.research.verify_claim import Rerun, rerun_claim
 from experiments.simulation.synthetic import SyntheticTrainer
 from genome import base_train_source, genome_id, genome_root_id
@@ -146,7 +146,7 @@ class NodeHome:
     def scoreboard(self, arena: str) -> Scoreboard:
         trust = self.trust()
         return Scoreboard(self.store, self.lineage, self.root_id, arena,
-                          ScoreRules(seed=self.settings.seed), trust.is_verified,
+                          score_rules(self.settings), trust.is_verified,
                           trust.trusted_author)
 
     def attest(self, claim: Record, arena: str, verdict: str, result: dict) -> Record:

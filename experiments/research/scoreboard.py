@@ -40,6 +40,24 @@ class ScoreRules:
         return delta < -self.noise_k * sigma
 
 
+# One operator's swarm of this many nodes (trust_peer) measures this many baseline seeds
+# in its first round, one a node; with the noise known that well an edit is kept at a
+# lower bar. At N = 16 on the perfect bus this took the speedup from 7.6 to 8.9 and from
+# 7.4 to 8.6 on two sets of 12 landscapes; fewer seeds with the same bar did worse
+# (docs/BENCHMARKS.md, scaling).
+OPERATOR_SWARM = 16
+OPERATOR_SWARM_K = 1.5
+
+
+def keep_rules(seed: int = 0, operator_nodes: int = 1) -> ScoreRules:
+    """The keep rule of a node whose operator runs `operator_nodes` nodes (itself
+    included) that trust each other: the default, or for a swarm of at least
+    OPERATOR_SWARM such nodes, that many shared seeds and a bar of OPERATOR_SWARM_K sigma."""
+    if operator_nodes >= OPERATOR_SWARM:
+        return ScoreRules(seed=seed, noise_k=OPERATOR_SWARM_K, baseline_repeats=OPERATOR_SWARM)
+    return ScoreRules(seed=seed)
+
+
 @dataclass
 class Candidate:
     """A possible parent: a kept record, or the genome root (record None)."""

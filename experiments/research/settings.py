@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 
+from experiments.research.scoreboard import ScoreRules, keep_rules
 from experiments.run.budget import parse_budget
 from experiments.run.sandbox import missing_isolation
 from genome import check_topic
@@ -145,6 +146,12 @@ def operator_keys(settings: Settings) -> frozenset[bytes]:
 def trust_rules(settings: Settings) -> TrustRules:
     """Whom the node trusts, as every part of it (loop, swarm, views) applies it."""
     return TrustRules(k=settings.trust_k, operator_keys=operator_keys(settings))
+
+
+def score_rules(settings: Settings) -> ScoreRules:
+    """The keep rule of this node: the default, or one operator's large swarm's
+    (scoreboard.keep_rules: the nodes listed in `trust_peer` and this one)."""
+    return keep_rules(settings.seed, 1 + len(operator_keys(settings)))
 
 
 def check_settings(settings: Settings) -> Settings:
