@@ -689,8 +689,8 @@ def distinct(refs: dict, of) -> str:
 def loop_settings(args) -> str:
     """The loop settings every node ran with, as the written section names them."""
     text = (f"loop settings verify_share {args.verify_share}, merge_share "
-            f"{args.merge_share}, speculate_share {args.speculate_share}, k = "
-            f"{TrustRules().k}")
+            f"{args.merge_share}, speculate_share {args.speculate_share}, keep bar "
+            f"k = {keep_rules().noise_k}")
     if args.trust_all:
         text += "; every claim trusted, nothing re-run (`--trust-all`)"
     if args.operator:

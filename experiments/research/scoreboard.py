@@ -41,9 +41,8 @@ class ScoreRules:
 
 
 # One operator's swarm of this many nodes (trust_peer) measures this many baseline seeds
-# in its first round, one a node; with the noise known that well an edit is kept at a
-# lower bar. At N = 16 on the perfect bus this took the speedup from 7.6 to 8.9 and from
-# 7.4 to 8.6 on two sets of 12 landscapes; fewer seeds with the same bar did worse
+# in its first round, one a node; with the noise known that well, a lower bar keeps more
+# true gains without keeping more noise. Fewer seeds do not carry the lower bar
 # (docs/BENCHMARKS.md, scaling).
 OPERATOR_SWARM = 16
 OPERATOR_SWARM_K = 1.5
